@@ -1,0 +1,371 @@
+"""grpo.py - the on-policy RL core shared by ROPD and its baselines (PAPER.md steps 1 and 7).
+
+Everything here works on plain tensors and any Hugging Face causal LM:
+
+    sample            step 1: G rollouts per prompt, left-padded prompts, EOS-aware completion mask
+    token_logprobs    log pi(y_t | x, y_<t) of given completion ids, chunked over the sequence
+    group_advantages  step 7: A_i = s_i - mean(group)   (optionally / std, the paper's text)
+    policy_loss       step 7: PPO-clip with asymmetric + dual clip, three loss aggregations, k3 KL
+    lopd_advantages   the LOPD baseline: A_t = log pi_T(y_t) - log pi_old(y_t)
+
+What was dropped from "full" PPO/GRPO, and why:
+  * no value function / GAE: the advantage is group-relative (GRPO), one number per rollout;
+  * no entropy bonus and, by default, no KL to a reference model: the official ROPD settings use
+    neither (the paper's text names a KL term; `ref_logp` + `beta` give it back, k3 estimator);
+  * no sampler/learner importance correction: here the same model samples and learns.
+
+Nothing in this file knows about rubrics or teachers: rewards arrive as a plain tensor.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoding: chats -> left-padded prompt ids; texts -> right-padded completion ids ending in EOS
+# ----------------------------------------------------------------------------------------------
+
+def eos_ids(tokenizer, model=None) -> list[int]:
+    """All token ids that end a completion (generation config first: chat models often have
+    several, e.g. Qwen's <|im_end|> and <|endoftext|>)."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if ids is None:
+        ids = tokenizer.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def encode_prompts(tokenizer, prompts, chat_template_kwargs: dict | None = None):
+    """Render prompts through the chat template and left-pad them.
+
+    A prompt is a string (sent as one user message) or a list of chat messages.
+    Returns (input_ids [B, P], attention_mask [B, P]).
+    """
+    rows = []
+    for p in prompts:
+        chat = [{"role": "user", "content": p}] if isinstance(p, str) else p
+        ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
+                                            return_dict=False, **(chat_template_kwargs or {}))
+        if isinstance(ids, dict) or hasattr(ids, "keys"):  # some versions return a BatchEncoding
+            ids = ids["input_ids"]
+        rows.append(list(ids))
+    P = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), P), pad_id(tokenizer), dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), P), dtype=torch.long)
+    for i, r in enumerate(rows):
+        input_ids[i, P - len(r):] = torch.tensor(r, dtype=torch.long)
+        attention_mask[i, P - len(r):] = 1
+    return input_ids, attention_mask
+
+
+def encode_completions(tokenizer, texts: list[str], max_tokens: int | None = None):
+    """Tokenize target texts (SFT, references) and append EOS; right-pad.
+
+    Returns (completion_ids [B, T], completion_mask [B, T]); the EOS is inside the mask, so the
+    model learns to stop.
+    """
+    eos = tokenizer.eos_token_id
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    if max_tokens is not None:
+        rows = [r[: max_tokens - 1] for r in rows]
+    rows = [r + [eos] for r in rows]
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id(tokenizer), dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def completion_mask(completion_ids: torch.Tensor, eos: list[int]) -> torch.Tensor:
+    """1 for every token up to and including the first EOS, 0 after it.
+
+    Built from the *position* of the first EOS, never from `ids != pad_id`: when pad == EOS (many
+    chat models) the latter silently drops the EOS from the loss and the model never learns to stop.
+    A completion with no EOS (truncated at max_new_tokens) keeps all its tokens.
+    """
+    is_eos = torch.isin(completion_ids, torch.tensor(eos, device=completion_ids.device))
+    # number of EOS tokens strictly before position t; a token counts while none came before it
+    eos_before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
+    return (eos_before == 0).long()
+
+
+# ----------------------------------------------------------------------------------------------
+# Step 1: rollouts
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Rollouts:
+    """G rollouts for each of B prompts, grouped: rows i*G .. i*G+G-1 belong to prompt i."""
+    prompt_ids: torch.Tensor       # [B*G, P] left-padded
+    prompt_mask: torch.Tensor      # [B*G, P]
+    completion_ids: torch.Tensor   # [B*G, T] sampled ids, kept as ids end to end
+    completion_mask: torch.Tensor  # [B*G, T] 1 up to and including the first EOS
+    texts: list[str]               # decoded completions, special tokens removed
+    group_size: int
+
+    @property
+    def prompt_index(self) -> list[int]:
+        """Which prompt each rollout answers (reward alignment is by construction)."""
+        return [i // self.group_size for i in range(len(self.texts))]
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.completion_mask.sum(1)
+
+    @property
+    def truncated(self) -> torch.Tensor:
+        """True where the rollout hit max_new_tokens without an EOS."""
+        return self.completion_mask[:, -1].bool()
+
+    def select(self, idx) -> "Rollouts":
+        """A subset of rows (for micro-batches); the group size no longer applies."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return Rollouts(self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx],
+                        self.completion_mask[idx], [self.texts[i] for i in idx.tolist()], 1)
+
+
+def decode(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """Decode each completion's valid tokens without special tokens (EOS, pad)."""
+    return [tokenizer.decode(ids[m.bool()].tolist(), skip_special_tokens=True)
+            for ids, m in zip(completion_ids, mask)]
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts, n: int = 8, max_new_tokens: int = 512,
+           temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+           chat_template_kwargs: dict | None = None) -> Rollouts:
+    """Step 1 (student rollouts): sample `n` completions for each prompt.
+
+    `temperature == 0` means greedy decoding. With `seed`, sampling is reproducible and leaves the
+    global RNG untouched; without it, it draws from (and advances) the global torch RNG.
+    """
+    device = next(model.parameters()).device
+    ids, mask = encode_prompts(tokenizer, prompts, chat_template_kwargs)
+    ids, mask = ids.repeat_interleave(n, 0).to(device), mask.repeat_interleave(n, 0).to(device)
+    eos = eos_ids(tokenizer, model)
+    gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_id(tokenizer),
+                      eos_token_id=eos, use_cache=True)
+    if temperature > 0:
+        gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    else:
+        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    was_training = model.training
+    model.eval()
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = model.generate(input_ids=ids, attention_mask=mask, **gen_kwargs)
+    model.train(was_training)
+    completion_ids = out[:, ids.shape[1]:]
+    if completion_ids.shape[1] == 0:  # max_new_tokens=0: keep shapes sane
+        completion_ids = torch.full((ids.shape[0], 1), eos[0], device=device)
+    cmask = completion_mask(completion_ids, eos)
+    texts = decode(tokenizer, completion_ids, cmask)
+    return Rollouts(ids, mask, completion_ids, cmask, texts, n)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-token log-probabilities, without ever materialising [B, T, V]
+# ----------------------------------------------------------------------------------------------
+
+def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head, temperature: float,
+                    softcap: float | None) -> torch.Tensor:
+    """log softmax(head(h) / temperature)[target] for one chunk of positions [N, H] -> [N]."""
+    logits = head(hidden).float()
+    if softcap:  # e.g. Gemma's final_logit_softcapping
+        logits = torch.tanh(logits / softcap) * softcap
+    logits = logits / temperature
+    # gather - logsumexp is log_softmax[target] without a second [N, V] tensor
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int,
+                   temperature: float = 1.0, chunk_tokens: int = 1024) -> torch.Tensor:
+    """log pi(y_t | x, y_<t) for the last `n_completion` tokens of `input_ids`, shape [B, n_completion].
+
+    The logits are divided by the sampling temperature, so these are the log-probs of the policy
+    that actually produced the samples (otherwise the importance ratio is not 1 on-policy).
+    Memory: the model body runs once; the output head and log-softmax then run over at most
+    `chunk_tokens` positions at a time, and under autograd each chunk is recomputed in backward
+    (activation checkpointing), so neither pass ever holds [B, T, V] logits - with a 150k vocabulary
+    that tensor alone is 4.8 GB for 8 x 1k tokens in fp32.
+    Position ids come from the attention mask, exactly as `generate` builds them for left-padded
+    prompts; without this, the log-probs of left-padded rows differ from the sampler's.
+    """
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    body, head = model.get_decoder(), model.get_output_embeddings()
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                  use_cache=False).last_hidden_state
+    # the hidden state at position t predicts token t+1
+    h = hidden[:, -n_completion - 1:-1, :]
+    targets = input_ids[:, -n_completion:]
+    B, T, H = h.shape
+    h, targets = h.reshape(B * T, H), targets.reshape(B * T)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    out = []
+    for s in range(0, B * T, chunk_tokens):
+        hs, ts = h[s:s + chunk_tokens], targets[s:s + chunk_tokens]
+        if torch.is_grad_enabled() and hs.requires_grad:
+            out.append(checkpoint(_chunk_logprobs, hs, ts, head, temperature, softcap,
+                                  use_reentrant=False))
+        else:
+            out.append(_chunk_logprobs(hs, ts, head, temperature, softcap))
+    return torch.cat(out).view(B, T)
+
+
+def naive_token_logprobs(model, input_ids, attention_mask, n_completion, temperature=1.0):
+    """The textbook formula (full [B, T, V] log-softmax): the reference that tests and the memory
+    benchmark compare `token_logprobs` against. Do not use it for training."""
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False).logits.float()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    logp = torch.log_softmax(logits[:, -n_completion - 1:-1] / temperature, dim=-1)
+    return logp.gather(-1, input_ids[:, -n_completion:].unsqueeze(-1)).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Step 7: advantages and the clipped policy-gradient loss
+# ----------------------------------------------------------------------------------------------
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "none",
+                     eps: float = 1e-6) -> torch.Tensor:
+    """Step 7: A_i = s_i - mean_{j in group(i)} s_j, one advantage per rollout.
+
+    scale="none" is the official ROPD code (Dr. GRPO-style: no division, so easy and hard prompts
+    keep their natural scale); scale="std" is the paper's text, (s_i - mean) / (std + eps) with the
+    unbiased group std. A group whose rewards are all equal gets zero advantage either way.
+    """
+    if scale not in ("none", "std"):
+        raise ValueError(f"scale must be 'none' or 'std', got {scale!r}")
+    r = rewards.float().view(-1, group_size)
+    adv = r - r.mean(dim=1, keepdim=True)
+    if scale == "std":
+        std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(r[:, :1])
+        adv = adv / (std + eps)
+    return adv.view(-1)
+
+
+def lopd_advantages(teacher_logp: torch.Tensor, student_logp: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:
+    """LOPD per-token advantage: A_t = log pi_T(y_t | x, y_<t) - log pi_old(y_t | x, y_<t).
+
+    A one-sample estimate of the negative reverse KL at each token, detached, no discounting; zero
+    outside the completion mask. Both log-probs must be taken at the same temperature.
+    """
+    return ((teacher_logp - student_logp) * mask).detach()
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.28,
+                agg: str = "token-mean", ref_logp: torch.Tensor | None = None, beta: float = 0.0,
+                clip_c: float | None = None, norm: float | None = None,
+                max_len: int | None = None) -> tuple[torch.Tensor, dict]:
+    """Step 7: the importance-weighted clipped objective (PPO-clip, as in GRPO/DAPO/verl).
+
+    Per token t of rollout i, with ratio r = exp(logp - old_logp):
+        l_t = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))           (asymmetric clip)
+        l_t = min(l_t, clip_c * |A|)       where A < 0, if clip_c is set   (dual clip)
+        l_t += beta * k3(ref, logp),  k3 = exp(ref - logp) - (ref - logp) - 1
+    `advantages` is [B] (one per rollout, broadcast to its tokens) or [B, T] (per token: LOPD).
+
+    Aggregation ("normalisation", the classic source of silent bugs):
+        token-mean              sum_i sum_t l / (number of valid tokens)       DAPO, official ROPD
+        seq-mean-token-mean     sum_i (sum_t l / |y_i|) / (number of rollouts)   original GRPO
+        seq-mean-token-sum-norm sum_i (sum_t l / max_len) / (number of rollouts) Dr. GRPO
+    `norm` overrides the denominator (valid tokens, or rollouts): with gradient accumulation pass
+    the whole mini-batch's count, so the gradient does not depend on the micro-batch size.
+    `max_len` is Dr. GRPO's constant (default: this batch's padded length).
+    Returns (loss, stats); stats are floats over valid tokens.
+    """
+    if agg not in AGGREGATIONS:
+        raise ValueError(f"agg must be one of {AGGREGATIONS}, got {agg!r}")
+    mask = mask.to(logp.dtype)
+    adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
+    adv = adv.to(logp.dtype).expand_as(logp)
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio)
+    pg_unclipped = -adv * ratio
+    pg_clipped = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    pg = torch.maximum(pg_unclipped, pg_clipped)
+    dual = torch.zeros_like(pg, dtype=torch.bool)
+    if clip_c is not None:
+        # for A < 0 a huge ratio would give an unbounded loss; cap it at clip_c * |A|
+        dual = (adv < 0) & (pg > -adv * clip_c)
+        pg = torch.where(dual, -adv * clip_c, pg)
+    per_token = pg
+    kl = None
+    if ref_logp is not None and beta != 0.0:
+        d = ref_logp - logp
+        kl = torch.exp(d) - d - 1.0  # k3: unbiased, always >= 0
+        per_token = per_token + beta * kl
+
+    n_tok = mask.sum().clamp(min=1.0)
+    if agg == "token-mean":
+        num = (per_token * mask).sum()
+        den = n_tok if norm is None else norm
+    elif agg == "seq-mean-token-mean":
+        num = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum()
+        den = mask.shape[0] if norm is None else norm
+    else:
+        L = max_len if max_len is not None else mask.shape[1]
+        num = ((per_token * mask).sum(-1) / L).sum()
+        den = mask.shape[0] if norm is None else norm
+    loss = num / den
+
+    with torch.no_grad():
+        m = mask.bool()
+        clipped = (pg_clipped > pg_unclipped) & m
+        stats = {
+            "clip_frac": (clipped.sum() / n_tok).item(),
+            "clip_frac_low": ((clipped & (ratio < 1.0)).sum() / n_tok).item(),
+            "clip_frac_high": ((clipped & (ratio > 1.0)).sum() / n_tok).item(),
+            "dual_clip_frac": ((dual & m).sum() / n_tok).item(),
+            "ratio_mean": (ratio * mask).sum().div(n_tok).item(),
+            # k3 estimate of KL(pi_old || pi_theta) over the sampled tokens
+            "approx_kl": ((torch.exp(log_ratio) - 1 - log_ratio) * mask).sum().div(n_tok).item(),
+            "pg_loss": (pg * mask).sum().div(n_tok).item(),
+        }
+        if kl is not None:
+            stats["kl_ref"] = (kl * mask).sum().div(n_tok).item()
+    return loss, stats
+
+
+def sft_loss(logp: torch.Tensor, mask: torch.Tensor, norm: float | None = None) -> torch.Tensor:
+    """Supervised fine-tuning: token-mean negative log-likelihood of the target completion
+    (EOS included in `mask`). `norm` = the whole mini-batch's token count under accumulation."""
+    den = mask.sum().clamp(min=1.0) if norm is None else norm
+    return -(logp * mask).sum() / den
+
+
+def cosine_lr(step: int, total: int, warmup: int, base_lr: float, min_ratio: float = 0.0) -> float:
+    """Linear warm-up then cosine decay to min_ratio * base_lr (the paper's text schedule)."""
+    if warmup > 0 and step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))

@@ -1,0 +1,9 @@
+"""Shared fixtures: a tiny toy world built once per test session (seconds, not the full build)."""
+import pytest
+
+import toy
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    return toy.build(toy.TEST_CONFIG, tmp_path_factory.mktemp("world") / "w", log=None)

@@ -1,0 +1,270 @@
+"""grpo.py: the math pinned by independently computed values, and the classic GRPO pitfalls."""
+import math
+
+import pytest
+import torch
+
+import grpo
+import toy
+
+
+# ---------------------------------------------------------------- group advantages
+
+def test_group_advantages_no_std_is_mean_centred():
+    r = torch.tensor([1.0, 0.0, 0.5, 0.5, 0.2, 0.2, 0.2, 0.2])
+    adv = grpo.group_advantages(r, group_size=4)
+    # group 1 mean 0.5, group 2 mean 0.2 (computed by hand)
+    assert torch.allclose(adv, torch.tensor([0.5, -0.5, 0.0, 0.0, 0, 0, 0, 0]))
+
+
+def test_group_advantages_std_scaling():
+    r = torch.tensor([1.0, 0.0, 0.5, 0.5])
+    adv = grpo.group_advantages(r, group_size=4, scale="std", eps=0.0)
+    std = math.sqrt((0.25 + 0.25 + 0 + 0) / 3)  # unbiased
+    assert torch.allclose(adv, torch.tensor([0.5, -0.5, 0, 0]) / std)
+
+
+@pytest.mark.parametrize("scale", ["none", "std"])
+def test_identical_rewards_give_zero_advantage(scale):
+    adv = grpo.group_advantages(torch.full((6,), 0.7), group_size=3, scale=scale)
+    assert torch.equal(adv, torch.zeros(6))
+
+
+def test_group_advantages_rejects_unknown_scale():
+    with pytest.raises(ValueError, match="scale"):
+        grpo.group_advantages(torch.zeros(4), 2, scale="rank")
+
+
+# ---------------------------------------------------------------- clipping
+
+def _one_token_loss(ratio, adv, **kw):
+    logp = torch.tensor([[math.log(ratio)]], requires_grad=True)
+    loss, stats = grpo.policy_loss(logp, torch.zeros(1, 1), torch.tensor([adv]), torch.ones(1, 1), **kw)
+    loss.backward()
+    return loss.item(), logp.grad.item(), stats
+
+
+@pytest.mark.parametrize("ratio,adv,expected,clipped", [
+    (1.5, 1.0, -1.28, True),    # A > 0, ratio above 1 + clip_high: clipped, no gradient
+    (0.5, 1.0, -0.5, False),    # A > 0, ratio below 1 - clip_low: max() keeps the unclipped term
+    (0.5, -1.0, 0.8, True),     # A < 0, ratio below 1 - clip_low: clipped at 0.8
+    (1.5, -1.0, 1.5, False),    # A < 0, ratio above 1 + clip_high: unclipped (pessimistic) term
+    (1.1, 2.0, -2.2, False),    # inside the trust region
+])
+def test_clipping_both_sides(ratio, adv, expected, clipped):
+    loss, grad, stats = _one_token_loss(ratio, adv, clip_low=0.2, clip_high=0.28)
+    assert loss == pytest.approx(expected, abs=1e-6)
+    assert stats["clip_frac"] == (1.0 if clipped else 0.0)
+    # d loss / d logp = -A * ratio when unclipped, 0 when clipped
+    assert grad == pytest.approx(0.0 if clipped else -adv * ratio, abs=1e-6)
+
+
+def test_dual_clip_caps_negative_advantage_loss():
+    loss, grad, stats = _one_token_loss(5.0, -1.0, clip_c=3.0)
+    assert loss == pytest.approx(3.0) and grad == 0.0 and stats["dual_clip_frac"] == 1.0
+    loss, _, stats = _one_token_loss(2.0, -1.0, clip_c=3.0)  # below the cap: untouched
+    assert loss == pytest.approx(2.0) and stats["dual_clip_frac"] == 0.0
+    loss, _, _ = _one_token_loss(5.0, 1.0, clip_c=3.0)  # positive advantages are never dual-clipped
+    assert loss == pytest.approx(-1.28)
+
+
+# ---------------------------------------------------------------- aggregations
+
+def _agg_example():
+    # two rollouts, lengths 3 and 1 (padded to 4); ratio 1, so per-token loss = -A_t
+    adv = torch.tensor([[1.0, 2.0, 3.0, 99.0], [4.0, 99.0, 99.0, 99.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+    z = torch.zeros(2, 4)
+    return z, adv, mask
+
+
+@pytest.mark.parametrize("agg,expected", [
+    ("token-mean", -(1 + 2 + 3 + 4) / 4),                 # all valid tokens of the batch
+    ("seq-mean-token-mean", -((1 + 2 + 3) / 3 + 4 / 1) / 2),  # per sequence, then over sequences
+    ("seq-mean-token-sum-norm", -((1 + 2 + 3) / 4 + 4 / 4) / 2),  # token sums / max_len (=4)
+])
+def test_aggregations_on_unequal_lengths(agg, expected):
+    z, adv, mask = _agg_example()
+    loss, _ = grpo.policy_loss(z, z, adv, mask, agg=agg)
+    assert loss.item() == pytest.approx(expected)
+
+
+def test_dr_grpo_max_len_and_norm_override():
+    z, adv, mask = _agg_example()
+    loss, _ = grpo.policy_loss(z, z, adv, mask, agg="seq-mean-token-sum-norm", max_len=10)
+    assert loss.item() == pytest.approx(-((1 + 2 + 3) / 10 + 4 / 10) / 2)
+    loss, _ = grpo.policy_loss(z, z, adv, mask, agg="token-mean", norm=8.0)
+    assert loss.item() == pytest.approx(-10 / 8)
+
+
+def test_unknown_aggregation_is_rejected():
+    z, adv, mask = _agg_example()
+    with pytest.raises(ValueError, match="agg"):
+        grpo.policy_loss(z, z, adv, mask, agg="mean")
+
+
+def test_k3_kl_penalty_value():
+    logp = torch.tensor([[-1.0, -2.0]])
+    ref = torch.tensor([[-1.5, -1.0]])
+    mask = torch.ones(1, 2)
+    loss, stats = grpo.policy_loss(logp, logp.clone(), torch.zeros(1), mask, ref_logp=ref, beta=0.1)
+    k3 = [math.exp(d) - d - 1 for d in (-0.5, 1.0)]  # d = ref - logp
+    assert stats["kl_ref"] == pytest.approx(sum(k3) / 2)
+    assert loss.item() == pytest.approx(0.1 * sum(k3) / 2)
+
+
+def test_padding_and_post_eos_tokens_get_no_gradient():
+    logp = torch.randn(2, 5, requires_grad=True)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0]])
+    adv = torch.tensor([[0.3] * 5, [-0.7] * 5])
+    for agg in grpo.AGGREGATIONS:
+        logp.grad = None
+        loss, _ = grpo.policy_loss(logp, logp.detach() - 0.05, adv, mask, agg=agg, clip_c=3.0)
+        loss.backward()
+        assert torch.all(logp.grad[mask == 0] == 0)
+        assert torch.all(logp.grad[mask == 1] != 0)
+
+
+def test_lopd_advantages():
+    t = torch.tensor([[-0.1, -2.0, -0.5]])
+    s = torch.tensor([[-0.3, -1.0, -9.0]], requires_grad=True)
+    a = grpo.lopd_advantages(t, s, torch.tensor([[1, 1, 0]]))
+    assert torch.allclose(a, torch.tensor([[0.2, -1.0, 0.0]]))
+    assert not a.requires_grad
+
+
+def test_sft_loss_and_cosine_lr():
+    logp = torch.tensor([[-1.0, -3.0, -7.0]])
+    assert grpo.sft_loss(logp, torch.tensor([[1, 1, 0]])).item() == pytest.approx(2.0)
+    assert grpo.cosine_lr(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert grpo.cosine_lr(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert grpo.cosine_lr(55, 100, 10, 1.0) == pytest.approx(0.5)
+    assert grpo.cosine_lr(100, 100, 10, 1.0, min_ratio=0.1) == pytest.approx(0.1)
+
+
+# ---------------------------------------------------------------- masks, sampling, log-probs
+
+def test_completion_mask_keeps_first_eos_only():
+    eos = 2
+    ids = torch.tensor([[5, 6, 2, 2, 2], [5, 2, 7, 2, 8], [5, 6, 7, 8, 9], [2, 2, 2, 2, 2]])
+    mask = grpo.completion_mask(ids, [eos])
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tok = toy.build_tokenizer()
+    model = toy.build_model(tok, hidden=32, layers=2, heads=2, seed=0)
+    return model, tok
+
+
+def test_eos_counts_in_loss_when_pad_equals_eos():
+    tok = toy.build_tokenizer(pad_is_eos=True)
+    assert tok.pad_token_id == tok.eos_token_id
+    eos = tok.eos_token_id
+    model = toy.build_model(tok, hidden=32, layers=1, heads=2, seed=0)
+    # nudge the head towards EOS so rollouts end at different lengths, then get padded with EOS
+    bias = torch.zeros(len(tok))
+    bias[eos] = 3.5
+    model.lm_head.register_forward_hook(lambda mod, inp, out: out + bias)
+    r = grpo.sample(model, tok, ["1+2", "(3*4)-5"], n=8, max_new_tokens=12, seed=0)
+    ended = [i for i in range(16) if (r.completion_ids[i] == eos).any()]
+    padded = [i for i in ended if r.completion_mask[i].sum() < r.completion_ids.shape[1]]
+    assert len(padded) >= 2  # some rollouts stopped early and were padded with EOS == pad
+    for i in ended:
+        first = (r.completion_ids[i] == eos).nonzero()[0].item()
+        assert r.completion_mask[i].sum().item() == first + 1  # up to and including the EOS
+        assert r.completion_mask[i, first] == 1
+    # the EOS token receives gradient: the model is taught to stop
+    logp = torch.zeros(r.completion_ids.shape, requires_grad=True)
+    loss, _ = grpo.policy_loss(logp, logp.detach(), torch.ones(16), r.completion_mask)
+    loss.backward()
+    for i in padded:
+        first = (r.completion_ids[i] == eos).nonzero()[0].item()
+        assert logp.grad[i, first] != 0 and (logp.grad[i, first + 1:] == 0).all()
+    # whereas the classic `ids != pad_id` mask would have dropped every EOS
+    naive = (r.completion_ids != tok.pad_token_id).long()
+    assert all(naive[i].sum() < r.completion_mask[i].sum() for i in ended)
+
+
+def test_sample_groups_shapes_and_seed(tiny):
+    model, tok = tiny
+    prompts = ["1+2", "((3*4)-5)+6", "7-1"]
+    a = grpo.sample(model, tok, prompts, n=4, max_new_tokens=12, seed=3)
+    b = grpo.sample(model, tok, prompts, n=4, max_new_tokens=12, seed=3)
+    c = grpo.sample(model, tok, prompts, n=4, max_new_tokens=12, seed=4)
+    assert a.completion_ids.shape[0] == 12 and a.prompt_index == [0] * 4 + [1] * 4 + [2] * 4
+    assert torch.equal(a.completion_ids, b.completion_ids) and a.texts == b.texts
+    assert not torch.equal(a.completion_ids, c.completion_ids)
+    # prompts are left-padded: the last prompt column is real for every row
+    assert a.prompt_mask[:, -1].all() and not a.prompt_mask[:, 0].all()
+    # each rollout's prompt is its own prompt (alignment by construction)
+    for i, p in enumerate(a.prompt_index):
+        row = a.prompt_ids[i][a.prompt_mask[i].bool()].tolist()
+        assert tok.decode(row, skip_special_tokens=True) == prompts[p]
+    # texts are the decoded valid ids, special tokens removed
+    assert a.texts == grpo.decode(tok, a.completion_ids, a.completion_mask)
+
+
+def test_chunked_logprobs_equal_naive(tiny):
+    model, tok = tiny
+    r = grpo.sample(model, tok, ["1+2", "((3*4)-5)+6"], n=3, max_new_tokens=16, seed=0)
+    T = r.completion_ids.shape[1]
+    for temp in (1.0, 0.7):
+        naive = grpo.naive_token_logprobs(model, r.input_ids, r.attention_mask, T, temp)
+        for chunk in (1, 7, 10_000):
+            fast = grpo.token_logprobs(model, r.input_ids, r.attention_mask, T, temp, chunk_tokens=chunk)
+            assert torch.allclose(fast, naive, atol=1e-5)
+
+
+def test_chunked_logprobs_gradient_equals_naive(tiny):
+    model, tok = tiny
+    r = grpo.sample(model, tok, ["1+2", "9*9"], n=2, max_new_tokens=10, seed=1)
+    T = r.completion_ids.shape[1]
+    grads = []
+    for fn in (lambda: grpo.token_logprobs(model, r.input_ids, r.attention_mask, T, chunk_tokens=5),
+               lambda: grpo.naive_token_logprobs(model, r.input_ids, r.attention_mask, T)):
+        model.zero_grad()
+        (fn() * r.completion_mask).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+def test_importance_ratio_is_one_on_first_update(tiny):
+    """old log-probs recorded at sampling time and new ones from the same weights agree: ratio 1."""
+    model, tok = tiny
+    temp = 0.8
+    prompts = ["1+2", "((3*4)-5)+6", "7"]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        ids, attn = grpo.encode_prompts(tok, prompts)
+        out = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=temp,
+                             top_p=1.0, top_k=0, max_new_tokens=12, output_scores=True,
+                             return_dict_in_generate=True, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id)
+    P = out.sequences.shape[1] - len(out.scores)
+    comp = out.sequences[:, P:]
+    # the sampler's own log-probs (scores are temperature-scaled logits)
+    sampler = torch.stack([torch.log_softmax(s.float(), -1).gather(-1, comp[:, t:t + 1]).squeeze(-1)
+                           for t, s in enumerate(out.scores)], 1)
+    mask = grpo.completion_mask(comp, [tok.eos_token_id])
+    attn = torch.cat([grpo.encode_prompts(tok, prompts)[1], mask], 1)
+    learner = grpo.token_logprobs(model, out.sequences, attn, comp.shape[1], temperature=temp)
+    ratio = torch.exp(learner - sampler)[mask.bool()]
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-5)
+    # and the loss's own ratio statistic says the same
+    _, stats = grpo.policy_loss(learner, sampler, torch.ones(3), mask)
+    assert stats["ratio_mean"] == pytest.approx(1.0, abs=1e-5) and stats["clip_frac"] == 0.0
+
+
+def test_rewards_stay_aligned_with_prompts(tiny):
+    """Reward = 'the rollout's prompt id', computed from each rollout's own prompt text; after
+    grouping, each group's rewards are its own prompt's, so a per-prompt reward is never shifted."""
+    model, tok = tiny
+    prompts = ["1+1", "2+2", "3+3", "4+4"]
+    r = grpo.sample(model, tok, prompts, n=3, max_new_tokens=4, seed=0)
+    rewards = torch.tensor([float(prompts.index(
+        tok.decode(r.prompt_ids[i][r.prompt_mask[i].bool()].tolist(), skip_special_tokens=True)))
+        for i in range(len(r.texts))])
+    assert rewards.view(4, 3).tolist() == [[i] * 3 for i in range(4)]
+    assert torch.equal(grpo.group_advantages(rewards, 3), torch.zeros(12))

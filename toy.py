@@ -1,0 +1,349 @@
+"""toy.py - the embedded offline world: a task, a tokenizer, a teacher and a student, built here.
+
+No weights can be downloaded, so `python ropd.py` runs on a world this file builds on first use
+(a few minutes on 2 CPU cores) and caches under ~/.cache/ropd/toy (or $ROPD_CACHE):
+
+  * the task: left-to-right integer arithmetic, e.g. "((7+5)*3)-4", whose worked solution is one
+    line per step ("7+5=12", "12*3=36", "36-4=32") and a final line "Answer: 32";
+  * a character-level tokenizer (`tokenizers`), saved as an ordinary Hugging Face tokenizer with a
+    chat template, so toy and real models share the same `apply_chat_template` code path;
+  * a teacher (Qwen2-architecture causal LM, ~0.8M parameters) trained by SFT to >= 90% held-out
+    accuracy: a real white-box teacher, so LOPD can run beside ROPD;
+  * a smaller student, SFT-warm-started only briefly: weak, but not hopeless.
+Both models are saved with `save_pretrained`, loadable with `AutoModelForCausalLM.from_pretrained`.
+
+Held-out problems are a fixed hash-slice of the question space that training never sees.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import grpo
+
+OPS = "+-*"
+ANSWER_RE = re.compile(r"Answer:\s*(-?\d+)\s*$")
+SPECIAL = {"pad": "<pad>", "unk": "<unk>", "eos": "<|end|>"}
+ROLES = ("<|system|>", "<|user|>", "<|assistant|>")
+CHARS = [chr(c) for c in range(32, 127)] + ["\n"]  # printable ASCII: any text tokenizes
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+BUILD_VERSION = 1  # bump when the build recipe changes, so old caches are not reused
+
+
+# ----------------------------------------------------------------------------------------------
+# The task
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Problem:
+    question: str                               # e.g. "((7+5)*3)-4"
+    steps: tuple[tuple[int, str, int, int], ...]  # (a, op, b, a op b) in order
+    answer: int
+
+    @property
+    def solution(self) -> str:
+        """The worked solution the teacher learns to write (and the checker understands)."""
+        return "\n".join(step_line(*s) for s in self.steps) + f"\nAnswer: {self.answer}"
+
+    def to_json(self) -> dict:
+        return {"prompt": self.question, "answer": str(self.answer)}
+
+
+def step_line(a: int, op: str, b: int, r: int) -> str:
+    return f"{a}{op}{b}={r}"
+
+
+def apply_op(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def is_heldout(question: str, every: int = 8) -> bool:
+    """The held-out slice: 1 question in `every`, chosen by a stable hash of its text."""
+    return int(hashlib.sha1(question.encode()).hexdigest(), 16) % every == 0
+
+
+def make_problem(rng: random.Random, n_steps: int, max_operand: int = 9,
+                 max_value: int = 99) -> Problem:
+    """One problem whose every intermediate result lies in [0, max_value] (rejection sampling)."""
+    while True:
+        value = rng.randint(1, max_operand)
+        expr, steps = str(value), []
+        for k in range(n_steps):
+            op, b = rng.choice(OPS), rng.randint(1, max_operand)
+            new = apply_op(value, op, b)
+            if not 0 <= new <= max_value:
+                break
+            steps.append((value, op, b, new))
+            expr = f"{expr}{op}{b}" if k == 0 else f"({expr}){op}{b}"
+            value = new
+        if len(steps) == n_steps:
+            return Problem(expr, tuple(steps), value)
+
+
+def make_problems(n: int, seed: int, split: str = "train", steps: tuple[int, ...] = (2, 3),
+                  max_operand: int = 9, max_value: int = 99) -> list[Problem]:
+    """`n` problems from the train or test (held-out) slice, reproducible from `seed`."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    rng = random.Random(f"{split}-{seed}")
+    out = []
+    while len(out) < n:
+        p = make_problem(rng, rng.choice(steps), max_operand, max_value)
+        if is_heldout(p.question) == (split == "test"):
+            out.append(p)
+    return out
+
+
+def parse_question(question: str) -> list[tuple[int, str, int, int]] | None:
+    """Recover the steps of a toy question ("((7+5)*3)-4") left to right; None if it is not one."""
+    q = question.replace("(", "").replace(")", "").strip()
+    m = re.fullmatch(r"(\d+)((?:[-+*]\d+)+)", q)
+    if not m:
+        return None
+    value, steps = int(m.group(1)), []
+    for op, b in re.findall(r"([-+*])(\d+)", m.group(2)):
+        new = apply_op(value, op, int(b))
+        steps.append((value, op, int(b), new))
+        value = new
+    return steps
+
+
+def extract_answer(text: str) -> int | None:
+    """The integer on the last non-empty line if it reads 'Answer: N', else None."""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return None
+    m = ANSWER_RE.search(lines[-1].strip())
+    return int(m.group(1)) if m else None
+
+
+def check_answer(text: str, answer) -> bool:
+    """The toy task's ground-truth checker: is the final answer line right?"""
+    got = extract_answer(text)
+    return got is not None and str(got) == str(answer).strip()
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer and models
+# ----------------------------------------------------------------------------------------------
+
+def build_tokenizer(pad_is_eos: bool = False):
+    """A character-level tokenizer as a normal HF fast tokenizer with a chat template.
+
+    Every printable ASCII character and newline is one token; roles and EOS are special tokens.
+    `pad_is_eos=True` gives the pad == EOS layout of many chat models (used by the tests).
+    """
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [SPECIAL["pad"], SPECIAL["unk"], SPECIAL["eos"], *ROLES]
+    vocab = {t: i for i, t in enumerate(specials + CHARS)}
+    # BPE without merges = one token per character; Fuse joins the characters back on decode
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=SPECIAL["unk"]))
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(specials)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token=SPECIAL["unk"], eos_token=SPECIAL["eos"],
+        pad_token=SPECIAL["eos"] if pad_is_eos else SPECIAL["pad"],
+        additional_special_tokens=list(ROLES))
+    hf.chat_template = CHAT_TEMPLATE
+    hf.padding_side = "left"
+    return hf
+
+
+def build_model(tokenizer, hidden: int, layers: int, heads: int, seed: int, max_positions: int = 256):
+    """A small Qwen2-architecture causal LM from a config (no download)."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    cfg = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=3 * hidden,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+        max_position_embeddings=max_positions, tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def sft(model, tokenizer, problems: list[Problem], steps: int, batch: int, lr: float, seed: int,
+        desc: str = "sft", log=print) -> list[float]:
+    """Supervised fine-tuning on worked solutions (loss on completion tokens, EOS included).
+
+    AdamW with linear warm-up and cosine decay; returns the loss per step.
+    """
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    model.train()
+    losses = []
+    t0 = time.time()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = grpo.cosine_lr(step, steps, warmup=max(1, steps // 20), base_lr=lr, min_ratio=0.1)
+        b = rng.sample(problems, batch)
+        p_ids, p_mask = grpo.encode_prompts(tokenizer, [p.question for p in b])
+        c_ids, c_mask = grpo.encode_completions(tokenizer, [p.solution for p in b])
+        logp = grpo.token_logprobs(model, torch.cat([p_ids, c_ids], 1),
+                                   torch.cat([p_mask, c_mask], 1), c_ids.shape[1])
+        loss = grpo.sft_loss(logp, c_mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if log and (step + 1) % max(1, steps // 10) == 0:
+            log(f"  [{desc}] step {step + 1}/{steps}  loss {sum(losses[-20:]) / len(losses[-20:]):.3f}"
+                f"  ({time.time() - t0:.0f}s)")
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def accuracy(model, tokenizer, problems: list[Problem], batch: int = 256,
+             max_new_tokens: int = 48) -> float:
+    """Greedy held-out accuracy: fraction of problems whose final answer line is right."""
+    right = 0
+    for s in range(0, len(problems), batch):
+        chunk = problems[s:s + batch]
+        r = grpo.sample(model, tokenizer, [p.question for p in chunk], n=1,
+                        max_new_tokens=max_new_tokens, temperature=0.0)
+        right += sum(check_answer(t, p.answer) for t, p in zip(r.texts, chunk))
+    return right / max(1, len(problems))
+
+
+# ----------------------------------------------------------------------------------------------
+# The world: build once, cache, reload in seconds
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class ToyConfig:
+    """Everything that determines the built world (its hash names the cache folder)."""
+    seed: int = 0
+    steps: tuple[int, ...] = (2, 3)
+    max_operand: int = 9
+    max_value: int = 99
+    n_train: int = 20000
+    n_test: int = 200
+    teacher: dict = field(default_factory=lambda: dict(hidden=128, layers=4, heads=4))
+    teacher_sft: dict = field(default_factory=lambda: dict(steps=600, batch=64, lr=3e-3))
+    student: dict = field(default_factory=lambda: dict(hidden=64, layers=3, heads=4))
+    student_sft: dict = field(default_factory=lambda: dict(steps=300, batch=64, lr=3e-3))
+
+    def key(self) -> str:
+        blob = json.dumps([BUILD_VERSION, dataclasses.asdict(self)], sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+# A world small enough for unit tests (seconds); nothing in it is expected to be accurate.
+TEST_CONFIG = ToyConfig(n_train=2000, n_test=32,
+                        teacher=dict(hidden=32, layers=2, heads=2),
+                        teacher_sft=dict(steps=30, batch=32, lr=3e-3),
+                        student=dict(hidden=32, layers=1, heads=2),
+                        student_sft=dict(steps=10, batch=32, lr=3e-3))
+
+
+@dataclass
+class ToyWorld:
+    root: Path
+    config: ToyConfig
+    teacher_accuracy: float
+    student_accuracy: float
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def teacher_path(self) -> Path:
+        return self.root / "teacher"
+
+    @property
+    def student_path(self) -> Path:
+        return self.root / "student"
+
+    def problems(self, split: str, n: int | None = None, seed: int | None = None) -> list[Problem]:
+        c = self.config
+        n = n if n is not None else (c.n_test if split == "test" else c.n_train)
+        return make_problems(n, c.seed if seed is None else seed, split, c.steps, c.max_operand,
+                             c.max_value)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ROPD_CACHE", Path.home() / ".cache" / "ropd")) / "toy"
+
+
+def build(config: ToyConfig | None = None, root: str | Path | None = None, log=print) -> ToyWorld:
+    """Build (or load from cache) the toy world. Atomic: a half-built world is never reused."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = config or ToyConfig()
+    log = log or (lambda *a: None)
+    root = Path(root) if root else cache_dir() / config.key()
+    meta = root / "world.json"
+    if meta.exists():
+        info = json.loads(meta.read_text())
+        return ToyWorld(root, config, info["teacher_accuracy"], info["student_accuracy"])
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    t0 = time.time()
+    log(f"building the toy world in {root} (once; cached afterwards)")
+    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok = build_tokenizer()
+    tok.save_pretrained(tmp / "tokenizer")
+    train = make_problems(config.n_train, config.seed, "train", config.steps, config.max_operand,
+                          config.max_value)
+    test = make_problems(config.n_test, config.seed, "test", config.steps, config.max_operand,
+                         config.max_value)
+    acc = {}
+    for name, arch, sft_cfg, seed in (("teacher", config.teacher, config.teacher_sft, config.seed),
+                                      ("student", config.student, config.student_sft, config.seed + 1)):
+        model = build_model(tok, seed=seed, **arch)
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"{name}: {n_params / 1e6:.2f}M parameters, SFT {sft_cfg['steps']} steps")
+        sft(model, tok, train, seed=seed, desc=name, log=log, **sft_cfg)
+        acc[name] = accuracy(model, tok, test)
+        log(f"{name}: held-out accuracy {acc[name]:.1%}")
+        model.save_pretrained(tmp / name)
+        tok.save_pretrained(tmp / name)  # each model folder is self-contained
+    info = {"teacher_accuracy": acc["teacher"], "student_accuracy": acc["student"],
+            "config": dataclasses.asdict(config), "build_seconds": round(time.time() - t0, 1)}
+    (tmp / "world.json").write_text(json.dumps(info, indent=2))
+    root.parent.mkdir(parents=True, exist_ok=True)
+    if root.exists():  # another process finished first: keep theirs
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, root)
+    log(f"toy world ready in {time.time() - t0:.0f}s: teacher {acc['teacher']:.1%}, "
+        f"student {acc['student']:.1%}")
+    return ToyWorld(root, config, acc["teacher"], acc["student"])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Build (or show) the embedded toy world.")
+    ap.add_argument("--root", default=None, help="where to build it (default: the cache)")
+    ap.add_argument("--test-size", action="store_true", help="the tiny unit-test world")
+    args = ap.parse_args(argv)
+    w = build(TEST_CONFIG if args.test_size else ToyConfig(), args.root)
+    print(json.dumps({"root": str(w.root), "teacher_accuracy": w.teacher_accuracy,
+                      "student_accuracy": w.student_accuracy}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
