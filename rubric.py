@@ -256,8 +256,8 @@ def extract_json(text: str):
         for m in re.finditer(r"[{\[]", cand):
             saw_open = True
             span = _balanced_span(cand, m.start())
-            if span is None:
-                continue
+            if span is None:  # never closed: the output was cut off; inner values are fragments
+                break
             for attempt in (span, _repair(span)):
                 try:
                     return json.loads(attempt)

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 import grpo
+import rubric
 
 OPS = "+-*"
 ANSWER_RE = re.compile(r"Answer:\s*(-?\d+)\s*$")
@@ -225,6 +226,111 @@ def accuracy(model, tokenizer, problems: list[Problem], batch: int = 256,
                         max_new_tokens=max_new_tokens, temperature=0.0)
         right += sum(check_answer(t, p.answer) for t, p in zip(r.texts, chunk))
     return right / max(1, len(problems))
+
+
+# ----------------------------------------------------------------------------------------------
+# The toy judge: answers the real rubricator / verifier / T-Judge prompts of rubric.py
+# ----------------------------------------------------------------------------------------------
+# It reads the rendered prompt text (as an LLM would), and replies with JSON in the official
+# schemas, so the whole prompt -> JSON -> parse -> reward path runs for real. Its criteria name the
+# exact lines a right answer contains, which it can then check in each answer.
+
+STEP_LINE_RE = re.compile(r"^\s*(\d+)\s*([-+*])\s*(\d+)\s*=\s*(-?\d+)\s*$")
+
+
+def _blocks(text: str, tag: str) -> list[str]:
+    return [m.group(1) for m in re.finditer(rf"<{tag}(?: index=\"\d+\")?>\n(.*?)\n</{tag}>", text, re.S)]
+
+
+def _lines(answer: str) -> list[str]:
+    return [ln.strip() for ln in answer.strip().splitlines() if ln.strip()]
+
+
+def _chain(answer: str) -> tuple | None:
+    """A worked answer's (step lines, final answer), if it has the toy format."""
+    steps = tuple(ln.replace(" ", "") for ln in _lines(answer) if STEP_LINE_RE.match(ln))
+    final = extract_answer(answer)
+    return (steps, final) if steps and final is not None else None
+
+
+def _toy_rubric(question: str, references: list[str], students: list[str]) -> dict:
+    """Step 4 for the toy task: the correct step lines (majority of the references' worked
+    solutions; the question itself if none is readable), the final answer, the answer format."""
+    chains = [c for c in map(_chain, references) if c]
+    if chains:
+        steps, final = max(set(chains), key=chains.count)
+    else:
+        parsed = parse_question(question)
+        if parsed is None:
+            return {"error": "the toy judge can only read toy arithmetic questions"}
+        steps, final = tuple(step_line(*st) for st in parsed), parsed[-1][3]
+    criteria = [{"category": "response_quality", "points": 2,
+                 "criterion": f"The response contains the line `{line}` (step {k + 1} worked out correctly)."}
+                for k, line in enumerate(steps)]
+    # sharpen the step most students miss (the key gap), unless the students have no gap
+    misses = [sum(line not in [x.replace(" ", "") for x in _lines(s)] for s in students) for line in steps]
+    if max(misses, default=0) > 0:
+        criteria[misses.index(max(misses))]["points"] = 4
+    criteria.append({"category": "task_fulfillment", "points": 5,
+                     "criterion": f"The final line of the response is exactly `Answer: {final}`."})
+    criteria.append({"category": "response_quality", "points": 1,
+                     "criterion": "The response ends with a final line of the form `Answer: <integer>`."})
+    for k, c in enumerate(criteria):
+        c["criterion_id"] = f"c{k + 1}"
+    return {"schema": rubric.RUBRIC_SCHEMA, "criteria": criteria,
+            "maximum_score": sum(c["points"] for c in criteria)}
+
+
+def _check(criterion: str, answer: str) -> bool:
+    lines = [x.replace(" ", "") for x in _lines(answer)]
+    m = re.search(r"contains the line `(.+?)`", criterion)
+    if m:
+        return m.group(1).replace(" ", "") in lines
+    m = re.search(r"final line of the response is exactly `(.+?)`", criterion)
+    if m:
+        return bool(lines) and lines[-1] == m.group(1).replace(" ", "")
+    if "`Answer: <integer>`" in criterion:
+        return extract_answer(answer) is not None
+    return False  # a criterion it cannot read is not met
+
+
+def _toy_verdicts(rubric_text: str, answers: list[str]) -> dict:
+    """Step 5 for the toy task: check each rendered criterion in each answer."""
+    crits = re.findall(r"^\d+\. \[(\w+), (\d+) points\] (.*)$", rubric_text, re.M)
+    results = []
+    for i, a in enumerate(answers):
+        judgement = [_check(text, a) for _, _, text in crits]
+        results.append({"answer_index": i + 1, "judgement": judgement,
+                        "final_score": sum(int(p) for (_, p, _), v in zip(crits, judgement) if v)})
+    return {"schema": rubric.VERDICT_SCHEMA, "results": results}
+
+
+def _toy_holistic(question: str, answer: str) -> dict:
+    """T-Judge for the toy task: 0.7 for the right final answer + 0.3 x fraction of right steps."""
+    parsed = parse_question(question)
+    if parsed is None:
+        return {"error": "the toy judge can only read toy arithmetic questions"}
+    lines = [x.replace(" ", "") for x in _lines(answer)]
+    steps = sum(step_line(*st) in lines for st in parsed) / len(parsed)
+    return {"schema": rubric.TJUDGE_SCHEMA,
+            "score": round(0.7 * check_answer(answer, parsed[-1][3]) + 0.3 * steps, 2)}
+
+
+def toy_judge(chat: list[dict]) -> str:
+    """Answer one judge chat (rubricator, verifier or T-Judge, told apart by the schema tag in the
+    system prompt) with JSON text, deterministically."""
+    system = " ".join(m["content"] for m in chat if m["role"] == "system")
+    user = "\n".join(m["content"] for m in chat if m["role"] == "user")
+    question = (_blocks(user, "question") or [""])[0]
+    if rubric.RUBRIC_SCHEMA in system:
+        out = _toy_rubric(question, _blocks(user, "reference"), _blocks(user, "student"))
+    elif rubric.VERDICT_SCHEMA in system:
+        out = _toy_verdicts((_blocks(user, "rubric") or [""])[0], _blocks(user, "answer"))
+    elif rubric.TJUDGE_SCHEMA in system:
+        out = _toy_holistic(question, (_blocks(user, "answer") or [""])[0])
+    else:
+        out = {"error": "not a judge prompt"}
+    return json.dumps(out)
 
 
 # ----------------------------------------------------------------------------------------------

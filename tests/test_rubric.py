@@ -1,0 +1,254 @@
+"""rubric.py: tolerant parsing over realistic judge outputs, blind pooling, weighted scores, and the
+whole steps 4-6 path through the toy judge."""
+import json
+
+import pytest
+
+import rubric
+import toy
+from rubric import Criterion, JudgeFormatError, Rubric
+
+RUBRIC = Rubric((Criterion("c1", "response_quality", "has 7+5=12", 2),
+                 Criterion("c2", "response_quality", "has 12*3=36", 4),
+                 Criterion("c3", "task_fulfillment", "final line Answer: 32", 5),
+                 Criterion("c4", "response_quality", "ends with Answer: N", 1)))
+
+GOOD_RUBRIC = {"schema": "ropd.rubric.v1", "criteria": [
+    {"criterion_id": "c1", "category": "response_quality", "criterion": "has 7+5=12", "points": 2},
+    {"criterion_id": "c2", "category": "response_quality", "criterion": "has 12*3=36", "points": 4},
+    {"criterion_id": "c3", "category": "task_fulfillment", "criterion": "final line Answer: 32", "points": 5},
+    {"criterion_id": "c4", "category": "response_quality", "criterion": "ends with Answer: N", "points": 1}],
+    "maximum_score": 12}
+GOOD_JSON = json.dumps(GOOD_RUBRIC, indent=2)
+
+
+# ---------------------------------------------------------------- rubric outputs that get repaired
+
+REPAIRABLE_RUBRICS = {
+    "code fence": "```json\n" + GOOD_JSON + "\n```",
+    "prose around": "Here is the rubric you asked for:\n" + GOOD_JSON + "\nLet me know if you need changes.",
+    "trailing commas": GOOD_JSON.replace('"points": 1}', '"points": 1},').replace('"maximum_score": 12', '"maximum_score": 12,'),
+    "points as strings": GOOD_JSON.replace('"points": 5', '"points": "5"').replace('"points": 2', '"points": 2.0'),
+    "wrong maximum_score": GOOD_JSON.replace('"maximum_score": 12', '"maximum_score": 15'),
+    "bare criteria list": json.dumps(GOOD_RUBRIC["criteria"]),
+    "reasoning before": "<think>I need {criteria} that separate [answers]...</think>\n" + GOOD_JSON,
+    "line comments": GOOD_JSON.replace('"points": 4}', '"points": 4} // the key gap'),
+    "fence without language, text after": "```\n" + GOOD_JSON + "\n```\nNote: c2 is the bottleneck.",
+    "missing ids": json.dumps({"criteria": [{k: v for k, v in c.items() if k != "criterion_id"}
+                                            for c in GOOD_RUBRIC["criteria"]]}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REPAIRABLE_RUBRICS))
+def test_rubric_outputs_that_are_repaired(name):
+    r = rubric.parse_rubric(REPAIRABLE_RUBRICS[name])
+    assert [c.points for c in r.criteria] == [2, 4, 5, 1]
+    assert [c.id for c in r.criteria] == ["c1", "c2", "c3", "c4"]
+    assert r.criteria[2].text == "final line Answer: 32" and r.criteria[2].category == "task_fulfillment"
+    assert r.maximum_score == 12  # recomputed, whatever the judge said
+
+
+def _with(criteria):
+    return json.dumps({"criteria": criteria})
+
+
+C = GOOD_RUBRIC["criteria"]
+REJECTED_RUBRICS = {
+    "no json": ("I cannot produce a rubric for this question.", "contains no JSON"),
+    "empty": ("   ", "empty judge output"),
+    "truncated": (GOOD_JSON[:200], "truncated"),
+    "too few criteria": (_with(C[:2]), "2 criteria; expected 4-12"),
+    "too many criteria": (_with([dict(c, criterion_id=f"x{i}") for i in range(4) for c in C]), "16 criteria; expected 4-12"),
+    "points zero": (_with([C[0], C[1], C[2], dict(C[3], points=0)]), "points must be an integer 1-5, got 0"),
+    "points seven": (_with([dict(C[0], points=7), C[1], C[2], C[3]]), "points must be an integer 1-5, got 7"),
+    "fractional points": (_with([dict(C[0], points=2.5), C[1], C[2], C[3]]), "got 2.5"),
+    "boolean points": (_with([dict(C[0], points=True), C[1], C[2], C[3]]), "got True"),
+    "duplicate ids": (_with([C[0], dict(C[1], criterion_id="c1"), C[2], C[3]]), "duplicate criterion id 'c1'"),
+    "empty criterion": (_with([C[0], dict(C[1], criterion="  "), C[2], C[3]]), "criterion 2 (c2) has no criterion text"),
+    "no criteria key": (json.dumps({"rubric_items": C}), "no 'criteria' list"),
+    "criterion not object": (_with([C[0], "has 12*3=36", C[2], C[3]]), "criterion 2 is not an object"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REJECTED_RUBRICS))
+def test_rubric_outputs_that_are_rejected(name):
+    text, message = REJECTED_RUBRICS[name]
+    with pytest.raises(JudgeFormatError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        rubric.parse_rubric(text)
+
+
+def test_criterion_bounds_are_configurable():
+    assert len(rubric.parse_rubric(_with(C[:2]), min_criteria=2).criteria) == 2
+    with pytest.raises(JudgeFormatError, match="expected 5-12"):
+        rubric.parse_rubric(GOOD_JSON, min_criteria=5)
+
+
+# ---------------------------------------------------------------- verdict outputs
+
+def _verdicts(results, **extra):
+    return json.dumps({"schema": "ropd.batch_verifier.v2", "results": results, **extra})
+
+
+V = [{"answer_index": 1, "judgement": [True, True, True, True], "final_score": 12},
+     {"answer_index": 2, "judgement": [True, False, False, True], "final_score": 3},
+     {"answer_index": 3, "judgement": [False, False, False, False], "final_score": 0}]
+EXPECTED = [[True] * 4, [True, False, False, True], [False] * 4]
+
+REPAIRABLE_VERDICTS = {
+    "fenced": "```json\n" + _verdicts(V) + "\n```",
+    "out of order": _verdicts([V[2], V[0], V[1]]),
+    "python booleans": _verdicts(V).replace("true", "True").replace("false", "False"),
+    "yes/no strings": _verdicts([dict(v, judgement=["yes" if b else "no" for b in v["judgement"]]) for v in V]),
+    "dict judgements": _verdicts([dict(v, judgement={f"c{i + 1}": b for i, b in enumerate(v["judgement"])}) for v in V]),
+    "bare list, no indices": json.dumps([{"judgement": v["judgement"]} for v in V]),
+    "wrong final_score ignored": _verdicts([dict(v, final_score=99) for v in V]),
+    "trailing comma + prose": "Grades:\n" + _verdicts(V)[:-2] + ",]}\nDone.",
+}
+
+
+@pytest.mark.parametrize("name", sorted(REPAIRABLE_VERDICTS))
+def test_verdict_outputs_that_are_repaired(name):
+    assert rubric.parse_verdicts(REPAIRABLE_VERDICTS[name], RUBRIC, 3) == EXPECTED
+
+
+REJECTED_VERDICTS = {
+    "missing answer": (_verdicts(V[:2]), "verdict has 2 answers; expected 3"),
+    "short judgement": (_verdicts([V[0], dict(V[1], judgement=[True, False]), V[2]]), "answer 2: 2 judgements for 4 criteria"),
+    "duplicate index": (_verdicts([V[0], V[0], V[2]]), "answer_index 1 appears twice"),
+    "index out of range": (_verdicts([V[0], V[1], dict(V[2], answer_index=7)]), "answer_index 7 out of range 1-3"),
+    "non-boolean": (_verdicts([V[0], V[1], dict(V[2], judgement=[True, "maybe", False, False])]), "must be true/false, got 'maybe'"),
+    "dict missing id": (_verdicts([V[0], V[1], dict(V[2], judgement={"c1": True})]), r"no judgement for criteria \['c2', 'c3', 'c4'\]"),
+    "no results": (json.dumps({"scores": [1, 2, 3]}), "no 'results' list"),
+    "prose only": ("All answers look fine to me.", "contains no JSON"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REJECTED_VERDICTS))
+def test_verdict_outputs_that_are_rejected(name):
+    text, message = REJECTED_VERDICTS[name]
+    with pytest.raises(JudgeFormatError, match=message):
+        rubric.parse_verdicts(text, RUBRIC, 3)
+
+
+def test_score_is_weighted_pass_rate_recomputed_from_booleans():
+    assert rubric.score(RUBRIC, [True, False, True, True]) == pytest.approx((2 + 5 + 1) / 12)
+    assert rubric.score(RUBRIC, [False] * 4) == 0.0 and rubric.score(RUBRIC, [True] * 4) == 1.0
+    with pytest.raises(ValueError):
+        rubric.score(RUBRIC, [True])
+
+
+def test_tjudge_parsing():
+    assert rubric.parse_tjudge('{"score": 0.7}') == 0.7
+    assert rubric.parse_tjudge('Score: ```json\n{"score": "7"}\n```') == 0.7  # 0-10 scale rescaled
+    with pytest.raises(JudgeFormatError, match="outside"):
+        rubric.parse_tjudge('{"score": 42}')
+    with pytest.raises(JudgeFormatError, match="numeric"):
+        rubric.parse_tjudge('{"verdict": "good"}')
+
+
+# ---------------------------------------------------------------- prompts and pooling
+
+def test_strip_reasoning():
+    assert rubric.strip_reasoning("<think>a</think>\nAnswer: 3") == "Answer: 3"
+    assert rubric.strip_reasoning("<think>a</think>x</think> y ") == "y"
+    assert rubric.strip_reasoning("<think>only thinking</think>  ") == "<think>only thinking</think>"
+    assert rubric.strip_reasoning(" plain ") == "plain"
+
+
+def test_prompts_label_and_strip():
+    m = rubric.rubricator_messages("1+2", ["<think>hmm</think>1+2=3\nAnswer: 3"], ["Answer: 4", "Answer: 3"],
+                                   extra_instructions="Prefer short criteria.")
+    assert m[0]["role"] == "system" and "Prefer short criteria." in m[0]["content"]
+    assert "Between 4 and 12 criteria" in m[0]["content"]
+    user = m[1]["content"]
+    assert '<reference index="1">\n1+2=3\nAnswer: 3\n</reference>' in user and "hmm" not in user
+    assert '<student index="2">\nAnswer: 3\n</student>' in user
+    v = rubric.verifier_messages("1+2", RUBRIC, ["x", "y"])
+    assert "1. [c1, 2 points] has 7+5=12" in v[1]["content"]
+    # blind: the verifier prompt never says reference or student
+    assert "reference" not in v[1]["content"].lower() and "student" not in v[1]["content"].lower()
+
+
+def test_blind_pool_is_deterministic_shuffled_and_restorable():
+    refs, studs = ["r0", "r1", "r2", "r3"], [f"s{i}" for i in range(8)]
+    a1, o1 = rubric.blind_pool("p1", refs, studs)
+    a2, o2 = rubric.blind_pool("p1", refs, studs)
+    a3, _ = rubric.blind_pool("p2", refs, studs)
+    assert (a1, o1) == (a2, o2) and a1 != a3
+    assert sorted(a1) == sorted(refs + studs)
+    assert a1 != refs + studs  # actually shuffled
+    for text, (src, i) in zip(a1, o1):
+        assert text == (refs if src == "reference" else studs)[i]
+
+
+def test_dedupe_references():
+    assert rubric.dedupe(["a", "b", "a", "c", "b"]) == ["a", "b", "c"]
+
+
+# ---------------------------------------------------------------- steps 4-6 through the toy judge
+
+def _toy_complete(log):
+    def complete(chats, stage, attempt):
+        log.append((stage, attempt, len(chats)))
+        return [toy.toy_judge(c) for c in chats]
+    return complete
+
+
+def test_judge_groups_rewards_follow_their_rollouts():
+    probs = toy.make_problems(3, seed=4)
+    groups = []
+    for k, p in enumerate(probs):
+        wrong_final = p.solution.rsplit("Answer:", 1)[0] + f"Answer: {p.answer + 1}"
+        groups.append(rubric.Group(f"p{k}", p.question, [p.solution] * 2,
+                                   [p.solution, wrong_final, "no idea", p.solution]))
+    calls = []
+    res = rubric.judge_groups(_toy_complete(calls), groups)
+    assert calls == [("rubricator", 0, 3), ("verifier", 0, 3)]  # one batched call per stage
+    for r in res:
+        assert r.fallback is None and r.reference_scores == [1.0, 1.0]
+        assert r.rewards[0] == r.rewards[3] == 1.0
+        assert 0.0 < r.rewards[1] < 1.0 and r.rewards[2] == 0.0
+        assert r.rewards[1] == pytest.approx(rubric.score(r.rubric, r.judgements[1]))
+    chunked = rubric.judge_groups(_toy_complete([]), groups, chunk_size=4)
+    assert [r.rewards for r in chunked] == [r.rewards for r in res]
+
+
+def test_toy_judge_prefers_worked_solutions_to_wrong_answers():
+    probs = toy.make_problems(30, seed=9)
+    groups, right, wrong = [], [], []
+    for k, p in enumerate(probs):
+        bad_step = p.solution.replace(f"={p.steps[0][3]}\n", f"={p.steps[0][3] + 3}\n", 1)
+        bad_final = p.solution.rsplit("Answer:", 1)[0] + f"Answer: {p.answer + 2}"
+        groups.append(rubric.Group(f"q{k}", p.question, [p.solution] * 4,
+                                   [p.solution, bad_step, bad_final, "Answer:"]))
+    for r in rubric.judge_groups(_toy_complete([]), groups):
+        right.append(r.rewards[0])
+        wrong += r.rewards[1:]
+    assert sum(right) / len(right) == 1.0
+    assert sum(wrong) / len(wrong) < 0.6
+
+
+def test_judge_groups_fallbacks_and_retries():
+    p = toy.make_problems(1, seed=1)[0]
+    groups = [rubric.Group("a", p.question, [p.solution], ["x", "y"]),
+              rubric.Group("b", p.question, [], ["x", "y"])]
+    calls = []
+
+    def garbage(chats, stage, attempt):
+        calls.append((stage, attempt))
+        return ["I refuse."] * len(chats)
+
+    res = rubric.judge_groups(garbage, groups, retries=2)
+    assert calls == [("rubricator", 0), ("rubricator", 1), ("rubricator", 2)]
+    assert res[0].fallback == "rubricator failed" and res[0].rewards == [0.0, 0.0]
+    assert len(res[0].format_errors) == 3 and "contains no JSON" in res[0].format_errors[0]
+    assert res[1].fallback == "no references"
+
+    # a verifier that succeeds only on its second attempt: retried, not a fallback
+    def flaky(chats, stage, attempt):
+        if stage == "verifier" and attempt == 0:
+            return [RuntimeError("HTTP 500")] * len(chats)
+        return [toy.toy_judge(c) for c in chats]
+
+    res = rubric.judge_groups(flaky, groups[:1], retries=1)
+    assert res[0].fallback is None and res[0].format_errors == ["verifier: RuntimeError: HTTP 500"]
