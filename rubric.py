@@ -441,11 +441,12 @@ class GroupResult:
     format_errors: list[str] = field(default_factory=list)
 
 
-# complete(chats, stage, attempt) -> one text (or an Exception) per chat
-CompleteFn = Callable[[list, str, int], list]
+# complete(chats, stage, attempt, valid) -> one text (or an Exception) per chat; `valid(i, text)`
+# says whether chat i's text parses (a caching backend should not keep the ones that do not)
+CompleteFn = Callable[[list, str, int, Callable[[int, str], bool]], list]
 
 
-def _ask(complete: CompleteFn, chats: dict, stage: str, retries: int, parse, errors: dict):
+def ask_judge(complete: CompleteFn, chats: dict, stage: str, retries: int, parse, errors: dict):
     """Send chats (key -> messages), parse each reply; re-ask only the failed ones, up to `retries`
     more times. Returns key -> parsed value for those that succeeded; errors[key] lists why not."""
     done, todo = {}, dict(chats)
@@ -453,7 +454,15 @@ def _ask(complete: CompleteFn, chats: dict, stage: str, retries: int, parse, err
         if not todo:
             break
         keys = list(todo)
-        replies = complete([todo[k] for k in keys], stage, attempt)
+
+        def valid(i, text, keys=keys):
+            try:
+                parse(keys[i], text)
+                return True
+            except Exception:  # noqa: BLE001
+                return False
+
+        replies = complete([todo[k] for k in keys], stage, attempt, valid)
         for k, reply in zip(keys, replies):
             try:
                 if isinstance(reply, Exception):
@@ -488,7 +497,7 @@ def judge_groups(complete: CompleteFn, groups: Sequence[Group], retries: int = 2
     # step 4: rubrics
     chats = {gi: rubricator_messages(groups[gi].question, groups[gi].references, groups[gi].rollouts,
                                      min_criteria, max_criteria, rubricator_instructions) for gi in live}
-    rubrics = _ask(complete, chats, "rubricator", retries,
+    rubrics = ask_judge(complete, chats, "rubricator", retries,
                    lambda k, t: parse_rubric(t, min_criteria, max_criteria), errors)
 
     # step 5: blind pools, chunked
@@ -507,7 +516,7 @@ def judge_groups(complete: CompleteFn, groups: Sequence[Group], retries: int = 2
         n = len(pools[gi][0][c * size:(c + 1) * size])
         return parse_verdicts(text, rubrics[gi], n)
 
-    verdicts = _ask(complete, chats, "verifier", retries, parse_chunk, errors)
+    verdicts = ask_judge(complete, chats, "verifier", retries, parse_chunk, errors)
 
     # step 6: rewards, restored to their owners
     for gi in live:

@@ -222,13 +222,15 @@ class Teacher:
 
     def complete(self, chats: list[list[dict]], n: int = 1, temperature: float | None = None,
                  max_tokens: int = 1024, role: str = "teacher", first_sample: int = 0,
-                 return_exceptions: bool = False) -> list[list]:
+                 return_exceptions: bool = False, valid=None) -> list[list]:
         """n texts for each chat (a list of {"role", "content"} messages).
 
         Sample j of a chat is cached under sample index first_sample + j, so asking again for the
         same samples is free and asking with a new `first_sample` (a retry after a bad judge
         output) gets fresh ones. With return_exceptions, a request that failed for good leaves its
         exception in place of the text; otherwise it is raised. Fatal errors always raise.
+        `valid(chat_index, text) -> bool`, if given, keeps texts that fail it out of the cache (a
+        judge output that does not parse), so that a rerun asks again instead of replaying it.
         """
         usage = self._usage(role)
         out = [[None] * n for _ in chats]
@@ -264,7 +266,7 @@ class Teacher:
                 texts, tin, tout = res
                 for j, key, text in zip(slots, req.keys, texts):
                     out[ci][j] = text
-                    if self.cache is not None:
+                    if self.cache is not None and (valid is None or valid(ci, text)):
                         self.cache.put(key, text, tin // len(texts), tout // len(texts))
         return out
 
@@ -596,6 +598,8 @@ class _Handler(BaseHTTPRequestHandler):
         fault = self.server.next_fault()
         if fault:
             time.sleep(fault.get("delay", 0.0))
+            if "reply" in fault:  # a well-formed response whose text is the given (bad) output
+                return self._reply(fault["reply"], body, anthropic_style)
             if fault.get("status"):
                 hdr = {"Retry-After": fault["retry_after"]} if "retry_after" in fault else None
                 return self._error(fault["status"], f"injected fault {fault['status']}",
@@ -611,6 +615,19 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(404, f"no route {self.path}", False)
         except TeacherError as e:
             self._error(500, str(e), anthropic_style)
+
+    def _reply(self, text, body, anthropic_style):
+        if anthropic_style:
+            self._send(200, {"id": "msg_fault", "type": "message", "role": "assistant",
+                             "model": body.get("model", ""), "content": [{"type": "text", "text": text}],
+                             "stop_reason": "end_turn", "stop_sequence": None,
+                             "usage": {"input_tokens": 0, "output_tokens": 0}})
+        else:
+            self._send(200, {"id": "chatcmpl-fault", "object": "chat.completion", "created": 0,
+                             "model": body.get("model", ""), "usage": {"prompt_tokens": 0,
+                             "completion_tokens": 0, "total_tokens": 0},
+                             "choices": [{"index": i, "message": {"role": "assistant", "content": text},
+                                          "finish_reason": "stop"} for i in range(int(body.get("n") or 1))]})
 
     def _openai(self, body):
         chat = [{"role": m["role"], "content": _text_of(m.get("content"))} for m in body.get("messages", [])]
@@ -642,8 +659,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class TeacherServer(ThreadingHTTPServer):
     """Serves `teacher` on (host, port). `faults` is a list of injected responses consumed one per
-    request - {"status": 429, "retry_after": 0} or {"delay": 2.0} - used by the tests to drive the
-    real SDKs through rate limits, server errors and timeouts."""
+    request - {"status": 429, "retry_after": 0}, {"delay": 2.0}, {"reply": "not JSON"}, or None for
+    a normal answer - used by the tests to drive the real SDKs through rate limits, server errors,
+    timeouts and bad judge outputs."""
 
     daemon_threads = True
 

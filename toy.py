@@ -184,10 +184,12 @@ def build_model(tokenizer, hidden: int, layers: int, heads: int, seed: int, max_
 
 
 def sft(model, tokenizer, problems: list[Problem], steps: int, batch: int, lr: float, seed: int,
-        desc: str = "sft", log=print) -> list[float]:
+        desc: str = "sft", log=print, direct_frac: float = 0.0) -> list[float]:
     """Supervised fine-tuning on worked solutions (loss on completion tokens, EOS included).
 
-    AdamW with linear warm-up and cosine decay; returns the loss per step.
+    With `direct_frac`, that fraction of the targets is the bare final line ("Answer: 32"), with
+    no worked steps: the student's bad habit of guessing. AdamW with linear warm-up and cosine
+    decay; returns the loss per step.
     """
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
@@ -199,7 +201,8 @@ def sft(model, tokenizer, problems: list[Problem], steps: int, batch: int, lr: f
             g["lr"] = grpo.cosine_lr(step, steps, warmup=max(1, steps // 20), base_lr=lr, min_ratio=0.1)
         b = rng.sample(problems, batch)
         p_ids, p_mask = grpo.encode_prompts(tokenizer, [p.question for p in b])
-        c_ids, c_mask = grpo.encode_completions(tokenizer, [p.solution for p in b])
+        targets = [f"Answer: {p.answer}" if rng.random() < direct_frac else p.solution for p in b]
+        c_ids, c_mask = grpo.encode_completions(tokenizer, targets)
         logp = grpo.token_logprobs(model, torch.cat([p_ids, c_ids], 1),
                                    torch.cat([p_mask, c_mask], 1), c_ids.shape[1])
         loss = grpo.sft_loss(logp, c_mask)
@@ -402,9 +405,10 @@ def build(config: ToyConfig | None = None, root: str | Path | None = None, log=p
     log = log or (lambda *a: None)
     root = Path(root) if root else cache_dir() / config.key()
     meta = root / "world.json"
-    if meta.exists():
+    if meta.exists():  # the world as it was built (its own config, whatever was asked)
         info = json.loads(meta.read_text())
-        return ToyWorld(root, config, info["teacher_accuracy"], info["student_accuracy"])
+        cfg = ToyConfig(**{**info["config"], "steps": tuple(info["config"]["steps"])})
+        return ToyWorld(root, cfg, info["teacher_accuracy"], info["student_accuracy"])
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     t0 = time.time()

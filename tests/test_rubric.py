@@ -188,8 +188,9 @@ def test_dedupe_references():
 # ---------------------------------------------------------------- steps 4-6 through the toy judge
 
 def _toy_complete(log):
-    def complete(chats, stage, attempt):
+    def complete(chats, stage, attempt, valid):
         log.append((stage, attempt, len(chats)))
+        assert all(valid(i, toy.toy_judge(c)) for i, c in enumerate(chats))
         return [toy.toy_judge(c) for c in chats]
     return complete
 
@@ -234,7 +235,8 @@ def test_judge_groups_fallbacks_and_retries():
               rubric.Group("b", p.question, [], ["x", "y"])]
     calls = []
 
-    def garbage(chats, stage, attempt):
+    def garbage(chats, stage, attempt, valid):
+        assert not valid(0, "I refuse.")
         calls.append((stage, attempt))
         return ["I refuse."] * len(chats)
 
@@ -245,7 +247,7 @@ def test_judge_groups_fallbacks_and_retries():
     assert res[1].fallback == "no references"
 
     # a verifier that succeeds only on its second attempt: retried, not a fallback
-    def flaky(chats, stage, attempt):
+    def flaky(chats, stage, attempt, valid):
         if stage == "verifier" and attempt == 0:
             return [RuntimeError("HTTP 500")] * len(chats)
         return [toy.toy_judge(c) for c in chats]

@@ -1,0 +1,199 @@
+"""ropd.py end to end on a tiny toy world: every method, gradient accumulation, resume, failures."""
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import grpo
+import ropd
+import rubric
+import teacher
+import toy
+
+
+def tiny_args(world, tmp_path, *extra, method="ropd", out="run"):
+    return ["--method", method, "--world", str(world.root), "--teacher", f"toy:{world.root}",
+            "--out", str(tmp_path / out), "--cache", str(tmp_path / "cache.sqlite"),
+            "--steps", "2", "--prompts-per-step", "3", "--rollouts", "3", "--references", "2",
+            "--mini-batches", "2", "--max-new-tokens", "16", "--teacher-max-tokens", "40",
+            "--eval-samples", "4", "--eval-every", "0", "--save-every", "1", "--log-samples", "-1",
+            *extra]
+
+
+def metrics(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(path):
+    return {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(path).state_dict().items()}
+
+
+@pytest.mark.parametrize("method", ropd.METHODS)
+def test_each_method_end_to_end(method, tiny_world, tmp_path):
+    assert ropd.main(tiny_args(tiny_world, tmp_path, method=method)) == 0
+    run = tmp_path / "run"
+    ms = metrics(run)
+    assert [m["step"] for m in ms] == [1, 2]
+    ckpt = run / "checkpoint-000002"
+    assert (run / "latest").read_text() == ckpt.name
+    after, before = weights(ckpt), weights(tiny_world.student_path)
+    assert any(not torch.equal(after[k], before[k]) for k in before)  # it trained
+    AutoTokenizer.from_pretrained(ckpt)
+    summary = json.loads((run / "summary.json").read_text())
+    assert 0.0 <= summary["accuracy_after"] <= 1.0
+    samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 * 3
+    if method in ("ropd", "tjudge", "grpo"):
+        assert all(0.0 <= r <= 1.0 for s in samples for r in s["rewards"])
+        assert all(m["fallbacks"] == 0 for m in ms)
+    if method == "ropd":
+        for s in samples:  # each reward is its own rollout's weighted pass rate under its rubric
+            rub = rubric.parse_rubric(json.dumps(s["rubric"]))
+            assert [rubric.score(rub, j) for j in s["judgements"]] == pytest.approx(s["rewards"], abs=1e-4)
+            assert len(s["rollouts"]) == 3 and 1 <= len(s["references"]) <= 2
+        m = ms[0]
+        assert m["usage"]["rubricator"]["calls"] == 3 and m["usage"]["verifier"]["calls"] == 3
+        assert {"reward_mean", "reward_std", "teacher_score_mean", "rubric_criteria", "rubric_points",
+                "clip_frac", "approx_kl", "completion_len_mean", "seconds"} <= set(m)
+    if method == "grpo":
+        for s in samples:
+            assert s["rewards"] == [float(toy.check_answer(r, s["answer"])) for r in s["rollouts"]]
+    if method == "lopd":
+        assert all(m["reward_mean"] <= 0.5 for m in ms)  # mean teacher-student log-ratio per token
+
+
+def _real_batch(world, agg_adv="seq"):
+    tok = AutoTokenizer.from_pretrained(world.student_path)
+    model = AutoModelForCausalLM.from_pretrained(world.student_path)
+    ro = grpo.sample(model, tok, ["1+2", "((3*4)-5)+6", "(9-1)*2"], n=2, max_new_tokens=14, seed=1)
+    old = ropd.batched_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_mask, 1.0, 0,
+                                torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    adv = torch.randn(6, generator=g) if agg_adv == "seq" else torch.randn(ro.completion_mask.shape, generator=g)
+    # perturb old log-probs so that some tokens are clipped: the test covers the clipped branches too
+    old = old + 0.3 * torch.randn(old.shape, generator=g) * ro.completion_mask
+    return model, ropd.Batch(ro.input_ids, ro.attention_mask, ro.completion_mask, old, adv)
+
+
+@pytest.mark.parametrize("agg", grpo.AGGREGATIONS)
+@pytest.mark.parametrize("adv", ["seq", "token"])
+def test_gradient_does_not_depend_on_micro_batch_size(tiny_world, agg, adv):
+    model, b = _real_batch(tiny_world, adv)
+    a = ropd.Args(agg=agg, max_new_tokens=14)
+    grads = []
+    for micro in (1, 2, len(b)):
+        model.zero_grad(set_to_none=True)
+        st = ropd.accumulate_policy_gradient(model, b, a, micro, torch.device("cpu"))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert st["clip_frac"] > 0  # some tokens were clipped
+    assert torch.allclose(grads[0], grads[2], atol=1e-5) and torch.allclose(grads[1], grads[2], atol=1e-5)
+    assert grads[2].abs().sum() > 0
+
+
+def _judge_server(world, faults=None):
+    t = teacher.load(f"toy:{world.root}", cache=None)
+    return teacher.TeacherServer(t, model_name="toy-judge", faults=faults).start()
+
+
+def test_resume_gives_the_same_weights_and_repays_nothing(tiny_world, tmp_path):
+    steps = ["--steps", "4"]
+    srv = _judge_server(tiny_world)
+    judge = ["--judge", f"openai:toy-judge@{srv.url}/v1"]
+    try:
+        # uninterrupted
+        assert ropd.main(tiny_args(tiny_world, tmp_path / "a", *steps, *judge)) == 0
+        # interrupted: the judge breaks at step 3 (3 prompts x 2 calls per step are fine before)
+        srv.faults = [None] * 12 + [{"reply": "Sorry, I cannot help with that."}] * 100
+        assert ropd.main(tiny_args(tiny_world, tmp_path / "b", *steps, *judge)) == 2
+        run_b = tmp_path / "b" / "run"
+        assert (run_b / "latest").read_text() == "checkpoint-000002"
+        srv.faults = []
+        before = srv.requests
+        assert ropd.main(tiny_args(tiny_world, tmp_path / "b", *steps, *judge, "--resume", str(run_b))) == 0
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    final_a = weights(tmp_path / "a" / "run" / "checkpoint-000004")
+    final_b = weights(run_b / "checkpoint-000004")
+    for k in final_a:
+        assert torch.allclose(final_a[k], final_b[k], atol=1e-6), k
+    ms = metrics(run_b)
+    assert [m["step"] for m in ms] == [1, 2, 3, 4]
+    # step 3's references were paid for by the interrupted run: the resumed one replays them
+    assert "calls" not in ms[2]["usage"]["reference"] and ms[2]["usage"]["reference"]["cache_hits"] == 6
+    # the resumed run judged only steps 3 and 4: 2 steps x 3 prompts x (rubricator + verifier)
+    assert srv.requests - before == 12
+    ma = metrics(tmp_path / "a" / "run")
+    assert [m["reward_mean"] for m in ma] == pytest.approx([m["reward_mean"] for m in ms])
+
+
+def test_failure_policy_stops_above_the_rate(tiny_world, tmp_path, capsys):
+    srv = _judge_server(tiny_world, faults=[{"reply": "```json\n{\"criteria\": []}\n```"}] * 200)
+    judge = ["--judge", f"openai:toy-judge@{srv.url}/v1"]
+    try:
+        assert ropd.main(tiny_args(tiny_world, tmp_path, *judge)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "3/3 groups fell back (rubricator failed)" in err[0]
+        assert "rubric has 0 criteria" in err[0]
+        assert not (tmp_path / "run" / "latest").exists()  # no step completed, nothing saved
+        # tolerated: every group falls back, gets zero advantage, and is counted
+        srv.faults = [{"reply": "no JSON here"}] * 200
+        assert ropd.main(tiny_args(tiny_world, tmp_path, *judge, "--max-fallback-rate", "1.0",
+                                   "--steps", "1", "--out", str(tmp_path / "tolerant"))) == 0
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    m = metrics(tmp_path / "tolerant")[0]
+    assert m["fallbacks"] == 3 and m["reward_mean"] == 0.0 and m["pg_loss"] == 0.0
+
+
+def test_partial_failures_are_counted_and_tolerated(tiny_world, tmp_path):
+    # the first rubricator call fails for good (3 attempts), the other groups are judged
+    srv = _judge_server(tiny_world, faults=[{"status": 400}] + [None] * 2 + [{"status": 400}] * 2)
+    judge = ["--judge", f"openai:toy-judge@{srv.url}/v1"]
+    try:
+        assert ropd.main(tiny_args(tiny_world, tmp_path, *judge, "--steps", "1")) == 0
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    m = metrics(tmp_path / "run")[0]
+    samples = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert m["fallbacks"] == 1 and sum(s["fallback"] == "rubricator failed" for s in samples) == 1
+    failed = next(s for s in samples if s["fallback"])
+    assert failed["rewards"] == [0.0] * 3 and len(failed["format_errors"]) == 3
+
+
+def test_data_errors_name_the_line(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "1+1"}\n{"prompt": "2+2", \n')
+    assert ropd.main(["--data", str(bad), "--student", "x"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {bad}:2: not valid JSON (Expecting property name enclosed in double quotes)"
+    bad.write_text('{"question": "1+1", "answer": 2}\n{"text": "2+2"}\n')
+    with pytest.raises(ropd.UserError, match=r"bad.jsonl:2: no prompt"):
+        ropd.load_jsonl(str(bad))
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"problem": "1+1", "answer": 2}\n\n{"prompt": [{"role": "user", "content": "2+2"}]}\n')
+    rows = ropd.load_jsonl(str(good))
+    assert rows[0]["answer"] == "2" and rows[1]["answer"] is None
+    assert ropd.question_text(rows[1]["prompt"]) == "2+2"
+
+
+def test_user_errors_are_one_line(tiny_world, tmp_path, capsys):
+    assert ropd.main(tiny_args(tiny_world, tmp_path, "--teacher", "gpt-5")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unknown teacher spec 'gpt-5'")
+    assert ropd.main(tiny_args(tiny_world, tmp_path, method="lopd", *("--teacher", "openai:m@http://127.0.0.1:9/v1"))) == 2
+    assert "lopd needs a white-box teacher" in capsys.readouterr().err
+    assert ropd.main(["--method", "dpo"]) == 2
+    assert "--method must be one of" in capsys.readouterr().err
+
+
+def test_lopd_rejects_a_teacher_with_another_tokenizer(tiny_world, tmp_path, capsys):
+    tok = toy.build_tokenizer()
+    tok.add_tokens(["<extra>"])
+    model = toy.build_model(tok, hidden=16, layers=1, heads=2, seed=0)
+    model.save_pretrained(tmp_path / "other")
+    tok.save_pretrained(tmp_path / "other")
+    assert ropd.main(tiny_args(tiny_world, tmp_path, "--teacher", f"hf:{tmp_path / 'other'}", method="lopd")) == 2
+    assert "share the student's tokenizer" in capsys.readouterr().err
