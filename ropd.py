@@ -107,10 +107,11 @@ class Args:
     log_samples: int = 4                 # prompts per step written to samples.jsonl (-1 = all)
 
 
-# The toy world's student is tiny and learns with a large learning rate and short completions.
-TOY_PRESET = dict(steps=120, prompts_per_step=16, mini_batches=2, lr=2e-3, max_new_tokens=48,
-                  teacher_temperature=1.0, teacher_max_tokens=48, judge_max_tokens=4096,
-                  eval_every=20, save_every=40, grad_clip=1.0)
+# The toy world's student is tiny: short completions, a larger learning rate with a warm-up (the
+# first Adam steps move every weight by ~lr), 16 prompts per step.
+TOY_PRESET = dict(steps=120, prompts_per_step=16, mini_batches=2, lr=1e-4, warmup_steps=10,
+                  max_new_tokens=48, teacher_temperature=1.0, teacher_max_tokens=48,
+                  judge_max_tokens=4096, eval_every=20, save_every=40)
 
 
 class UserError(Exception):
