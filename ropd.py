@@ -24,9 +24,9 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -175,7 +175,6 @@ def is_correct(text: str, answer: str | None) -> bool:
         return False
     if toy.check_answer(text, answer):
         return True
-    import re
     boxed = re.findall(r"\\boxed\{([^{}]*)\}", text)
     got = boxed[-1] if boxed else (re.findall(r"-?\d+(?:\.\d+)?", text) or [None])[-1]
     return got is not None and got.strip() == answer.strip()

@@ -399,8 +399,6 @@ def cache_dir() -> Path:
 
 def build(config: ToyConfig | None = None, root: str | Path | None = None, log=print) -> ToyWorld:
     """Build (or load from cache) the toy world. Atomic: a half-built world is never reused."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     config = config or ToyConfig()
     log = log or (lambda *a: None)
     root = Path(root) if root else cache_dir() / config.key()

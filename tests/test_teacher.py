@@ -203,5 +203,5 @@ def test_local_sampling_is_reproducible_and_cached(tiny_world, tmp_path):
     assert a2.complete(chats, n=3, temperature=1.0, max_tokens=20) == x
     assert a2.usage["teacher"].cache_hits == 6 and a2.usage["teacher"].samples == 0
     # a retry with a new first_sample gets fresh samples, not the cached ones
-    y = a2.complete(chats, n=1, temperature=1.0, max_tokens=20, first_sample=3)
-    assert a2.usage["teacher"].samples == 2
+    fresh = a2.complete(chats, n=1, temperature=1.0, max_tokens=20, first_sample=3)
+    assert a2.usage["teacher"].samples == 2 and all(isinstance(f[0], str) for f in fresh)
