@@ -39,9 +39,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import rubric
+
 log = logging.getLogger("ropd.teacher")
 
-JUDGE_MARKERS = ("ropd.rubric.v1", "ropd.batch_verifier.v2", "ropd.tjudge.v1")
+JUDGE_MARKERS = (rubric.RUBRIC_SCHEMA, rubric.VERDICT_SCHEMA, rubric.TJUDGE_SCHEMA)
 
 
 class TeacherError(RuntimeError):

@@ -184,12 +184,10 @@ def build_model(tokenizer, hidden: int, layers: int, heads: int, seed: int, max_
 
 
 def sft(model, tokenizer, problems: list[Problem], steps: int, batch: int, lr: float, seed: int,
-        desc: str = "sft", log=print, direct_frac: float = 0.0) -> list[float]:
+        desc: str = "sft", log=print) -> list[float]:
     """Supervised fine-tuning on worked solutions (loss on completion tokens, EOS included).
 
-    With `direct_frac`, that fraction of the targets is the bare final line ("Answer: 32"), with
-    no worked steps: the student's bad habit of guessing. AdamW with linear warm-up and cosine
-    decay; returns the loss per step.
+    AdamW with linear warm-up and cosine decay; returns the loss per step.
     """
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
@@ -201,8 +199,7 @@ def sft(model, tokenizer, problems: list[Problem], steps: int, batch: int, lr: f
             g["lr"] = grpo.cosine_lr(step, steps, warmup=max(1, steps // 20), base_lr=lr, min_ratio=0.1)
         b = rng.sample(problems, batch)
         p_ids, p_mask = grpo.encode_prompts(tokenizer, [p.question for p in b])
-        targets = [f"Answer: {p.answer}" if rng.random() < direct_frac else p.solution for p in b]
-        c_ids, c_mask = grpo.encode_completions(tokenizer, targets)
+        c_ids, c_mask = grpo.encode_completions(tokenizer, [p.solution for p in b])
         logp = grpo.token_logprobs(model, torch.cat([p_ids, c_ids], 1),
                                    torch.cat([p_mask, c_mask], 1), c_ids.shape[1])
         loss = grpo.sft_loss(logp, c_mask)
@@ -246,12 +243,13 @@ def _blocks(text: str, tag: str) -> list[str]:
 
 
 def _lines(answer: str) -> list[str]:
-    return [ln.strip() for ln in answer.strip().splitlines() if ln.strip()]
+    """The answer's non-empty lines with spaces removed ("7 + 5 = 12" reads as "7+5=12")."""
+    return [ln.replace(" ", "") for ln in answer.strip().splitlines() if ln.strip()]
 
 
 def _chain(answer: str) -> tuple | None:
     """A worked answer's (step lines, final answer), if it has the toy format."""
-    steps = tuple(ln.replace(" ", "") for ln in _lines(answer) if STEP_LINE_RE.match(ln))
+    steps = tuple(ln for ln in _lines(answer) if STEP_LINE_RE.match(ln))
     final = extract_answer(answer)
     return (steps, final) if steps and final is not None else None
 
@@ -271,7 +269,7 @@ def _toy_rubric(question: str, references: list[str], students: list[str]) -> di
                  "criterion": f"The response contains the line `{line}` (step {k + 1} worked out correctly)."}
                 for k, line in enumerate(steps)]
     # sharpen the step most students miss (the key gap), unless the students have no gap
-    misses = [sum(line not in [x.replace(" ", "") for x in _lines(s)] for s in students) for line in steps]
+    misses = [sum(line not in _lines(s) for s in students) for line in steps]
     if max(misses, default=0) > 0:
         criteria[misses.index(max(misses))]["points"] = 4
     criteria.append({"category": "task_fulfillment", "points": 5,
@@ -285,7 +283,7 @@ def _toy_rubric(question: str, references: list[str], students: list[str]) -> di
 
 
 def _check(criterion: str, answer: str) -> bool:
-    lines = [x.replace(" ", "") for x in _lines(answer)]
+    lines = _lines(answer)
     m = re.search(r"contains the line `(.+?)`", criterion)
     if m:
         return m.group(1).replace(" ", "") in lines
@@ -313,8 +311,7 @@ def _toy_holistic(question: str, answer: str) -> dict:
     parsed = parse_question(question)
     if parsed is None:
         return {"error": "the toy judge can only read toy arithmetic questions"}
-    lines = [x.replace(" ", "") for x in _lines(answer)]
-    steps = sum(step_line(*st) in lines for st in parsed) / len(parsed)
+    steps = sum(step_line(*st) in _lines(answer) for st in parsed) / len(parsed)
     return {"schema": rubric.TJUDGE_SCHEMA,
             "score": round(0.7 * check_answer(answer, parsed[-1][3]) + 0.3 * steps, 2)}
 
