@@ -9,7 +9,10 @@ No weights can be downloaded, so `python ropd.py` runs on a world this file buil
     chat template, so toy and real models share the same `apply_chat_template` code path;
   * a teacher (Qwen2-architecture causal LM, ~0.8M parameters) trained by SFT to >= 90% held-out
     accuracy: a real white-box teacher, so LOPD can run beside ROPD;
-  * a smaller student, SFT-warm-started only briefly: weak, but not hopeless.
+  * a smaller student (~0.17M) taught from a sloppier corpus: 60% of its solutions skip the work
+    and give only "Answer: N". It learned the single steps, but it often answers in one line, and
+    is then wrong more often - the gap between its answers and the teacher's that a rubric can name
+    ("contains the line `7+5=12`") and ROPD can close.
 Both models are saved with `save_pretrained`, loadable with `AutoModelForCausalLM.from_pretrained`.
 
 Held-out problems are a fixed hash-slice of the question space that training never sees.
@@ -42,7 +45,7 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-BUILD_VERSION = 1  # bump when the build recipe changes, so old caches are not reused
+BUILD_VERSION = 2  # bump when the build recipe changes, so old caches are not reused
 
 
 # ----------------------------------------------------------------------------------------------
@@ -59,6 +62,11 @@ class Problem:
     def solution(self) -> str:
         """The worked solution the teacher learns to write (and the checker understands)."""
         return "\n".join(step_line(*s) for s in self.steps) + f"\nAnswer: {self.answer}"
+
+    @property
+    def shortcut_solution(self) -> str:
+        """The answer line alone, no work shown."""
+        return f"Answer: {self.answer}"
 
     def to_json(self) -> dict:
         return {"prompt": self.question, "answer": str(self.answer)}
@@ -184,12 +192,15 @@ def build_model(tokenizer, hidden: int, layers: int, heads: int, seed: int, max_
 
 
 def sft(model, tokenizer, problems: list[Problem], steps: int, batch: int, lr: float, seed: int,
-        desc: str = "sft", log=print) -> list[float]:
+        shortcut: float = 0.0, desc: str = "sft", log=print) -> list[float]:
     """Supervised fine-tuning on worked solutions (loss on completion tokens, EOS included).
 
-    AdamW with linear warm-up and cosine decay; returns the loss per step.
+    `shortcut`: the fraction of solutions written without their steps (just "Answer: N") - the
+    habit of a student taught from a corpus that is not the teacher's. AdamW, linear warm-up then
+    cosine decay; returns the loss per step.
     """
     rng = random.Random(seed)
+    coin = random.Random(f"shortcut-{seed}")  # its own stream: the batches do not depend on it
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     model.train()
     losses = []
@@ -199,7 +210,8 @@ def sft(model, tokenizer, problems: list[Problem], steps: int, batch: int, lr: f
             g["lr"] = grpo.cosine_lr(step, steps, warmup=max(1, steps // 20), base_lr=lr, min_ratio=0.1)
         b = rng.sample(problems, batch)
         p_ids, p_mask = grpo.encode_prompts(tokenizer, [p.question for p in b])
-        c_ids, c_mask = grpo.encode_completions(tokenizer, [p.solution for p in b])
+        texts = [p.shortcut_solution if coin.random() < shortcut else p.solution for p in b]
+        c_ids, c_mask = grpo.encode_completions(tokenizer, texts)
         logp = grpo.token_logprobs(model, torch.cat([p_ids, c_ids], 1),
                                    torch.cat([p_mask, c_mask], 1), c_ids.shape[1])
         loss = grpo.sft_loss(logp, c_mask)
@@ -349,7 +361,9 @@ class ToyConfig:
     teacher: dict = field(default_factory=lambda: dict(hidden=128, layers=4, heads=4))
     teacher_sft: dict = field(default_factory=lambda: dict(steps=600, batch=64, lr=3e-3))
     student: dict = field(default_factory=lambda: dict(hidden=64, layers=3, heads=4))
-    student_sft: dict = field(default_factory=lambda: dict(steps=300, batch=64, lr=3e-3))
+    # the student knows most single steps, but 60% of its corpus skipped the work: it often answers
+    # in one line, and is then right less often than when it shows its steps (see the README)
+    student_sft: dict = field(default_factory=lambda: dict(steps=1000, batch=64, lr=3e-3, shortcut=0.6))
 
     def key(self) -> str:
         blob = json.dumps([BUILD_VERSION, dataclasses.asdict(self)], sort_keys=True)

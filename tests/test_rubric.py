@@ -229,6 +229,19 @@ def test_toy_judge_prefers_worked_solutions_to_wrong_answers():
     assert sum(wrong) / len(wrong) < 0.6
 
 
+def test_toy_rubric_rewards_showing_the_work():
+    """The premise of the default run: a right answer given without its steps (the toy student's
+    shortcut) scores below the worked solution, and exactly the answer criteria's share."""
+    probs = toy.make_problems(20, seed=5)
+    groups = [rubric.Group(f"s{k}", p.question, [p.solution] * 2, [p.solution, p.shortcut_solution])
+              for k, p in enumerate(probs)]
+    for p, r in zip(probs, rubric.judge_groups(_toy_complete([]), groups)):
+        assert toy.check_answer(p.shortcut_solution, p.answer)
+        assert r.rewards[0] == 1.0
+        assert r.rewards[1] == pytest.approx(6 / r.rubric.maximum_score)  # final line 5 + format 1
+        assert r.rewards[1] < 0.6
+
+
 def test_judge_groups_fallbacks_and_retries():
     p = toy.make_problems(1, seed=1)[0]
     groups = [rubric.Group("a", p.question, [p.solution], ["x", "y"]),

@@ -86,6 +86,31 @@ def test_sft_lowers_the_loss():
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
 
 
+def test_shortcut_corpus_changes_the_texts_not_the_batches(monkeypatch):
+    """sft(shortcut=f): a fraction f of the solutions lose their steps; the problems drawn are the
+    same as without shortcuts (the coin has its own random stream)."""
+    seen = {}
+    real = toy.grpo.encode_completions
+
+    def spy(tok, texts, *a, **k):
+        seen.setdefault("texts", []).extend(texts)
+        return real(tok, texts, *a, **k)
+    monkeypatch.setattr(toy.grpo, "encode_completions", spy)
+    tok = toy.build_tokenizer()
+    probs = toy.make_problems(100, 0)
+    runs = {}
+    for f in (0.0, 0.6):
+        seen.clear()
+        toy.sft(toy.build_model(tok, hidden=16, layers=1, heads=2, seed=0), tok, probs, steps=10,
+                batch=20, lr=1e-3, seed=3, shortcut=f, log=None)
+        runs[f] = seen["texts"]
+    by_answer = {p.solution: p for p in probs}
+    assert all(t in by_answer for t in runs[0.0])
+    short = [a for a, b in zip(runs[0.6], runs[0.0]) if a != b]
+    assert all(a == by_answer[b].shortcut_solution for a, b in zip(runs[0.6], runs[0.0]) if a != b)
+    assert 0.45 < len(short) / len(runs[0.0]) < 0.75
+
+
 def test_a_few_grpo_steps_with_the_checker_as_reward(tiny_world):
     """The whole loss path on CPU: rollouts -> checker reward -> group advantages -> clipped loss.
     The update must raise the log-prob of the rollouts with positive advantage and lower the others."""
