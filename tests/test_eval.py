@@ -1,0 +1,206 @@
+"""eval.py: answer extraction and comparison, pass@k and AUC by hand, the CLI end to end."""
+import json
+import math
+from itertools import combinations
+
+import pytest
+
+import eval as ev
+import ropd
+import toy
+
+# (model output, reference answer, is it right?) - the shapes real models write
+ANSWERS = [
+    ("7+5=12\n12*3=36\nAnswer: 36", "36", True),
+    ("7+5=12\n12*3=36\nAnswer: 35", "36", False),
+    ("The area is \\boxed{12}.", "12", True),
+    ("so $x = \\boxed{\\frac{1}{2}}$", "0.5", True),
+    ("\\boxed{\\dfrac{3}{4}}", "3/4", True),
+    ("\\boxed{\\frac{3}{4}}", "0.7", False),
+    ("the answer is \\boxed{\\left( 2, 3 \\right)}", "(2,3)", True),
+    ("\\boxed{\\text{(B)}}", "(B)", True),
+    ("first \\boxed{5} then, correcting myself, \\boxed{6}", "6", True),
+    ("\\boxed{{1,000}}", "1000", True),
+    ("The total is 1,000 dollars.", "1000", True),
+    ("The total is $1,234,567.", "1234567", True),
+    ("Answer: 1,000", "1000.0", True),
+    ("**Final Answer:** 42", "42", True),
+    ("The final answer is 42.", "42", True),
+    ("The answer is -7", "-7", True),
+    ("The answer is \u22127", "-7", True),
+    ("Answer: 50\\%", "50", True),
+    ("Answer: 90^\\circ", "90", True),
+    ("Answer: x = 5", "5", True),
+    ("Answer: \\frac12", "1/2", True),
+    ("Answer: -\\frac{3}{4}", "-0.75", True),
+    ("Answer: 2.50", "2.5", True),
+    ("Answer: 1e3", "1000", True),
+    ("We get 3 apples, then 4 more, so 7", "7", True),
+    ("We get 3 apples, then 4 more, so 7", "4", False),
+    ("no number here", "3", False),
+    ("", "3", False),
+    ("\\boxed{12", "12", True),                # truncated box: not an answer, but 12 is the last number
+    ("Answer: \\text{Paris}", "paris", True),
+    ("Answer: Paris", "London", False),
+    ("I think the answer is (C).", "C", True),
+    ("Answer: B) because the others fail", "B", True),
+    ("Options (A) and (B) fail, so (D)", "D", True),
+    ("\\boxed{A}", "A", True),
+    ("The answer is C", "B", False),
+    ("Answer: 0.333", "1/3", False),           # exact comparison: a rounded decimal is not 1/3
+    ("Answer: 07", "7", True),
+]
+
+
+@pytest.mark.parametrize("text,gold,right", ANSWERS)
+def test_is_correct_on_realistic_answers(text, gold, right):
+    assert ev.is_correct(text, gold) is right
+
+
+def test_answer_corpus_is_large_enough():
+    assert len(ANSWERS) >= 30
+
+
+def test_last_boxed_nested_and_extraction_order():
+    assert ev.last_boxed("x \\boxed{\\frac{a}{b^{2}}} y") == "\\frac{a}{b^{2}}"
+    assert ev.last_boxed("no box") is None
+    # a boxed answer wins over a later 'Answer:' line, which wins over a later number
+    assert ev.extract_answer("\\boxed{3}\nAnswer: 4") == "3"
+    assert ev.extract_answer("Answer: 4\nchecked with 5 examples") == "4"
+    assert ev.extract_answer("1 2 3") == "3"
+
+
+@pytest.mark.parametrize("s,value", [("1,000", 1000), ("0.5", 0.5), ("\\frac{1}{2}", 0.5), ("1/2", 0.5),
+                                     ("-\\frac{3}{4}", -0.75), ("\\frac12", 0.5), (".25", 0.25), ("2.5e3", 2500)])
+def test_parse_number(s, value):
+    assert float(ev.parse_number(s)) == value
+
+
+@pytest.mark.parametrize("s", ["1,00", "abc", "1/0", "\\frac{1}{0}", "(2,3)"])
+def test_parse_number_rejects(s):
+    assert ev.parse_number(s) is None
+
+
+def _pass_at_k_by_enumeration(n, c, k):
+    """The probability that k samples drawn without replacement from n (c right) include a right one."""
+    draws = list(combinations([1] * c + [0] * (n - c), k))
+    return sum(any(d) for d in draws) / len(draws)
+
+
+@pytest.mark.parametrize("n,c,k", [(5, 2, 1), (5, 2, 2), (5, 2, 3), (5, 2, 4), (5, 2, 5), (6, 0, 3),
+                                   (6, 6, 1), (4, 1, 4), (8, 3, 2), (7, 5, 3)])
+def test_pass_at_k_matches_enumeration(n, c, k):
+    assert ev.pass_at_k(n, c, k) == pytest.approx(_pass_at_k_by_enumeration(n, c, k), abs=1e-12)
+
+
+def test_pass_at_k_hand_values_and_edges():
+    assert ev.pass_at_k(5, 2, 1) == pytest.approx(0.4)          # c / n
+    assert ev.pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)   # 1 - C(3,2)/C(5,2)
+    assert ev.pass_at_k(16, 0, 16) == 0.0                       # c = 0: never
+    assert ev.pass_at_k(16, 1, 16) == 1.0                       # k = n: any right sample counts
+    assert ev.pass_at_k(1000, 1, 1) == pytest.approx(0.001)     # large n, no overflow
+    with pytest.raises(ValueError):
+        ev.pass_at_k(4, 1, 5)
+
+
+def test_roc_auc_hand_examples_with_ties():
+    assert ev.roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    # pos 2 vs negs {1, 2}: 1 + 1/2; pos 3 vs both: 2  ->  3.5 / 4
+    assert ev.roc_auc([1, 2, 2, 3], [0, 0, 1, 1]) == pytest.approx(0.875)
+    assert ev.roc_auc([0.5] * 4, [0, 1, 0, 1]) == pytest.approx(0.5)
+    assert ev.roc_auc([3, 2, 1], [1, 0, 0]) == 1.0
+    assert ev.roc_auc([3, 2, 1], [0, 1, 1]) == 0.0
+    assert math.isnan(ev.roc_auc([1, 2], [1, 1]))
+
+
+def test_roc_auc_equals_pairwise_definition():
+    import random
+    rng = random.Random(0)
+    s = [rng.choice([0.0, 0.25, 0.5, 1.0]) for _ in range(40)]  # many ties
+    y = [rng.random() < 0.4 for _ in range(40)]
+    pos = [a for a, b in zip(s, y) if b]
+    neg = [a for a, b in zip(s, y) if not b]
+    pairwise = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg) / (len(pos) * len(neg))
+    assert ev.roc_auc(s, y) == pytest.approx(pairwise)
+
+
+def test_group_auc_skips_single_class_groups():
+    # group 1: perfect (1.0); group 2: all wrong (skipped); group 3: reversed (0.0)
+    s = [0.9, 0.1, 0.5, 0.4, 0.1, 0.9]
+    y = [1, 0, 0, 0, 1, 0]
+    assert ev.group_auc(s, y, 2) == pytest.approx(0.5)
+
+
+def test_benchmark_cli_on_the_tiny_world(tiny_world, tmp_path):
+    out = tmp_path / "res.json"
+    assert ev.main(["--model", "toy-teacher", "--world", str(tiny_world.root), "--limit", "6",
+                    "--samples", "4", "--max-new-tokens", "12", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["problems_n"] == 6 and res["samples"] == 4
+    # the report is consistent with its own per-problem counts
+    assert res["avg@4"] == pytest.approx(sum(p["correct"] for p in res["problems"]) / 24)
+    for p in res["problems"]:
+        assert p["pass@k"]["4"] == (1.0 if p["correct"] else 0.0)
+        assert p["pass@k"]["1"] == pytest.approx(p["correct"] / 4)
+
+
+def test_benchmark_rejects_rows_without_answers(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "2+2"}\n')
+    assert ev.main(["--model", "nowhere", "--data", str(data)]) == 2
+    assert "needs an 'answer'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    """A world small enough to train an accurate teacher in ~40 s: 2-step problems, operands 1-3."""
+    cfg = toy.ToyConfig(steps=(2,), max_operand=3, max_value=20, n_train=3000, n_test=64,
+                        teacher=dict(hidden=64, layers=2, heads=4),
+                        teacher_sft=dict(steps=500, batch=64, lr=3e-3),
+                        student=dict(hidden=64, layers=2, heads=4),
+                        student_sft=dict(steps=200, batch=64, lr=3e-3))
+    return toy.build(cfg, tmp_path_factory.mktemp("small") / "w", log=None)
+
+
+def test_toy_teacher_is_accurate_end_to_end(small_world, tmp_path):
+    """`python eval.py --model toy-teacher --data toy` at the paper's sampling settings."""
+    out = tmp_path / "teacher.json"
+    assert ev.main(["--model", "toy-teacher", "--world", str(small_world.root), "--samples", "4",
+                    "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["problems_n"] == 64 and res["temperature"] == 1.0 and res["top_p"] == 0.95
+    assert res["avg@4"] >= 0.9
+    assert res["pass@k"]["4"] >= res["avg@4"]
+
+
+def test_signal_analysis_on_the_small_world(small_world, tmp_path):
+    out = tmp_path / "signal.json"
+    assert ev.main(["signal", "--model", "toy", "--teacher", f"toy:{small_world.root}",
+                    "--world", str(small_world.root), "--prompts", "8", "--rollouts", "6",
+                    "--references", "2", "--cache", str(tmp_path / "c.sqlite"), "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["rollouts"] == 48 and res["fallback_groups"] == 0
+    assert set(res["signals"]) == {"rubric score", "teacher log-prob", "teacher-student log-ratio"}
+    rows = res["rollouts_detail"]
+    right = [r for r in rows if r["correct"]]
+    wrong = [r for r in rows if not r["correct"]]
+    assert right and wrong
+    # recomputed from the per-rollout detail, independently of the report
+    auc = ev.roc_auc([r["rubric score"] for r in rows], [r["correct"] for r in rows])
+    assert res["signals"]["rubric score"]["auc"] == pytest.approx(auc)
+    # the toy rubric gives 5 of its points to the right final line: it separates right from wrong
+    assert auc > 0.9
+
+
+def test_phase_analysis_over_a_run(tiny_world, tmp_path):
+    from tests.test_ropd import tiny_args
+    assert ropd.main(tiny_args(tiny_world, tmp_path, method="grpo")) == 0
+    out = tmp_path / "phase.json"
+    assert ev.main(["phase", "--run", str(tmp_path / "run"), "--teacher", f"toy:{tiny_world.root}",
+                    "--world", str(tiny_world.root), "--limit", "4", "--samples", "2",
+                    "--max-new-tokens", "12", "--out", str(out)]) == 0
+    pts = json.loads(out.read_text())["checkpoints"]
+    assert [p["step"] for p in pts] == [0, 1, 2]
+    for p in pts:
+        assert 0.0 <= p["accuracy"] <= 1.0
+        assert p["teacher_logprob"] < 0 and p["student_logprob"] < 0
