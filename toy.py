@@ -41,11 +41,13 @@ ANSWER_RE = re.compile(r"Answer:\s*(-?\d+)\s*$")
 SPECIAL = {"pad": "<pad>", "unk": "<unk>", "eos": "<|end|>"}
 ROLES = ("<|system|>", "<|user|>", "<|assistant|>")
 CHARS = [chr(c) for c in range(32, 127)] + ["\n"]  # printable ASCII: any text tokenizes
+# GPT-2 byte-level spelling of the two characters it does not keep as they are (all of 33-126 it does)
+BYTE_LEVEL = {" ": "\u0120", "\n": "\u010a"}
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-BUILD_VERSION = 2  # bump when the build recipe changes, so old caches are not reused
+BUILD_VERSION = 3  # bump when the build recipe changes, so old caches are not reused
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,14 +158,18 @@ def build_tokenizer(pad_is_eos: bool = False):
     Every printable ASCII character and newline is one token; roles and EOS are special tokens.
     `pad_is_eos=True` gives the pad == EOS layout of many chat models (used by the tests).
     """
-    from tokenizers import Tokenizer, decoders, models
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = [SPECIAL["pad"], SPECIAL["unk"], SPECIAL["eos"], *ROLES]
-    vocab = {t: i for i, t in enumerate(specials + CHARS)}
-    # BPE without merges = one token per character; Fuse joins the characters back on decode
+    vocab = {t: i for i, t in enumerate(specials + [BYTE_LEVEL.get(c, c) for c in CHARS])}
+    # BPE without merges = one token per character. Byte-level, like Qwen2's own tokenizer: a
+    # model folder's config says qwen2, and transformers 5 then loads the tokenizer as a
+    # Qwen2Tokenizer with a byte-level pre-tokenizer; a vocabulary spelt any other way would
+    # silently lose every space and newline when text is encoded (SFT targets, references).
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=SPECIAL["unk"]))
-    tok.decoder = decoders.Fuse()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(specials)
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token=SPECIAL["unk"], eos_token=SPECIAL["eos"],

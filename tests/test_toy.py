@@ -73,6 +73,12 @@ def test_world_is_cached_and_loadable(tiny_world):
         model = AutoModelForCausalLM.from_pretrained(path)
         tok = AutoTokenizer.from_pretrained(path)
         assert model.config.model_type == "qwen2" and tok.eos_token_id == model.config.eos_token_id
+        # loaded from a model folder, transformers picks Qwen2's tokenizer class: it must still
+        # encode exactly as the tokenizer the models were trained with (spaces and newlines kept)
+        text = "7+5=12\n12*3=36\nAnswer: 36"
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert ids == toy.build_tokenizer()(text, add_special_tokens=False)["input_ids"]
+        assert len(ids) == len(text) and tok.decode(ids) == text
     teacher = AutoModelForCausalLM.from_pretrained(w.teacher_path)
     student = AutoModelForCausalLM.from_pretrained(w.student_path)
     assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters())
