@@ -164,6 +164,20 @@ def is_correct(text: str, answer: str | None) -> bool:
     return answers_match(got, gold)
 
 
+def row_correct(text: str, row: dict) -> bool:
+    """Is `text` right for a data row? A reasoning-gym row is scored by its task's own scorer
+    (given the extracted answer, or else the last line); any other row by `is_correct`."""
+    if "rg" not in row:
+        return is_correct(text, row.get("answer"))
+    import reasoning_gym
+
+    entry = row["rg"]
+    score = reasoning_gym.get_score_answer_fn(entry["metadata"]["source_dataset"])
+    lines = [ln.strip() for ln in _clean(text).splitlines() if ln.strip()]
+    candidates = {c for c in (extract_answer(text), lines[-1] if lines else None) if c}
+    return any(score(c, entry) >= 1.0 for c in candidates)
+
+
 # ----------------------------------------------------------------------------------------------
 # Metrics
 # ----------------------------------------------------------------------------------------------
@@ -239,7 +253,7 @@ def evaluate(model, tokenizer, rows: list[dict], samples: int = 16, temperature:
             texts = ro.texts[i * n:(i + 1) * n]
             gold = r["answer"]
             choice = gold is not None and len(str(gold).strip()) == 1 and bool(CHOICE_RE.match(str(gold).strip().upper()))
-            c = sum(is_correct(t, gold) for t in texts)
+            c = sum(row_correct(t, r) for t in texts)
             problems.append({"prompt": r["prompt"], "answer": gold, "n": n, "correct": c,
                              "truncated": int(ro.truncated[i * n:(i + 1) * n].sum()),
                              "pass@k": {k: pass_at_k(n, c, k) for k in ks_for(n)},
@@ -286,7 +300,7 @@ def signal_analysis(student, tok, teacher, judge, rows: list[dict], a) -> dict:
     ro = grpo.sample(student, tok, [r["prompt"] for r in rows], n=G,
                      max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
                      seed=a.seed, chat_template_kwargs={"enable_thinking": a.enable_thinking})
-    correct = np.array([is_correct(t, rows[i // G]["answer"]) for i, t in enumerate(ro.texts)])
+    correct = np.array([row_correct(t, rows[i // G]) for i, t in enumerate(ro.texts)])
     refs = ropd.get_references(teacher, rows, a)
     results = ropd.ropd_rewards(judge, rows, ro.texts, refs, a)
     valid = np.repeat([r.fallback is None for r in results], G)
@@ -331,7 +345,7 @@ def similarity(model, tok, teacher, rows: list[dict], samples: int, temperature:
     device = next(model.parameters()).device
     ro = grpo.sample(model, tok, [r["prompt"] for r in rows], n=samples,
                      max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    correct = [is_correct(t, rows[i // samples]["answer"]) for i, t in enumerate(ro.texts)]
+    correct = [row_correct(t, rows[i // samples]) for i, t in enumerate(ro.texts)]
     T = ro.completion_ids.shape[1]
     cmask = ro.completion_mask.cpu()
     t_lp = teacher.token_logprobs(ro.input_ids, ro.attention_mask, T, temperature).float().cpu()
@@ -373,13 +387,11 @@ TOY_MAX_NEW_TOKENS = 48
 
 
 def load_rows(data: str, limit: int | None, world) -> list[dict]:
-    """Problems with answers: the toy world's held-out set, or a JSONL file (ropd.py's format)."""
+    """Problems with answers: the toy world's held-out set, reasoning-gym tasks (rg:TASKS, the
+held-out seed), or a JSONL file (ropd.py's format)."""
     import ropd
 
-    if data == "toy":
-        rows = [p.to_json() for p in world.problems("test", n=limit)]
-    else:
-        rows = ropd.load_jsonl(data)[:limit]
+    rows = ropd.load_data(data, 0, world, "test", limit)
     if any(r["answer"] is None for r in rows):
         raise ropd.UserError(f"{data}: every row needs an 'answer' to be evaluated")
     return rows
@@ -398,7 +410,8 @@ def model_loader(world, device):
 
 
 def _common(ap: argparse.ArgumentParser):
-    ap.add_argument("--data", default="toy", help="JSONL with prompt and answer, or 'toy' (held-out toy set)")
+    ap.add_argument("--data", default="toy",
+                    help="JSONL with prompt and answer, 'toy' (held-out toy set) or rg:TASK[,TASK...] (reasoning-gym)")
     ap.add_argument("--world", default=None, help="toy world directory (default: the cache)")
     ap.add_argument("--limit", type=int, default=None, help="first N problems (toy default: 200)")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="(default: 48 for toy data, else 4096)")

@@ -53,7 +53,7 @@ class Args:
     student: str = "toy"                 # "toy", a local path, or a hub name
     teacher: str = "toy"                 # see teacher.SPEC_HELP
     judge: str | None = None             # rubricator/verifier/T-Judge model (default: the teacher)
-    data: str = "toy"                    # "toy" or a JSONL file
+    data: str = "toy"                    # "toy", a JSONL file, or rg:TASK[,TASK...][:N] (reasoning-gym)
     world: str | None = None             # toy world directory (default: built/cached by toy.py)
     eval_data: str | None = None         # JSONL with answers (default with --data toy: held-out toy set)
     out: str = "runs/ropd"
@@ -152,6 +152,39 @@ def load_jsonl(path: str) -> list[dict]:
     if not rows:
         raise UserError(f"{path}: no data rows")
     return rows
+
+
+def load_reasoning_gym(spec: str, seed: int, size: int = 2000) -> list[dict]:
+    """`rg:TASK[,TASK...][:N]`: N problems per task (default 2000) from reasoning-gym's offline
+    procedural generators (basic_arithmetic, chain_sum, gsm_symbolic, countdown, ...). Each row
+    keeps its generator entry, so the task's own scorer checks the answers (eval.row_correct)."""
+    try:
+        import reasoning_gym
+    except ImportError:
+        raise UserError("--data rg:... needs reasoning-gym (pip install reasoning-gym)") from None
+    tasks, _, n = spec[len("rg:"):].partition(":")
+    if n and not n.isdigit():
+        raise UserError(f"--data {spec}: expected rg:TASK[,TASK...][:N] with N a number")
+    rows = []
+    for task in filter(None, tasks.split(",")):
+        try:
+            ds = reasoning_gym.create_dataset(task, size=int(n or size), seed=seed)
+        except (KeyError, ValueError, TypeError) as e:
+            raise UserError(f"--data {spec}: reasoning-gym cannot make {task!r} ({e})") from None
+        rows += [{"prompt": x["question"], "answer": str(x["answer"]), "rg": x} for x in ds]
+    if not rows:
+        raise UserError(f"--data {spec}: no tasks named")
+    return rows
+
+
+def load_data(spec: str, seed: int, world=None, split: str = "train", n: int | None = None) -> list[dict]:
+    """Rows for --data: 'toy' (the toy world's train or held-out split), 'rg:TASKS' (reasoning-gym;
+    the held-out rows are drawn with another seed), or a JSONL file."""
+    if spec == "toy":
+        return [p.to_json() for p in world.problems(split, n=n)]
+    if spec.startswith("rg:"):
+        return load_reasoning_gym(spec, seed if split == "train" else seed + 1_000_003, n or 2000)[:n]
+    return load_jsonl(spec)[:n]
 
 
 def question_text(prompt) -> str:
@@ -465,12 +498,13 @@ def train(a: Args, log=print) -> dict:
     torch.manual_seed(a.seed)
     device = pick_device(a.device)
 
+    rows = None if a.data == "toy" else load_data(a.data, a.seed)  # bad data fails before any build
     world = toy.build(root=a.world, log=log) if "toy" in (a.student, a.data) else None
-    rows = [p.to_json() for p in world.problems("train")] if a.data == "toy" else load_jsonl(a.data)
+    rows = rows or load_data(a.data, a.seed, world)
     if a.eval_data:
         eval_rows = load_jsonl(a.eval_data)[:a.eval_samples]
-    elif a.data == "toy":
-        eval_rows = [p.to_json() for p in world.problems("test", n=a.eval_samples)]
+    elif a.data == "toy" or a.data.startswith("rg:"):
+        eval_rows = load_data(a.data, a.seed, world, "test", a.eval_samples)
     else:
         eval_rows = []
     if a.method == "grpo" and any(r["answer"] is None for r in rows):
@@ -577,7 +611,7 @@ def train(a: Args, log=print) -> dict:
             elif a.method == "tjudge":
                 results = tjudge_rewards(judge, batch_rows, ro.texts, a)
             elif a.method == "grpo":
-                results = [rubric.GroupResult(rewards=[float(evaluation.is_correct(x, r["answer"])) for x in
+                results = [rubric.GroupResult(rewards=[float(evaluation.row_correct(x, r)) for x in
                                                        ro.texts[i * a.rollouts:(i + 1) * a.rollouts]])
                            for i, r in enumerate(batch_rows)]
             t["judge"] = time.time()
@@ -626,7 +660,7 @@ def train(a: Args, log=print) -> dict:
                      completion_len_mean=float(lengths.mean()), completion_len_max=int(lengths.max()),
                      truncated_frac=float(ro.truncated.float().mean()))
             if a.method != "lopd":
-                m["accuracy_train"] = float(np.mean([evaluation.is_correct(x, batch_rows[i // a.rollouts]["answer"])
+                m["accuracy_train"] = float(np.mean([evaluation.row_correct(x, batch_rows[i // a.rollouts])
                                                      for i, x in enumerate(ro.texts)]))
             if results and a.method == "ropd":
                 rubrics = [res.rubric for res in results if res.rubric]
