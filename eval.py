@@ -152,12 +152,17 @@ def answers_match(pred: str | None, gold: str) -> bool:
     return p.lower() == g.lower() and p != ""
 
 
+def is_choice(answer) -> bool:
+    """A one-letter reference answer (A-J) marks a multiple-choice question."""
+    return answer is not None and bool(CHOICE_RE.match(str(answer).strip().upper()))
+
+
 def is_correct(text: str, answer: str | None) -> bool:
     """Is a model output's final answer the reference `answer`? (A letter A-J is multiple choice.)"""
     if answer is None:
         return False
     gold = str(answer).strip()
-    choice = bool(CHOICE_RE.match(gold.upper())) and len(gold) == 1
+    choice = is_choice(gold)
     got = extract_answer(text, choice)
     if choice:
         return got is not None and got.strip().upper() == gold.upper()
@@ -252,12 +257,11 @@ def evaluate(model, tokenizer, rows: list[dict], samples: int = 16, temperature:
         for i, r in enumerate(chunk):
             texts = ro.texts[i * n:(i + 1) * n]
             gold = r["answer"]
-            choice = gold is not None and len(str(gold).strip()) == 1 and bool(CHOICE_RE.match(str(gold).strip().upper()))
             c = sum(row_correct(t, r) for t in texts)
             problems.append({"prompt": r["prompt"], "answer": gold, "n": n, "correct": c,
                              "truncated": int(ro.truncated[i * n:(i + 1) * n].sum()),
                              "pass@k": {k: pass_at_k(n, c, k) for k in ks_for(n)},
-                             "extracted": [extract_answer(t, choice) for t in texts],
+                             "extracted": [extract_answer(t, is_choice(gold)) for t in texts],
                              "sample": texts[0]})
         bar.update(len(chunk))
     bar.close()
