@@ -478,10 +478,7 @@ def main(argv=None) -> int:
                 "--max-new-tokens", str(max_new), *rest])
             rows = load_rows(ns.data, ns.prompts, world)
             model, tok = load(ns.model)
-            kw = dict(cache=a.cache or teacher_lib.default_cache_path(), concurrency=a.concurrency,
-                      rpm=a.rpm or None, retries=2, timeout=a.request_timeout)
-            teacher = teacher_lib.load(ns.teacher, **kw)
-            judge = teacher if not a.judge else teacher_lib.load(a.judge, **kw)
+            teacher, judge = ropd.load_teachers(a)  # a.teacher is ns.teacher
             res = signal_analysis(model, tok, teacher, judge, rows, a)
             res["model"], res["teacher"], res["judge"] = ns.model, ns.teacher, a.judge or ns.teacher
             report = "\n".join([f"{res['rollouts']} rollouts of {res['prompts']} prompts, "

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-METHOD_ORDER = ("ropd", "lopd", "tjudge", "sft", "grpo")
+from ropd import METHODS  # the table's row order
 
 
 @dataclass
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
         print(f"error: no finished runs (summary.json) under {a.runs}")
         return 2
     by_method: dict[str, list[Run]] = {}
-    for r in sorted(found, key=lambda r: (METHOD_ORDER.index(r.method) if r.method in METHOD_ORDER else 99, r.seed)):
+    for r in sorted(found, key=lambda r: (METHODS.index(r.method) if r.method in METHODS else 99, r.seed)):
         by_method.setdefault(r.method, []).append(r)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -289,6 +289,16 @@ def load_student(name: str, device: torch.device, world=None):
     return model.to(device), tok
 
 
+def load_teachers(a: Args):
+    """(teacher, judge) with the run's cache, concurrency, rate limit and timeout; the judge is
+    the teacher itself unless --judge names another model."""
+    kw = dict(cache=a.cache or teacher_lib.default_cache_path(), concurrency=a.concurrency,
+              rpm=a.rpm or None, retries=2, timeout=a.request_timeout)
+    teacher = teacher_lib.load(a.teacher, **kw)
+    judge = teacher if not a.judge or a.judge == a.teacher else teacher_lib.load(a.judge, **kw)
+    return teacher, judge
+
+
 def autocast(device: torch.device):
     """bf16 autocast on GPU (weights and optimizer stay fp32); plain fp32 on CPU."""
     if device.type == "cuda":
@@ -565,10 +575,7 @@ def train(a: Args, log=print) -> dict:
         ref_model, _ = load_student(a.student, device, world)
         ref_model.eval().requires_grad_(False)
 
-    cache = a.cache or teacher_lib.default_cache_path()
-    kw = dict(cache=cache, concurrency=a.concurrency, rpm=a.rpm or None, retries=2, timeout=a.request_timeout)
-    teacher = None if a.method == "grpo" else teacher_lib.load(a.teacher, **kw)
-    judge = teacher if not a.judge or a.judge == a.teacher else teacher_lib.load(a.judge, **kw)
+    teacher, judge = (None, None) if a.method == "grpo" else load_teachers(a)
     if a.method == "lopd":
         if not hasattr(teacher, "token_logprobs"):
             raise UserError(f"--method lopd needs a white-box teacher (hf:PATH or toy), got {a.teacher!r}")
