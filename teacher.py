@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import random
+import socket
 import sqlite3
 import sys
 import threading
@@ -677,6 +678,7 @@ class TeacherServer(ThreadingHTTPServer):
         self._lock = threading.Lock()
         # a local model is not thread-safe: its requests are served one at a time
         self._serial = threading.Lock() if isinstance(teacher, HFTeacher) else contextlib.nullcontext()
+        self._open: dict = {}  # connection socket -> its handler thread
 
     @property
     def url(self) -> str:
@@ -703,6 +705,38 @@ class TeacherServer(ThreadingHTTPServer):
         threading.Thread(target=self.serve_forever, daemon=True).start()
         return self
 
+    def stop(self):
+        """Stop a started server: no new requests, and no handler thread left behind (see server_close)."""
+        self.shutdown()
+        self.server_close()
+
+    # One daemon thread per connection, as ThreadingMixIn does, but tracked: a keep-alive connection's
+    # thread would otherwise wait in recv() for ever, holding the server and thus the teacher model.
+    # Left to die with the interpreter, such a thread frees the model's tensors during finalization,
+    # and torch, re-taking the GIL from a thread Python is tearing down, aborts the process
+    # ("terminate called without an active exception", exit code 134, after every test passed).
+    def process_request(self, request, client_address):
+        t = threading.Thread(target=self.process_request_thread, args=(request, client_address), daemon=True)
+        with self._lock:
+            self._open[request] = t
+        t.start()
+
+    def shutdown_request(self, request):
+        with self._lock:
+            self._open.pop(request, None)
+        super().shutdown_request(request)
+
+    def server_close(self):
+        """Close the listening socket, end every open connection, and wait for their threads."""
+        super().server_close()
+        with self._lock:
+            open_ = list(self._open.items())
+        for sock, _ in open_:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a handler waiting for the next request
+        for _, t in open_:
+            t.join(timeout=30)
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Serve a teacher over the OpenAI and Anthropic wire formats.")
@@ -726,6 +760,8 @@ def main(argv=None):
         server.serve_forever()
     except KeyboardInterrupt:
         pass
+    finally:
+        server.server_close()
 
 
 if __name__ == "__main__":

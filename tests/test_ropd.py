@@ -112,8 +112,7 @@ def test_resume_gives_the_same_weights_and_repays_nothing(tiny_world, tmp_path):
         before = srv.requests
         assert ropd.main(tiny_args(tiny_world, tmp_path / "b", *steps, *judge, "--resume", str(run_b))) == 0
     finally:
-        srv.shutdown()
-        srv.server_close()
+        srv.stop()
     final_a = weights(tmp_path / "a" / "run" / "checkpoint-000004")
     final_b = weights(run_b / "checkpoint-000004")
     for k in final_a:
@@ -142,8 +141,7 @@ def test_failure_policy_stops_above_the_rate(tiny_world, tmp_path, capsys):
         assert ropd.main(tiny_args(tiny_world, tmp_path, *judge, "--max-fallback-rate", "1.0",
                                    "--steps", "1", "--out", str(tmp_path / "tolerant"))) == 0
     finally:
-        srv.shutdown()
-        srv.server_close()
+        srv.stop()
     m = metrics(tmp_path / "tolerant")[0]
     assert m["fallbacks"] == 3 and m["reward_mean"] == 0.0 and m["pg_loss"] == 0.0
 
@@ -155,8 +153,7 @@ def test_partial_failures_are_counted_and_tolerated(tiny_world, tmp_path):
     try:
         assert ropd.main(tiny_args(tiny_world, tmp_path, *judge, "--steps", "1")) == 0
     finally:
-        srv.shutdown()
-        srv.server_close()
+        srv.stop()
     m = metrics(tmp_path / "run")[0]
     samples = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert m["fallbacks"] == 1 and sum(s["fallback"] == "rubricator failed" for s in samples) == 1

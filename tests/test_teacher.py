@@ -21,8 +21,7 @@ def toy_teacher(tiny_world):
 def server(toy_teacher):
     srv = teacher.TeacherServer(toy_teacher, model_name="toy-teacher").start()
     yield srv
-    srv.shutdown()
-    srv.server_close()
+    srv.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +53,22 @@ def test_normal_reply_equals_the_served_backend(kind, server, toy_teacher):
         direct = toy_teacher.complete([CHAT], n=1, temperature=None, max_tokens=24)
         assert got[0] == [direct[0][0]] * 2 and server.requests == 2
     u = c.usage["teacher"]
-    assert u.samples == 2 and u.input_tokens > 0 and u.output_tokens > 0 and u.retries == 0
+    # the counts the server reported (a sampled text may be empty: its own count, not "> 0")
+    count = lambda s: len(toy_teacher.tokenizer(s, add_special_tokens=False)["input_ids"])  # noqa: E731
+    assert u.samples == 2 and u.retries == 0 and u.input_tokens == server.requests * count(CHAT[0]["content"])
+    assert u.output_tokens == sum(count(t) for t in got[0])
+
+
+def test_stop_ends_keep_alive_connections(toy_teacher):
+    """A handler thread left waiting on a keep-alive connection would hold the teacher model until
+    interpreter exit, and freeing torch tensors from it then aborts the process (exit code 134)."""
+    srv = teacher.TeacherServer(toy_teacher, model_name="toy-teacher").start()
+    before = set(threading.enumerate())
+    client("openai", srv).complete([CHAT], max_tokens=4)  # the SDK keeps its connection open
+    handlers = [t for t in threading.enumerate() if t not in before]
+    assert handlers and all(t.is_alive() for t in handlers)  # waiting for the next request
+    srv.stop()
+    assert not any(t.is_alive() for t in handlers) and srv._open == {}
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
