@@ -292,6 +292,19 @@ def _mean_over_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
+def _scores_student_tokens(teacher, tok) -> bool:
+    """Can this teacher give log-probs of the student's tokens (local, or served by vLLM)?"""
+    import teacher as teacher_lib
+
+    if not hasattr(teacher, "token_logprobs"):
+        return False
+    try:
+        teacher.check_tokenizer(tok)
+    except teacher_lib.TeacherError:
+        return False
+    return True
+
+
 def signal_analysis(student, tok, teacher, judge, rows: list[dict], a) -> dict:
     """How well does each reward signal predict the correctness of student rollouts?
     `a` is a ropd.Args (rollouts, sampling, references and judge settings). The rubric score goes
@@ -309,7 +322,7 @@ def signal_analysis(student, tok, teacher, judge, rows: list[dict], a) -> dict:
     results = ropd.ropd_rewards(judge, rows, ro.texts, refs, a)
     valid = np.repeat([r.fallback is None for r in results], G)
     signals = {"rubric score": np.array([x for r in results for x in r.rewards])}
-    if hasattr(teacher, "token_logprobs") and teacher.tokenizer.get_vocab() == tok.get_vocab():
+    if _scores_student_tokens(teacher, tok):
         T = ro.completion_ids.shape[1]
         t_lp = teacher.token_logprobs(ro.input_ids, ro.attention_mask, T, a.temperature).float().cpu()
         s_lp = ropd.batched_logprobs(student, ro.input_ids, ro.attention_mask, ro.completion_mask,
@@ -328,7 +341,7 @@ def signal_analysis(student, tok, teacher, judge, rows: list[dict], a) -> dict:
             "mean_if_correct": float(s[keep & correct].mean()) if (keep & correct).any() else None,
             "mean_if_wrong": float(s[keep & ~correct].mean()) if (keep & ~correct).any() else None}
     out["rollouts_detail"] = [{"prompt": rows[i // G]["prompt"], "text": t, "correct": bool(correct[i]),
-                               **{k: float(v[i]) for k, v in signals.items()}}
+                               "fallback": not bool(valid[i]), **{k: float(v[i]) for k, v in signals.items()}}
                               for i, t in enumerate(ro.texts)]
     return out
 

@@ -12,9 +12,10 @@ One training step (PAPER.md "The ROPD step"), for a batch of prompts:
     7. update        A_i = s_i - mean(group); PPO-clip, token-mean; 1 epoch, 4 mini-batches
     8. failures      a group whose judging failed gets zero advantage and is counted; too many stop the run
 
-Methods (--method): ropd (above), lopd (per-token teacher log-prob advantage, white-box teacher with
-the student's tokenizer), tjudge (the teacher scores each rollout holistically), sft (fine-tune on
-the teacher's references), grpo (outcome reward from the data's answers).
+Methods (--method): ropd (above), lopd (per-token teacher log-prob advantage; a local teacher, or one
+served by vLLM, with the student's tokenizer), tjudge (the teacher scores each rollout
+holistically), sft (fine-tune on the teacher's references), grpo (outcome reward from the data's
+answers).
 """
 from __future__ import annotations
 
@@ -578,9 +579,15 @@ def train(a: Args, log=print) -> dict:
     teacher, judge = (None, None) if a.method == "grpo" else load_teachers(a)
     if a.method == "lopd":
         if not hasattr(teacher, "token_logprobs"):
-            raise UserError(f"--method lopd needs a white-box teacher (hf:PATH or toy), got {a.teacher!r}")
-        if teacher.tokenizer.get_vocab() != tok.get_vocab():
-            raise UserError("--method lopd needs the teacher to share the student's tokenizer")
+            raise UserError(f"--method lopd needs a white-box teacher (hf:PATH, toy, or openai:MODEL@URL "
+                            f"served by vLLM, for its prompt log-probs), got {a.teacher!r}")
+        if isinstance(teacher, teacher_lib.OpenAITeacher) and a.temperature != 1.0:
+            raise UserError("--method lopd with a served teacher needs --temperature 1 (its prompt "
+                            "log-probs are at temperature 1)")
+        try:
+            teacher.check_tokenizer(tok)
+        except teacher_lib.TeacherError as e:
+            raise UserError(f"--method lopd: {e}") from None
 
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay)
     if state:
@@ -593,7 +600,7 @@ def train(a: Args, log=print) -> dict:
     tmpl = {"enable_thinking": a.enable_thinking}
 
     acc_before = accuracy(model, tok, eval_rows, a)
-    log(f"{a.method}: student {a.student}, teacher {a.teacher}, {len(rows)} prompts, "
+    log(f"{a.method}: student {a.student}, " + (f"teacher {a.teacher}, " if teacher else "") + f"{len(rows)} prompts, "
         f"{a.prompts_per_step} x {a.rollouts} rollouts/step, device {device.type}"
         + (f"; held-out accuracy {acc_before:.1%}" if eval_rows else ""))
 

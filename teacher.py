@@ -13,8 +13,12 @@ What every backend gets for free (the class `Teacher`):
   * bounded concurrency (a thread pool), a requests-per-minute limit, a per-role circuit breaker;
   * usage accounting per role (calls, cache hits, retries, failures, input/output tokens).
 
+LOPD needs the teacher's log-probs of the student's tokens: `token_logprobs` on a local model (hf:,
+toy), or on a served one (openai:MODEL@URL) through vLLM's `prompt_logprobs` on /v1/completions.
+
 `python teacher.py serve --teacher SPEC --port P` serves any backend on localhost through the real
-OpenAI chat-completions and Anthropic messages wire formats.
+OpenAI chat-completions and Anthropic messages wire formats (and, for a local model, vLLM's prompt
+log-probs).
 
 API keys are read from the environment only (OPENAI_API_KEY, ANTHROPIC_API_KEY) and never written to
 logs, caches or error messages.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import email.utils
+import functools
 import hashlib
 import json
 import logging
@@ -289,13 +294,19 @@ class Teacher:
 
     def _run(self, requests: list[Request], role: str) -> list:
         """Send the requests with bounded concurrency; each gets its own retries."""
-        if len(requests) == 1 or self.concurrency <= 1:
-            return [self._with_retries(r, role) for r in requests]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
-            return list(pool.map(lambda r: self._with_retries(r, role), requests))
+        return self._send_all([functools.partial(self._request, r.chat, r.n, r.temperature, r.max_tokens)
+                               for r in requests], role)
 
-    def _with_retries(self, req: Request, role: str):
-        """One request: retries with backoff; a TeacherError for fatal errors; else the exception."""
+    def _send_all(self, sends: list, role: str) -> list:
+        """Run zero-argument API calls (each -> (results, input tokens, output tokens)) with bounded
+        concurrency, each with its own retries; the results, or the exceptions, in order."""
+        if len(sends) <= 1 or self.concurrency <= 1:
+            return [self._with_retries(s, role) for s in sends]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(sends))) as pool:
+            return list(pool.map(lambda s: self._with_retries(s, role), sends))
+
+    def _with_retries(self, send, role: str):
+        """One API call: retries with backoff; a TeacherError for fatal errors; else the exception."""
         usage = self._usage(role)
         for attempt in range(self.retries + 1):
             if time.monotonic() < self._open_until.get(role, 0.0):
@@ -307,7 +318,7 @@ class Teacher:
             with self._lock:
                 usage.calls += 1
             try:
-                texts, tin, tout = self._request(req.chat, req.n, req.temperature, req.max_tokens)
+                texts, tin, tout = send()
             except TeacherError as e:
                 return e
             except Exception as e:  # noqa: BLE001 - classified below
@@ -378,6 +389,94 @@ class OpenAITeacher(Teacher):
         texts = [c.message.content or "" for c in sorted(resp.choices, key=lambda c: c.index)]
         u = resp.usage
         return texts, (u.prompt_tokens if u else 0), (u.completion_tokens if u else 0)
+
+    # -- LOPD with a served teacher: vLLM's prompt log-probs --------------------------------
+
+    def token_logprobs(self, input_ids, attention_mask, n_completion: int, temperature: float = 1.0):
+        """LOPD: the served teacher's log-probs of the student's own completion tokens, [N, T] (0 on
+        padding), the same contract as HFTeacher.token_logprobs. Each row's unpadded ids go to the
+        server as a prompt; the server must share the student's tokenizer (check_tokenizer)."""
+        import torch
+
+        if temperature != 1.0:
+            raise TeacherError(f"a served teacher's prompt log-probs are at temperature 1, not {temperature}: "
+                               "sample the student at --temperature 1 for LOPD")
+        seqs = [row[m.bool()].tolist() for row, m in zip(input_ids, attention_mask)]
+        out = torch.zeros(len(seqs), n_completion)
+        for i, lp in enumerate(self.sequence_logprobs(seqs)):
+            c = int(attention_mask[i, -n_completion:].sum())  # completions are right-padded
+            if c:
+                out[i, :c] = torch.tensor(lp[-c:])
+        return out
+
+    def sequence_logprobs(self, seqs: list[list[int]], batch: int = 16, role: str = "logprobs") -> list[list[float]]:
+        """log p(ids[t] | ids[:t]) for t >= 1 of each token-id sequence under the served model, cached
+        per sequence: `batch` sequences per /v1/completions call (see _prompt_logprobs)."""
+        usage = self._usage(role)
+        keys = [hashlib.sha256(json.dumps([self.fingerprint, "prompt_logprobs", s]).encode()).hexdigest()
+                for s in seqs]
+        out: list = [None] * len(seqs)
+        todo = []
+        for i, key in enumerate(keys):
+            hit = self.cache.get(key) if self.cache is not None else None
+            if hit is not None:
+                out[i] = json.loads(hit[0])
+                with self._lock:
+                    usage.cache_hits += 1
+            else:
+                todo.append(i)
+        chunks = [todo[s:s + batch] for s in range(0, len(todo), batch)]
+        sends = [functools.partial(self._prompt_logprobs, [seqs[i] for i in c]) for c in chunks]
+        for chunk, res in zip(chunks, self._send_all(sends, role)):
+            if isinstance(res, BaseException):
+                raise res if isinstance(res, TeacherError) else TeacherError(f"{self.fingerprint}: {describe(res)}")
+            for i, (lp, _) in zip(chunk, res[0]):
+                out[i] = lp
+                if self.cache is not None:
+                    self.cache.put(keys[i], json.dumps(lp), len(seqs[i]), 0)
+        return out
+
+    def check_tokenizer(self, tokenizer, text: str = "Answer: 12 + 34 = 46.\nThe quick brown fox (x/y)!") -> None:
+        """LOPD sends the student's token ids: the served model must read them as the same tokens.
+        The server's decoded token for each id of a probe must be the student tokenizer's."""
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        res = self._with_retries(functools.partial(self._prompt_logprobs, [ids]), "logprobs")
+        if isinstance(res, BaseException):
+            raise res if isinstance(res, TeacherError) else TeacherError(f"{self.fingerprint}: {describe(res)}")
+        served = res[0][0][1]
+        ours = [tokenizer.decode([i]) for i in ids[1:]]
+        if any(d is not None and d != o for d, o in zip(served, ours)):
+            raise TeacherError(f"{self.fingerprint} does not share the student's tokenizer (the server "
+                               f"reads {served[:8]} where the student wrote {ours[:8]})")
+
+    def _prompt_logprobs(self, seqs: list[list[int]]):
+        """One /v1/completions call with token-id prompts, max_tokens=1 and vLLM's prompt_logprobs=0
+        (the log-prob of each prompt token itself, from the raw logits, i.e. temperature 1)."""
+        resp = self.client.completions.create(model=self.model, prompt=seqs, max_tokens=1, temperature=0.0,
+                                              extra_body={"prompt_logprobs": 0})
+        choices = sorted(resp.choices, key=lambda c: c.index)
+        if len(choices) != len(seqs):
+            raise TeacherError(f"{self.fingerprint}: {len(seqs)} prompts, {len(choices)} choices")
+        out = [parse_prompt_logprobs(getattr(c, "prompt_logprobs", None), ids) for c, ids in zip(choices, seqs)]
+        u = resp.usage
+        return out, (u.prompt_tokens if u else 0), (u.completion_tokens if u else 0)
+
+
+def parse_prompt_logprobs(entries, ids: list[int]) -> tuple[list[float], list[str | None]]:
+    """vLLM's `prompt_logprobs` for the prompt `ids` -> (log p(ids[t] | ids[:t]) for t >= 1, the
+    server's decoded tokens). Entry t is None for t = 0, else {"<token id>": {"logprob", "rank",
+    "decoded_token"}, ...} (the prompt token itself plus any top-k)."""
+    if not isinstance(entries, list) or len(entries) != len(ids):
+        raise TeacherError("the server returned no prompt log-probs: LOPD with a served teacher needs an "
+                           "OpenAI-compatible /v1/completions with vLLM's prompt_logprobs")
+    logprobs, decoded = [], []
+    for t, (tid, entry) in enumerate(zip(ids[1:], entries[1:]), 1):
+        d = entry.get(str(tid)) if isinstance(entry, dict) else None
+        if not isinstance(d, dict) or "logprob" not in d:
+            raise TeacherError(f"prompt log-probs: no entry for token {tid} at position {t}")
+        logprobs.append(float(d["logprob"]))
+        decoded.append(d.get("decoded_token"))
+    return logprobs, decoded
 
 
 class AnthropicTeacher(Teacher):
@@ -467,6 +566,11 @@ class HFTeacher(Teacher):
             usage.input_tokens += sum(t[0] for t in tokens)
             usage.output_tokens += sum(t[1] for t in tokens)
         return [(t, a, b) for t, (a, b) in zip(texts, tokens)]
+
+    def check_tokenizer(self, tokenizer) -> None:
+        """LOPD scores the student's token ids: the teacher must share the student's tokenizer."""
+        if self.tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise TeacherError(f"{self.fingerprint} does not share the student's tokenizer")
 
     def token_logprobs(self, input_ids, attention_mask, n_completion: int, temperature: float = 1.0):
         """LOPD: the teacher's log-probs of the student's own token ids (same tokenizer required)."""
@@ -614,6 +718,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._anthropic(body)
             elif self.path.rstrip("/").endswith("/chat/completions"):
                 self._openai(body)
+            elif self.path.rstrip("/").endswith("/completions"):
+                self._completions(body)
             else:
                 self._error(404, f"no route {self.path}", False)
         except TeacherError as e:
@@ -645,6 +751,31 @@ class _Handler(BaseHTTPRequestHandler):
             "choices": [{"index": i, "message": {"role": "assistant", "content": t},
                          "finish_reason": "stop", "logprobs": None} for i, t in enumerate(texts)],
             "usage": {"prompt_tokens": tin, "completion_tokens": tout, "total_tokens": tin + tout}})
+
+    def _completions(self, body):
+        """/v1/completions for scoring only: token-id prompts with vLLM's `prompt_logprobs`, the call
+        that LOPD makes to a served teacher (OpenAITeacher.sequence_logprobs). Nothing is generated."""
+        prompts = body.get("prompt")
+        if isinstance(prompts, list) and prompts and isinstance(prompts[0], int):
+            prompts = [prompts]
+        ok = isinstance(prompts, list) and prompts and all(
+            isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompts)
+        if body.get("prompt_logprobs") is None or not ok:
+            return self._error(400, "this server answers /v1/completions only for token-id prompts with "
+                                    "prompt_logprobs", False)
+        if not isinstance(self.server.teacher, HFTeacher):
+            return self._error(400, "prompt log-probs need a local model (hf:PATH or toy)", False)
+        vocab = self.server.teacher.hf_model.config.vocab_size
+        if any(not 0 <= t < vocab for p in prompts for t in p):
+            return self._error(400, f"token id out of range [0, {vocab})", False)
+        rows = self.server.prompt_logprobs(prompts)
+        n = sum(len(p) for p in prompts)
+        self._send(200, {
+            "id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+            "model": body.get("model", self.server.model_name),
+            "choices": [{"index": i, "text": "", "logprobs": None, "finish_reason": "length",
+                         "prompt_logprobs": r} for i, r in enumerate(rows)],
+            "usage": {"prompt_tokens": n, "completion_tokens": 0, "total_tokens": n}})
 
     def _anthropic(self, body):
         system = _text_of(body.get("system") or "")
@@ -687,6 +818,23 @@ class TeacherServer(ThreadingHTTPServer):
     def complete(self, chats, **kw):
         with self._serial:
             return self.teacher.complete(chats, role="serve", **kw)
+
+    def prompt_logprobs(self, prompts: list[list[int]]) -> list[list]:
+        """vLLM's prompt_logprobs=0 format: per prompt, None then one {"<id>": {"logprob", "rank",
+        "decoded_token"}} per following token, from the teacher model's raw (temperature 1) logits."""
+        import torch
+
+        model, tok = self.teacher.hf_model, self.teacher.tokenizer
+        out = []
+        with self._serial, torch.no_grad():
+            for ids in prompts:
+                x = torch.tensor([ids], device=model.device)
+                logp = model(input_ids=x).logits[0, :-1].float().log_softmax(-1)
+                chosen = logp.gather(1, x[0, 1:, None])[:, 0]
+                rank = (logp > chosen[:, None]).sum(1) + 1
+                out.append([None] + [{str(t): {"logprob": lp, "rank": r, "decoded_token": tok.decode([t])}}
+                                     for t, lp, r in zip(ids[1:], chosen.tolist(), rank.tolist())])
+        return out
 
     def count(self):
         with self._lock:
@@ -755,7 +903,8 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     server = TeacherServer(t, args.host, args.port, args.model_name)
     print(f"serving {t.fingerprint} as {server.model_name!r} at {server.url}/v1 "
-          f"(OpenAI: /v1/chat/completions, Anthropic: /v1/messages)", flush=True)
+          f"(OpenAI: /v1/chat/completions, /v1/completions with prompt_logprobs; Anthropic: /v1/messages)",
+          flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

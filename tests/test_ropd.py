@@ -176,14 +176,42 @@ def test_data_errors_name_the_line(tmp_path, capsys):
     assert ropd.question_text(rows[1]["prompt"]) == "2+2"
 
 
-def test_user_errors_are_one_line(tiny_world, tmp_path, capsys):
+def test_user_errors_are_one_line(tiny_world, tmp_path, capsys, monkeypatch):
     assert ropd.main(tiny_args(tiny_world, tmp_path, "--teacher", "gpt-5")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: unknown teacher spec 'gpt-5'")
-    assert ropd.main(tiny_args(tiny_world, tmp_path, method="lopd", *("--teacher", "openai:m@http://127.0.0.1:9/v1"))) == 2
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    assert ropd.main(tiny_args(tiny_world, tmp_path, method="lopd", *("--teacher", "anthropic:m"))) == 2
     assert "lopd needs a white-box teacher" in capsys.readouterr().err
+    # a served teacher that is not there: one line, before any training
+    assert ropd.main(tiny_args(tiny_world, tmp_path, method="lopd", *("--teacher", "openai:m@http://127.0.0.1:9/v1",
+                                                                       "--request-timeout", "2"))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --method lopd: openai:m: ") and "onnect" in err[0]
+    assert ropd.main(tiny_args(tiny_world, tmp_path, method="lopd", *("--teacher", "openai:m@http://127.0.0.1:9/v1",
+                                                                       "--temperature", "0.7"))) == 2
+    assert "needs --temperature 1" in capsys.readouterr().err
     assert ropd.main(["--method", "dpo"]) == 2
     assert "--method must be one of" in capsys.readouterr().err
+
+
+def test_lopd_with_a_served_teacher_equals_the_local_teacher(tiny_world, tmp_path):
+    """--teacher openai:MODEL@URL for LOPD: the teacher's log-probs come over the wire (vLLM's
+    prompt_logprobs format, here from teacher.py serve) and the run is the local hf: run."""
+    srv = teacher.TeacherServer(teacher.load(f"hf:{tiny_world.teacher_path}", cache=None),
+                                model_name="toy-teacher").start()
+    try:
+        assert ropd.main(tiny_args(tiny_world, tmp_path, "--teacher", f"openai:toy-teacher@{srv.url}/v1",
+                                   method="lopd", out="served")) == 0
+    finally:
+        srv.stop()
+    assert ropd.main(tiny_args(tiny_world, tmp_path, "--teacher", f"hf:{tiny_world.teacher_path}",
+                               method="lopd", out="local")) == 0
+    served, local = metrics(tmp_path / "served"), metrics(tmp_path / "local")
+    assert [m["reward_mean"] for m in served] == pytest.approx([m["reward_mean"] for m in local], abs=1e-4)
+    assert served[0]["usage"]["logprobs"]["samples"] == 3 * 3  # one sequence per rollout
+    a, b = weights(tmp_path / "served" / "checkpoint-000002"), weights(tmp_path / "local" / "checkpoint-000002")
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
 
 
 def test_lopd_rejects_a_teacher_with_another_tokenizer(tiny_world, tmp_path, capsys):

@@ -219,3 +219,63 @@ def test_local_sampling_is_reproducible_and_cached(tiny_world, tmp_path):
     # a retry with a new first_sample gets fresh samples, not the cached ones
     fresh = a2.complete(chats, n=1, temperature=1.0, max_tokens=20, first_sample=3)
     assert a2.usage["teacher"].samples == 2 and all(isinstance(f[0], str) for f in fresh)
+
+
+# -- LOPD with a served teacher: vLLM's prompt log-probs over the wire --------------------------
+
+def test_parse_prompt_logprobs_reads_vllms_format():
+    # the shape vLLM 0.32 returns for prompt_logprobs=1 (the prompt token, plus the top-1 when it differs)
+    entries = [None, {"10": {"logprob": -1.5, "rank": 3, "decoded_token": "$"},
+                      "7": {"logprob": -0.2, "rank": 1, "decoded_token": "!"}},
+               {"11": {"logprob": -0.25, "rank": 1, "decoded_token": "%"}}]
+    assert teacher.parse_prompt_logprobs(entries, [3, 10, 11]) == ([-1.5, -0.25], ["$", "%"])
+    with pytest.raises(teacher.TeacherError, match="no prompt log-probs"):
+        teacher.parse_prompt_logprobs(None, [3, 10, 11])
+    with pytest.raises(teacher.TeacherError, match="no entry for token 11 at position 2"):
+        teacher.parse_prompt_logprobs(entries[:2] + [{"12": {"logprob": -1.0}}], [3, 10, 11])
+
+
+def test_served_teacher_logprobs_equal_the_local_model(tiny_world, tmp_path):
+    import torch
+
+    import grpo
+    local = teacher.load(f"hf:{tiny_world.teacher_path}", cache=None)
+    srv = teacher.TeacherServer(local, model_name="toy-teacher").start()
+    try:
+        served = client("openai", srv, tmp_path)
+        served.check_tokenizer(local.tokenizer)  # same tokenizer: no error
+        r = grpo.sample(local.hf_model, local.tokenizer, ["1+2", "(4*5)-6", "7"], n=2, max_new_tokens=12, seed=0)
+        T = r.completion_ids.shape[1]
+        got = served.token_logprobs(r.input_ids, r.attention_mask, T)
+        want = local.token_logprobs(r.input_ids, r.attention_mask, T)
+        m = r.completion_mask.bool()
+        assert not m.all()  # some rollouts are padded: padding must not shift the tokens
+        assert torch.allclose(got[m], want[m], atol=1e-4) and (got[~m] == 0).all()
+        sent = srv.requests
+        again = served.token_logprobs(r.input_ids, r.attention_mask, T)
+        assert srv.requests == sent and torch.equal(again, got)  # replayed from the cache
+        assert served.usage["logprobs"].cache_hits == len(r.texts)
+        with pytest.raises(teacher.TeacherError, match="temperature 1"):
+            served.token_logprobs(r.input_ids, r.attention_mask, T, temperature=0.7)
+    finally:
+        srv.stop()
+
+
+def test_served_teacher_with_another_tokenizer_is_refused(server):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+    chars = [toy.BYTE_LEVEL.get(c, c) for c in toy.CHARS][::-1]  # the same characters, other ids
+    other = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE(
+        vocab={c: i for i, c in enumerate(chars)}, merges=[])))
+    with pytest.raises(teacher.TeacherError, match="does not share the student's tokenizer"):
+        client("openai", server).check_tokenizer(other)
+
+
+def test_completions_endpoint_refuses_what_it_does_not_serve(server):
+    import openai
+    c = openai.OpenAI(api_key="x", base_url=server.url + "/v1", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="only for token-id prompts"):
+        c.completions.create(model="toy-teacher", prompt="1+2", max_tokens=4)
+    with pytest.raises(openai.BadRequestError, match="out of range"):
+        c.completions.create(model="toy-teacher", prompt=[[3, 10**6]], max_tokens=1,
+                             extra_body={"prompt_logprobs": 0})
