@@ -40,7 +40,9 @@ import grpo
 
 CHOICE_RE = re.compile(r"^[A-J]$")
 NUMBER_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:/\d+)?|-?\.\d+")
-ANSWER_LINE_RE = re.compile(r"\banswer\s*(?:is\s*)?[:=]?\s*(.+)$", re.I)
+# "Answer: X", "the answer is X", and the wordier "the answer to this problem is X" / "... question: X"
+ANSWER_LINE_RE = re.compile(r"\banswer\b(?:\s+(?:to|for|of)\b[^:=\n]*?(?:\s+is\b|\s*[:=])|\s*is\b)?"
+                            r"\s*[:=]?\s*(.+)$", re.I)
 
 
 def last_boxed(text: str) -> str | None:

@@ -49,6 +49,11 @@ ANSWERS = [
     ("The answer is C", "B", False),
     ("Answer: 0.333", "1/3", False),           # exact comparison: a rounded decimal is not 1/3
     ("Answer: 07", "7", True),
+    # SmolLM2's wordier forms (was: "to this problem is 2894" was taken for the answer)
+    ("The answer to this problem is 2894", "2894", True),
+    ("So the answer to the problem is 12.", "12", True),
+    ("The final answer to this question: 42", "42", True),
+    ("The answer to 3+4 is 8", "7", False),
 ]
 
 
