@@ -267,7 +267,7 @@ class Teacher:
             for (ci, req, slots), res in zip(pending, results):
                 if isinstance(res, BaseException):
                     if isinstance(res, TeacherError) or not return_exceptions:
-                        raise res if isinstance(res, TeacherError) else TeacherError(describe(res))
+                        self._fail(res)
                     for j in slots:
                         out[ci][j] = res
                     continue
@@ -282,6 +282,10 @@ class Teacher:
         return {role: dict(vars(u)) for role, u in self.usage.items()}
 
     # -- internals ------------------------------------------------------------------------
+
+    def _fail(self, exc: BaseException):
+        """A request that failed for good, raised as the one error type callers handle."""
+        raise exc if isinstance(exc, TeacherError) else TeacherError(f"{self.fingerprint}: {describe(exc)}")
 
     def _usage(self, role: str) -> RoleUsage:
         with self._lock:
@@ -429,7 +433,7 @@ class OpenAITeacher(Teacher):
         sends = [functools.partial(self._prompt_logprobs, [seqs[i] for i in c]) for c in chunks]
         for chunk, res in zip(chunks, self._send_all(sends, role)):
             if isinstance(res, BaseException):
-                raise res if isinstance(res, TeacherError) else TeacherError(f"{self.fingerprint}: {describe(res)}")
+                self._fail(res)
             for i, (lp, _) in zip(chunk, res[0]):
                 out[i] = lp
                 if self.cache is not None:
@@ -442,7 +446,7 @@ class OpenAITeacher(Teacher):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         res = self._with_retries(functools.partial(self._prompt_logprobs, [ids]), "logprobs")
         if isinstance(res, BaseException):
-            raise res if isinstance(res, TeacherError) else TeacherError(f"{self.fingerprint}: {describe(res)}")
+            self._fail(res)
         served = res[0][0][1]
         ours = [tokenizer.decode([i]) for i in ids[1:]]
         if any(d is not None and d != o for d, o in zip(served, ours)):
