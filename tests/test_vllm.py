@@ -100,15 +100,10 @@ def vllm_url(vllm_world, tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _student(world):
-    model, tok = ropd.load_student(str(world.student_path), torch.device("cpu"))
-    return model, tok
-
-
 def test_vllm_prompt_logprobs_equal_the_local_teacher(vllm_world, vllm_url):
     local = teacher.load(f"hf:{vllm_world.teacher_path}", cache=None)
     served = teacher.load(f"openai:toy-teacher@{vllm_url}", cache=None)
-    model, tok = _student(vllm_world)
+    model, tok = ropd.load_student(str(vllm_world.student_path), torch.device("cpu"))
     served.check_tokenizer(tok)  # the student's ids read as the same characters by vLLM
     r = grpo.sample(model, tok, ["1+2", "(4*5)-6", "((7+8)*9)-1"], n=2, max_new_tokens=16, seed=0)
     T = r.completion_ids.shape[1]
