@@ -247,11 +247,9 @@ class Teacher:
             missing = []
             for j in range(n):
                 key = self._key(chat, temperature, max_tokens, first_sample + j)
-                hit = self.cache.get(key) if self.cache is not None else None
-                if hit is not None:
-                    out[ci][j] = hit[0]
-                    with self._lock:
-                        usage.cache_hits += 1
+                text = self._cached(key, usage)
+                if text is not None:
+                    out[ci][j] = text
                 else:
                     missing.append((j, key))
             if not missing:
@@ -286,6 +284,14 @@ class Teacher:
     def _fail(self, exc: BaseException):
         """A request that failed for good, raised as the one error type callers handle."""
         raise exc if isinstance(exc, TeacherError) else TeacherError(f"{self.fingerprint}: {describe(exc)}")
+
+    def _cached(self, key: str, usage: RoleUsage) -> str | None:
+        """The text cached under `key` (counted as a cache hit), or None."""
+        hit = self.cache.get(key) if self.cache is not None else None
+        if hit is not None:
+            with self._lock:
+                usage.cache_hits += 1
+        return None if hit is None else hit[0]
 
     def _usage(self, role: str) -> RoleUsage:
         with self._lock:
@@ -422,11 +428,9 @@ class OpenAITeacher(Teacher):
         out: list = [None] * len(seqs)
         todo = []
         for i, key in enumerate(keys):
-            hit = self.cache.get(key) if self.cache is not None else None
+            hit = self._cached(key, usage)
             if hit is not None:
-                out[i] = json.loads(hit[0])
-                with self._lock:
-                    usage.cache_hits += 1
+                out[i] = json.loads(hit)
             else:
                 todo.append(i)
         chunks = [todo[s:s + batch] for s in range(0, len(todo), batch)]
