@@ -8,196 +8,39 @@ Benchmark: k samples per problem (temperature 1.0, top-p 0.95 as in the paper), 
 extracted and compared after normalisation, then avg@k (mean fraction right) and the unbiased
 pass@k of Chen et al. (2021), per problem and overall.
 
-Signal quality (PAPER.md, "why rubrics"): for student rollouts of known correctness, how well does
-each candidate reward predict correctness? The rubric score comes through the real
-rubricator/verifier path of ropd.py; the teacher log-prob signals (mean teacher token log-prob,
-mean teacher-student log-ratio) need a white-box teacher with the student's tokenizer. Each is
+Signal quality (§4.2): for student rollouts of known correctness, how well does each candidate
+reward predict correctness? The rubric score comes through the real ROPD reward
+(rubric.ropd_reward: rubricator, blind verifier, weighted pass rate); the teacher log-prob signals
+(mean teacher token log-prob, mean teacher-student log-ratio) need a white-box teacher with the student's tokenizer. Each is
 reported as a ROC AUC, pooled over all rollouts and averaged within groups (what GRPO uses).
 
-Phase shift: over the checkpoints of one run, accuracy and the student's similarity to the teacher
+Phase shift (§4): over the checkpoints of one run, accuracy and the student's similarity to the teacher
 (the teacher's mean token log-prob of the student's own samples): "mimicry, then divergence".
 
-Answers are parsed and compared as text and fractions; model output is never executed.
+Answers are checked by answers.py (the same checker as training's); model output is never executed.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import re
 import sys
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 
+import data
 import grpo
+import rubric
+import teacher as teacher_lib
+import toy
+from answers import extract_answer, is_choice, ks_for, pass_at_k, row_correct
+from data import UserError
 
 # ----------------------------------------------------------------------------------------------
-# Answer extraction and comparison
+# Metrics of the analyses
 # ----------------------------------------------------------------------------------------------
-
-CHOICE_RE = re.compile(r"^[A-J]$")
-NUMBER_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:/\d+)?|-?\.\d+")
-# "Answer: X", "the answer is X", and the wordier "the answer to this problem is X" / "... question: X"
-ANSWER_LINE_RE = re.compile(r"\banswer\b(?:\s+(?:to|for|of)\b[^:=\n]*?(?:\s+is\b|\s*[:=])|\s*is\b)?"
-                            r"\s*[:=]?\s*(.+)$", re.I)
-
-
-def last_boxed(text: str) -> str | None:
-    """The content of the last \\boxed{...} (or \\fbox{...}), nested braces included."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    i = text.find("{", start)
-    if i < 0 or text[start:i].strip("\\boxedfbox ") != "":
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i + 1:j]
-    return None  # unbalanced: truncated output
-
-
-def _clean(s: str) -> str:
-    return s.replace("\u2212", "-").replace("**", "").strip()
-
-
-def extract_answer(text: str, choice: bool = False) -> str | None:
-    """The final answer of a model output, by the first rule that applies:
-    1. the last `\\boxed{...}`;  2. the last line saying "Answer: X" / "the answer is X";
-    3. (multiple choice) the last standalone letter A-J, e.g. "(C)";  4. the last number."""
-    text = _clean(text)
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed.strip()
-    for line in reversed([ln for ln in text.splitlines() if ln.strip()]):
-        m = ANSWER_LINE_RE.search(line)
-        if m:
-            ans = m.group(1).strip().rstrip(".").strip()
-            if choice:
-                letter = re.match(r"^\(?([A-J])\)?(?:\W|$)", ans)
-                return letter.group(1) if letter else ans
-            return ans
-    if choice:
-        letters = re.findall(r"(?:^|[\s(])\(?([A-J])\)?(?=[\s.,:)]|$)", text)
-        return letters[-1] if letters else None
-    nums = NUMBER_RE.findall(text)
-    return nums[-1] if nums else None
-
-
-def _unwrap(s: str, command: str) -> str:
-    """\\text{abc} -> abc (one level per occurrence, nested braces respected)."""
-    out, i = "", 0
-    while True:
-        j = s.find(command + "{", i)
-        if j < 0:
-            return out + s[i:]
-        out += s[i:j]
-        depth, k = 0, j + len(command)
-        for k in range(j + len(command), len(s)):
-            depth += {"{": 1, "}": -1}.get(s[k], 0)
-            if depth == 0:
-                break
-        out += s[j + len(command) + 1:k]
-        i = k + 1
-
-
-def normalize_answer(s: str) -> str:
-    """Simple LaTeX and formatting noise removed: $...$, \\left/\\right, \\text{}, spacing commands,
-    degrees, percent and dollar signs, a trailing period, spaces; \\dfrac -> \\frac; for "x = 5",
-    the right-hand side."""
-    s = _clean(s)
-    for cmd in ("\\text", "\\textbf", "\\mathrm", "\\mathbf", "\\operatorname"):
-        s = _unwrap(s, cmd)
-    for a, b in (("\\left", ""), ("\\right", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\ ", ""),
-                 ("^{\\circ}", ""), ("^\\circ", ""), ("\\%", ""), ("%", ""), ("\\$", ""), ("$", ""),
-                 ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\(", ""), ("\\)", ""),
-                 ("\\[", ""), ("\\]", ""), (" ", "")):
-        s = s.replace(a, b)
-    if "=" in s:
-        s = s.rsplit("=", 1)[1]
-    s = s.rstrip(".").strip()
-    while s.startswith("{") and last_boxed("\\boxed" + s) == s[1:-1]:  # {{1,000}} -> 1,000
-        s = s[1:-1]
-    return s
-
-
-def parse_number(s: str) -> Fraction | None:
-    """An exact number from a normalised answer: 1000, 1,000, -0.5, 1/2, \\frac{1}{2}, \\frac12,
-    -\\frac{3}{4}, 2.5e3; None if it is not one."""
-    m = re.fullmatch(r"(-?)\\frac\{?(-?\d+)\}?\{?(-?\d+)\}?", s)
-    if m:
-        num, den = int(m.group(2)), int(m.group(3))
-        return None if den == 0 else Fraction(-num if m.group(1) else num, den)
-    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s):
-        s = s.replace(",", "")
-    if not re.fullmatch(r"-?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?(/-?\d+)?", s):
-        return None
-    try:
-        return Fraction(s)
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def answers_match(pred: str | None, gold: str) -> bool:
-    """Equal as exact numbers when both are numbers (1/2 == 0.5 == \\frac{1}{2}), else equal as
-    normalised text, ignoring case."""
-    if pred is None:
-        return False
-    p, g = normalize_answer(pred), normalize_answer(str(gold))
-    pn, gn = parse_number(p), parse_number(g)
-    if pn is not None and gn is not None:
-        return pn == gn
-    return p.lower() == g.lower() and p != ""
-
-
-def is_choice(answer) -> bool:
-    """A one-letter reference answer (A-J) marks a multiple-choice question."""
-    return answer is not None and bool(CHOICE_RE.match(str(answer).strip().upper()))
-
-
-def is_correct(text: str, answer: str | None) -> bool:
-    """Is a model output's final answer the reference `answer`? (A letter A-J is multiple choice.)"""
-    if answer is None:
-        return False
-    gold = str(answer).strip()
-    choice = is_choice(gold)
-    got = extract_answer(text, choice)
-    if choice:
-        return got is not None and got.strip().upper() == gold.upper()
-    return answers_match(got, gold)
-
-
-def row_correct(text: str, row: dict) -> bool:
-    """Is `text` right for a data row? A reasoning-gym row is scored by its task's own scorer
-    (given the extracted answer, or else the last line); any other row by `is_correct`."""
-    if "rg" not in row:
-        return is_correct(text, row.get("answer"))
-    import reasoning_gym
-
-    entry = row["rg"]
-    score = reasoning_gym.get_score_answer_fn(entry["metadata"]["source_dataset"])
-    lines = [ln.strip() for ln in _clean(text).splitlines() if ln.strip()]
-    candidates = {c for c in (extract_answer(text), lines[-1] if lines else None) if c}
-    return any(score(c, entry) >= 1.0 for c in candidates)
-
-
-# ----------------------------------------------------------------------------------------------
-# Metrics
-# ----------------------------------------------------------------------------------------------
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c are right: 1 - C(n-c, k) / C(n, k),
-    computed as a product so that large n does not overflow (Chen et al. 2021)."""
-    if not 0 < k <= n or not 0 <= c <= n:
-        raise ValueError(f"need 0 < k <= n and 0 <= c <= n, got n={n} c={c} k={k}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
-
 
 def roc_auc(scores, labels) -> float:
     """ROC AUC = P(score of a random positive > score of a random negative), ties counting 1/2
@@ -226,12 +69,6 @@ def group_auc(scores, labels, group_size: int) -> float:
             for i in range(0, len(scores), group_size)]
     aucs = [a for a in aucs if not math.isnan(a)]
     return float(np.mean(aucs)) if aucs else float("nan")
-
-
-def ks_for(n: int) -> list[int]:
-    """pass@k is reported for k = 1, 2, 4, ... up to n (and n itself)."""
-    ks = [k for k in (2 ** i for i in range(12)) if k <= n]
-    return ks + ([n] if ks[-1] != n else [])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -296,8 +133,6 @@ def _mean_over_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def _scores_student_tokens(teacher, tok) -> bool:
     """Can this teacher give log-probs of the student's tokens (local, or served by vLLM)?"""
-    import teacher as teacher_lib
-
     if not hasattr(teacher, "token_logprobs"):
         return False
     try:
@@ -307,28 +142,32 @@ def _scores_student_tokens(teacher, tok) -> bool:
     return True
 
 
-def signal_analysis(student, tok, teacher, judge, rows: list[dict], a) -> dict:
-    """How well does each reward signal predict the correctness of student rollouts?
-    `a` is a ropd.Args (rollouts, sampling, references and judge settings). The rubric score goes
-    through ropd's own path (references -> rubricator -> blind verifier -> weighted pass rate);
-    the log-prob signals need `teacher.token_logprobs` and the student's tokenizer."""
-    import ropd  # here, not at the top: ropd imports this module for its answer checker
-
-    G = a.rollouts
+def signal_analysis(student, tok, teacher, judge: rubric.CompleteFn, rows: list[dict], G: int, k: int,
+                    max_new_tokens: int, temperature: float, top_p: float, seed: int,
+                    teacher_temperature: float | None, teacher_max_tokens: int,
+                    settings: rubric.JudgeSettings = rubric.JudgeSettings(),
+                    template_kwargs: dict | None = None) -> dict:
+    """§4.2: how well does each reward signal predict the correctness of student rollouts?
+    G rollouts per prompt, each marked right or wrong by the checker, then scored by the ROPD
+    reward (K references, rubricator, blind verifier: rubric.ropd_reward through `judge`) and, with
+    a white-box teacher that shares the student's tokenizer, by the teacher's mean token log-prob
+    and the mean teacher-student log-ratio."""
     device = next(student.parameters()).device
-    ro = grpo.sample(student, tok, [r["prompt"] for r in rows], n=G,
-                     max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
-                     seed=a.seed, chat_template_kwargs={"enable_thinking": a.enable_thinking})
+    ro = grpo.sample(student, tok, [r["prompt"] for r in rows], n=G, max_new_tokens=max_new_tokens,
+                     temperature=temperature, top_p=top_p, seed=seed, chat_template_kwargs=template_kwargs)
     correct = np.array([row_correct(t, rows[i // G]) for i, t in enumerate(ro.texts)])
-    refs = ropd.get_references(teacher, rows, a)
-    results = ropd.ropd_rewards(judge, rows, ro.texts, refs, a)
+    refs = teacher_lib.references(teacher, [data.as_chat(r["prompt"]) for r in rows], k, teacher_temperature,
+                                  teacher_max_tokens)
+    groups = [rubric.Group(data.prompt_id(r), data.question_text(r["prompt"]), refs[i], ro.texts[i * G:(i + 1) * G])
+              for i, r in enumerate(rows)]
+    results = rubric.ropd_reward(judge, groups, settings)
     valid = np.repeat([r.fallback is None for r in results], G)
     signals = {"rubric score": np.array([x for r in results for x in r.rewards])}
     if _scores_student_tokens(teacher, tok):
         T = ro.completion_ids.shape[1]
-        t_lp = teacher.token_logprobs(ro.input_ids, ro.attention_mask, T, a.temperature).float().cpu()
-        s_lp = ropd.batched_logprobs(student, ro.input_ids, ro.attention_mask, ro.completion_mask,
-                                     a.temperature, a.micro_batch, device)
+        t_lp = teacher.token_logprobs(ro.input_ids, ro.attention_mask, T, temperature).float().cpu()
+        s_lp = grpo.batched_logprobs(student, ro.input_ids, ro.attention_mask, ro.completion_mask,
+                                     temperature, 0, device)
         cmask = ro.completion_mask.cpu()
         signals["teacher log-prob"] = _mean_over_mask(t_lp, cmask).numpy()
         signals["teacher-student log-ratio"] = _mean_over_mask(t_lp - s_lp, cmask).numpy()
@@ -359,8 +198,6 @@ def similarity(model, tok, teacher, rows: list[dict], samples: int, temperature:
                max_new_tokens: int, seed: int) -> dict:
     """The student's own samples, scored: accuracy, the teacher's mean token log-prob of them
     (similarity to the teacher), and the student's own (its confidence)."""
-    import ropd  # see signal_analysis
-
     device = next(model.parameters()).device
     ro = grpo.sample(model, tok, [r["prompt"] for r in rows], n=samples,
                      max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
@@ -368,7 +205,7 @@ def similarity(model, tok, teacher, rows: list[dict], samples: int, temperature:
     T = ro.completion_ids.shape[1]
     cmask = ro.completion_mask.cpu()
     t_lp = teacher.token_logprobs(ro.input_ids, ro.attention_mask, T, temperature).float().cpu()
-    s_lp = ropd.batched_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_mask, temperature,
+    s_lp = grpo.batched_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_mask, temperature,
                                  0, device)
     return {"accuracy": sum(correct) / len(correct),
             "teacher_logprob": float(_mean_over_mask(t_lp, cmask).mean()),
@@ -402,30 +239,13 @@ def phase_analysis(run: str, teacher, rows: list[dict], samples: int, temperatur
 # CLI
 # ----------------------------------------------------------------------------------------------
 
-TOY_MAX_NEW_TOKENS = 48
-
-
-def load_rows(data: str, limit: int | None, world) -> list[dict]:
+def load_rows(spec: str, limit: int | None, world) -> list[dict]:
     """Problems with answers: the toy world's held-out set, reasoning-gym tasks (rg:TASKS, the
-held-out seed), or a JSONL file (ropd.py's format)."""
-    import ropd
-
-    rows = ropd.load_data(data, 0, world, "test", limit)
+    held-out seed), or a JSONL file (ropd.py's format)."""
+    rows = data.load_data(spec, 0, world, "test", limit)
     if any(r["answer"] is None for r in rows):
-        raise ropd.UserError(f"{data}: every row needs an 'answer' to be evaluated")
+        raise UserError(f"{spec}: every row needs an 'answer' to be evaluated")
     return rows
-
-
-def model_loader(world, device):
-    """name -> (model, tokenizer): 'toy' (the toy student), 'toy-teacher', a path or a hub name."""
-    import ropd
-
-    def load(name: str, dev=device):
-        if name == "toy-teacher":
-            name = str(world.teacher_path)
-        model, tok = ropd.load_student(name, dev, world)
-        return model.eval(), tok
-    return load
 
 
 def _common(ap: argparse.ArgumentParser):
@@ -433,23 +253,37 @@ def _common(ap: argparse.ArgumentParser):
                     help="JSONL with prompt and answer, 'toy' (held-out toy set) or rg:TASK[,TASK...] (reasoning-gym)")
     ap.add_argument("--world", default=None, help="toy world directory (default: the cache)")
     ap.add_argument("--limit", type=int, default=None, help="first N problems (toy default: 200)")
-    ap.add_argument("--max-new-tokens", type=int, default=None, help="(default: 48 for toy data, else 4096)")
+    ap.add_argument("--max-new-tokens", type=int, default=None,
+                    help=f"(default: {toy.GENERATION['max_new_tokens']} for toy data, else 4096)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None, help="JSON results file (default runs/eval/<command>.json)")
 
 
-def main(argv=None) -> int:
-    import ropd
-    import teacher as teacher_lib
-    import toy
-    from transformers.utils import logging as hf_logging
+def _signal_flags(ap: argparse.ArgumentParser):
+    """The ROPD reward's settings for `signal` (ropd.py's flags of the same names and defaults)."""
+    g = toy.GENERATION
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--judge", default=None, help="rubricator/verifier model (default: the teacher)")
+    ap.add_argument("--rollouts", type=int, default=8, help="G, rollouts per prompt")
+    ap.add_argument("--references", type=int, default=4, help="K, teacher answers per prompt")
+    ap.add_argument("--temperature", type=float, default=1.0, help="rollout temperature")
+    ap.add_argument("--top-p", type=float, default=1.0, help="rollout top-p")
+    ap.add_argument("--teacher-temperature", type=float, default=None,
+                    help=f"(default: {g['teacher_temperature']} for toy data, else not sent)")
+    ap.add_argument("--teacher-max-tokens", type=int, default=None,
+                    help=f"(default: {g['teacher_max_tokens']} for toy data, else 8192)")
+    ap.add_argument("--judge-temperature", type=float, default=None, help="(default: not sent)")
+    ap.add_argument("--judge-max-tokens", type=int, default=None,
+                    help=f"(default: {g['judge_max_tokens']} for toy data, else 8192)")
+    ap.add_argument("--judge-retries", type=int, default=2)
+    ap.add_argument("--cache", default=None, help="teacher/judge cache (default ~/.cache/ropd/teacher_cache.sqlite)")
 
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    argv = list(sys.argv[1:] if argv is None else argv)
+
+def parse(argv) -> tuple[str, argparse.Namespace]:
+    argv = list(argv)
     command = argv.pop(0) if argv and argv[0] in ("signal", "phase") else "benchmark"
-    ap = argparse.ArgumentParser(prog=f"eval.py{'' if command == 'benchmark' else ' ' + command}",
+    ap = data.ArgumentParser(prog=f"eval.py{'' if command == 'benchmark' else ' ' + command}",
                                  description=__doc__.split("\n\n")[0])
     _common(ap)
     if command in ("benchmark", "signal"):
@@ -460,60 +294,86 @@ def main(argv=None) -> int:
         ap.add_argument("--top-p", type=float, default=0.95)
         ap.add_argument("--batch", type=int, default=64, help="sequences per generate call")
     else:
-        ap.add_argument("--teacher", default="toy", help="teacher spec (see teacher.py)")
+        ap.add_argument("--teacher", default="toy", help=f"teacher spec ({teacher_lib.SPEC_HELP})")
     if command == "signal":
-        ap.add_argument("--prompts", type=int, default=32)
-        ap.epilog = "Other ropd.py flags (--judge, --rollouts, --references, --judge-max-tokens, ...) pass through."
+        _signal_flags(ap)
     if command == "phase":
         ap.add_argument("--run", required=True, help="a ropd.py output directory with checkpoint-* folders")
         ap.add_argument("--samples", type=int, default=4, help="samples per problem at each checkpoint")
         ap.add_argument("--temperature", type=float, default=1.0)
-    ns, rest = ap.parse_known_args(argv) if command == "signal" else (ap.parse_args(argv), [])
+    return command, ap.parse_args(argv)
+
+
+def load_model(name: str, device, world):
+    model, tok = data.load_model(name, device, world)
+    return model.eval(), tok
+
+
+def run_benchmark(ns, world, device, max_new: int) -> tuple[dict, str]:
+    rows = load_rows(ns.data, ns.limit, world)
+    model, tok = load_model(ns.model, device, world)
+    res = evaluate(model, tok, rows, ns.samples, ns.temperature, ns.top_p, max_new, ns.batch, ns.seed)
+    res["model"] = ns.model
+    return res, format_report(res)
+
+
+def run_signal(ns, world, device, max_new: int) -> tuple[dict, str]:
+    toy_data = ns.data == "toy"
+    g = toy.GENERATION if toy_data else {"teacher_temperature": None, "teacher_max_tokens": 8192,
+                                         "judge_max_tokens": 8192}
+    pick = lambda v, k: g[k] if v is None else v  # noqa: E731
+    rows = load_rows(ns.data, ns.prompts, world)
+    model, tok = load_model(ns.model, device, world)
+    teacher, judge = teacher_lib.load_teacher_and_judge(
+        ns.teacher, ns.judge, cache=ns.cache or teacher_lib.default_cache_path(), concurrency=16)
+    res = signal_analysis(model, tok, teacher, judge.as_judge(pick(ns.judge_max_tokens, "judge_max_tokens"),
+                                                              ns.judge_temperature),
+                          rows, ns.rollouts, ns.references, max_new, ns.temperature, ns.top_p, ns.seed,
+                          pick(ns.teacher_temperature, "teacher_temperature"),
+                          pick(ns.teacher_max_tokens, "teacher_max_tokens"),
+                          rubric.JudgeSettings(retries=ns.judge_retries), {"enable_thinking": False})
+    res["model"], res["teacher"], res["judge"] = ns.model, ns.teacher, ns.judge or ns.teacher
+    report = "\n".join([f"{res['rollouts']} rollouts of {res['prompts']} prompts, "
+                        f"{res['correct_frac']:.1%} correct, {res['fallback_groups']} groups fell back",
+                        f"{'signal':<28}{'AUC':>8}{'in-group AUC':>14}"]
+                       + [f"{k:<28}{v['auc']:>8.3f}{v['group_auc']:>14.3f}" for k, v in res["signals"].items()])
+    return res, report
+
+
+def run_phase(ns, world, device, max_new: int) -> tuple[dict, str]:
+    rows = load_rows(ns.data, ns.limit or 64, world)
+    teacher = teacher_lib.load(ns.teacher)
+    if not hasattr(teacher, "token_logprobs"):
+        raise UserError(f"the phase analysis needs a white-box teacher (hf:PATH or toy), got {ns.teacher!r}")
+    pts = phase_analysis(ns.run, teacher, rows, ns.samples, ns.temperature, max_new, ns.seed, device,
+                         lambda name, dev: load_model(name, dev, world))
+    res = {"run": ns.run, "teacher": ns.teacher, "samples": ns.samples, "problems_n": len(rows),
+           "checkpoints": pts}
+    report = "\n".join([f"{'step':>6}{'accuracy':>10}{'teacher logp':>14}{'student logp':>14}"]
+                       + [f"{p['step']:>6}{p['accuracy']:>10.1%}{p['teacher_logprob']:>14.3f}"
+                          f"{p['student_logprob']:>14.3f}" for p in pts])
+    return res, report
+
+
+def main(argv=None) -> int:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
+        command, ns = parse(sys.argv[1:] if argv is None else argv)
         run_args = Path(getattr(ns, "run", None) or ".") / "args.json"
         needs_world = (ns.data == "toy" or getattr(ns, "model", "") in ("toy", "toy-teacher")
                        or (command == "phase" and run_args.exists()
                            and json.loads(run_args.read_text()).get("student") == "toy"))
         world = toy.build(root=ns.world) if needs_world else None
-        max_new = ns.max_new_tokens or (TOY_MAX_NEW_TOKENS if ns.data == "toy" else 4096)
-        device = ropd.pick_device(ns.device)
-        load = model_loader(world, device)
-        out = Path(ns.out or f"runs/eval/{command}.json")
-        if command == "benchmark":
-            rows = load_rows(ns.data, ns.limit, world)
-            model, tok = load(ns.model)
-            res = evaluate(model, tok, rows, ns.samples, ns.temperature, ns.top_p, max_new, ns.batch, ns.seed)
-            res["model"] = ns.model
-            report = format_report(res)
-        elif command == "signal":
-            toy_flags = [f"--{k.replace('_', '-')}={v}" for k, v in ropd.TOY_PRESET.items()
-                         if k in ("teacher_temperature", "teacher_max_tokens", "judge_max_tokens")]
-            a = ropd.parse_args((toy_flags if ns.data == "toy" else []) + [
-                "--student", ns.model, "--teacher", ns.teacher, "--data", ns.data, "--seed", str(ns.seed),
-                "--max-new-tokens", str(max_new), *rest])
-            rows = load_rows(ns.data, ns.prompts, world)
-            model, tok = load(ns.model)
-            teacher, judge = ropd.load_teachers(a)  # a.teacher is ns.teacher
-            res = signal_analysis(model, tok, teacher, judge, rows, a)
-            res["model"], res["teacher"], res["judge"] = ns.model, ns.teacher, a.judge or ns.teacher
-            report = "\n".join([f"{res['rollouts']} rollouts of {res['prompts']} prompts, "
-                                f"{res['correct_frac']:.1%} correct, {res['fallback_groups']} groups fell back",
-                                f"{'signal':<28}{'AUC':>8}{'in-group AUC':>14}"]
-                               + [f"{k:<28}{v['auc']:>8.3f}{v['group_auc']:>14.3f}" for k, v in res["signals"].items()])
-        else:
-            rows = load_rows(ns.data, ns.limit or 64, world)
-            teacher = teacher_lib.load(ns.teacher)
-            if not hasattr(teacher, "token_logprobs"):
-                raise ropd.UserError(f"the phase analysis needs a white-box teacher (hf:PATH or toy), got {ns.teacher!r}")
-            pts = phase_analysis(ns.run, teacher, rows, ns.samples, ns.temperature, max_new, ns.seed, device, load)
-            res = {"run": ns.run, "teacher": ns.teacher, "samples": ns.samples, "problems_n": len(rows),
-                   "checkpoints": pts}
-            report = "\n".join([f"{'step':>6}{'accuracy':>10}{'teacher logp':>14}{'student logp':>14}"]
-                               + [f"{p['step']:>6}{p['accuracy']:>10.1%}{p['teacher_logprob']:>14.3f}"
-                                  f"{p['student_logprob']:>14.3f}" for p in pts])
-    except (ropd.UserError, teacher_lib.TeacherError, FileNotFoundError) as e:
+        max_new = ns.max_new_tokens or (toy.GENERATION["max_new_tokens"] if ns.data == "toy" else 4096)
+        run = {"benchmark": run_benchmark, "signal": run_signal, "phase": run_phase}[command]
+        res, report = run(ns, world, data.pick_device(ns.device), max_new)
+    except (UserError, teacher_lib.TeacherError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    out = Path(ns.out or f"runs/eval/{command}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2, default=str))
     print(report)

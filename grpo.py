@@ -1,11 +1,12 @@
-"""grpo.py - the on-policy RL core shared by ROPD and its baselines (PAPER.md steps 1 and 7).
+"""grpo.py - the on-policy RL core shared by ROPD and its baselines (arXiv 2605.07396, §2.1, Eqs. 6-8).
 
 Everything here works on plain tensors and any Hugging Face causal LM:
 
-    sample            step 1: G rollouts per prompt, left-padded prompts, EOS-aware completion mask
+    sample            §2.1: G rollouts per prompt, left-padded prompts, EOS-aware completion mask
     token_logprobs    log pi(y_t | x, y_<t) of given completion ids, chunked over the sequence
-    group_advantages  step 7: A_i = s_i - mean(group)   (optionally / std, the paper's text)
-    policy_loss       step 7: PPO-clip with asymmetric + dual clip, three loss aggregations, k3 KL
+    group_advantages  Eq. 6: A_i = s_i - mean(group)   (optionally / std, the paper's text)
+    policy_loss       Eqs. 7-8: PPO-clip with asymmetric + dual clip, three loss aggregations, k3 KL
+    update_policy     Eq. 8 optimised: mini-batches of whole groups, micro-batches, grad-norm clip
     lopd_advantages   the LOPD baseline: A_t = log pi_T(y_t) - log pi_old(y_t)
 
 What was dropped from "full" PPO/GRPO, and why:
@@ -18,8 +19,11 @@ Nothing in this file knows about rubrics or teachers: rewards arrive as a plain 
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -104,7 +108,7 @@ def completion_mask(completion_ids: torch.Tensor, eos: list[int]) -> torch.Tenso
 
 
 # ----------------------------------------------------------------------------------------------
-# Step 1: rollouts
+# Rollouts (§2.1)
 # ----------------------------------------------------------------------------------------------
 
 @dataclass
@@ -115,7 +119,8 @@ class Rollouts:
     completion_ids: torch.Tensor   # [B*G, T] sampled ids, kept as ids end to end
     completion_mask: torch.Tensor  # [B*G, T] 1 up to and including the first EOS
     texts: list[str]               # decoded completions, special tokens removed
-    group_size: int
+    group_size: int                # G
+    old_logp: torch.Tensor | None = None  # [B*G, T] log pi_theta_old at sampling time (Eq. 7's denominator)
 
     @property
     def prompt_index(self) -> list[int]:
@@ -143,7 +148,8 @@ class Rollouts:
         """A subset of rows (for micro-batches); the group size no longer applies."""
         idx = torch.as_tensor(idx, dtype=torch.long)
         return Rollouts(self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx],
-                        self.completion_mask[idx], [self.texts[i] for i in idx.tolist()], 1)
+                        self.completion_mask[idx], [self.texts[i] for i in idx.tolist()], 1,
+                        None if self.old_logp is None else self.old_logp[idx])
 
 
 def decode(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
@@ -156,7 +162,7 @@ def decode(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor) -> list[
 def sample(model, tokenizer, prompts, n: int = 8, max_new_tokens: int = 512,
            temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
            chat_template_kwargs: dict | None = None) -> Rollouts:
-    """Step 1 (student rollouts): sample `n` completions for each prompt.
+    """§2.1 (student rollouts): sample `n` completions for each prompt.
 
     `temperature == 0` means greedy decoding. With `seed`, sampling is reproducible and leaves the
     global RNG untouched; without it, it draws from (and advances) the global torch RNG.
@@ -204,7 +210,7 @@ def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head, temperatu
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int,
                    temperature: float = 1.0, chunk_tokens: int = 1024) -> torch.Tensor:
-    """log pi(y_t | x, y_<t) for the last `n_completion` tokens of `input_ids`, shape [B, n_completion].
+    """log pi(y_t | x, y_<t) (Eq. 7) for the last `n_completion` tokens of `input_ids`, [B, n_completion].
 
     The logits are divided by the sampling temperature, so these are the log-probs of the policy
     that actually produced the samples (otherwise the importance ratio is not 1 on-policy).
@@ -250,12 +256,12 @@ def naive_token_logprobs(model, input_ids, attention_mask, n_completion, tempera
 
 
 # ----------------------------------------------------------------------------------------------
-# Step 7: advantages and the clipped policy-gradient loss
+# Advantages and the clipped policy-gradient loss (Eqs. 6-8)
 # ----------------------------------------------------------------------------------------------
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "none",
                      eps: float = 1e-6) -> torch.Tensor:
-    """Step 7: A_i = s_i - mean_{j in group(i)} s_j, one advantage per rollout.
+    """Eq. 6 (Alg. 1 line 20): A_i = s_i - mean_{j in group(i)} s_j, one advantage per rollout.
 
     scale="none" is the official ROPD code (Dr. GRPO-style: no division, so easy and hard prompts
     keep their natural scale); scale="std" is the paper's text, (s_i - mean) / (std + eps) with the
@@ -273,7 +279,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "none"
 
 def lopd_advantages(teacher_logp: torch.Tensor, student_logp: torch.Tensor,
                     mask: torch.Tensor) -> torch.Tensor:
-    """LOPD per-token advantage: A_t = log pi_T(y_t | x, y_<t) - log pi_old(y_t | x, y_<t).
+    """LOPD's (§3.1) per-token advantage: A_t = log pi_T(y_t | x, y_<t) - log pi_old(y_t | x, y_<t).
 
     A one-sample estimate of the negative reverse KL at each token, detached, no discounting; zero
     outside the completion mask. Both log-probs must be taken at the same temperature.
@@ -286,7 +292,8 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
                 agg: str = "token-mean", ref_logp: torch.Tensor | None = None, beta: float = 0.0,
                 clip_c: float | None = None, norm: float | None = None,
                 max_len: int | None = None) -> tuple[torch.Tensor, dict]:
-    """Step 7: the importance-weighted clipped objective (PPO-clip, as in GRPO/DAPO/verl).
+    """Eqs. 7-8 (Alg. 1 line 25): the importance-weighted clipped objective (PPO-clip, as in
+    GRPO/DAPO/verl), with the token-level ratio of the official code.
 
     Per token t of rollout i, with ratio r = exp(logp - old_logp):
         l_t = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))           (asymmetric clip)
@@ -369,3 +376,156 @@ def cosine_lr(step: int, total: int, warmup: int, base_lr: float, min_ratio: flo
         return base_lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def learning_rate(step: int, total: int, base_lr: float, schedule: str = "constant", warmup: int = 0) -> float:
+    """The learning rate at `step`: constant (official code) or cosine (paper text), either after an
+    optional linear warm-up of `warmup` steps."""
+    if schedule == "cosine":
+        return cosine_lr(step, total, warmup, base_lr)
+    return base_lr * min(1.0, (step + 1) / warmup) if warmup else base_lr
+
+
+# ----------------------------------------------------------------------------------------------
+# The update: mini-batches of whole groups, micro-batches that do not change the gradient
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Batch:
+    """What the loss needs for N sequences: ids, masks, old/reference log-probs, advantages."""
+    input_ids: torch.Tensor        # [N, P + T] prompt (left-padded) + completion (right-padded)
+    attention_mask: torch.Tensor   # [N, P + T]
+    completion_mask: torch.Tensor  # [N, T]
+    old_logp: torch.Tensor         # [N, T] log pi_theta_old, recorded at sampling time
+    advantages: torch.Tensor       # [N] (one per rollout) or [N, T] (per token: LOPD)
+    ref_logp: torch.Tensor | None = None  # [N, T] the initial student, for the optional KL term
+
+    def rows(self, idx) -> "Batch":
+        pick = lambda t: None if t is None else t[idx]  # noqa: E731
+        return Batch(*(pick(getattr(self, f.name)) for f in dataclasses.fields(self)))
+
+    def to(self, device) -> "Batch":
+        return Batch(*(None if t is None else t.to(device) for t in dataclasses.astuple(self)))
+
+    def __len__(self):
+        return self.input_ids.shape[0]
+
+
+def trim(b: Batch) -> Batch:
+    """Drop columns that are padding in every row (left of the prompts, right of the completions),
+    so a micro-batch of short rollouts does not pay for the longest one in the step."""
+    T = b.completion_mask.shape[1]
+    keep_c = int(b.completion_mask.sum(0).nonzero().max()) + 1 if b.completion_mask.any() else 1
+    prompt_cols = b.attention_mask[:, :-T].sum(0).nonzero()
+    first = int(prompt_cols.min()) if len(prompt_cols) else 0
+    cut = lambda t: t[:, :keep_c]  # noqa: E731
+    return Batch(b.input_ids[:, first:b.input_ids.shape[1] - T + keep_c],
+                 b.attention_mask[:, first:b.attention_mask.shape[1] - T + keep_c],
+                 cut(b.completion_mask), cut(b.old_logp),
+                 b.advantages if b.advantages.dim() == 1 else cut(b.advantages),
+                 None if b.ref_logp is None else cut(b.ref_logp))
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPU (weights and optimizer stay fp32); plain fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def batched_logprobs(model, ids, attn, cmask, temperature: float, micro: int, device) -> torch.Tensor:
+    """Log-probs of the sampled completions under `model`, micro-batch by micro-batch, no grad, on
+    the CPU, 0 outside the completion mask: log pi_theta_old at sampling time (Eq. 7), or the
+    initial student's for the KL term."""
+    out = torch.zeros(cmask.shape, dtype=torch.float32)
+    micro = micro or ids.shape[0]
+    for s in range(0, ids.shape[0], micro):
+        T = cmask.shape[1]
+        with autocast(device):
+            lp = token_logprobs(model, ids[s:s + micro].to(device), attn[s:s + micro].to(device),
+                               T, temperature)
+        out[s:s + micro] = lp.float().cpu()
+    return out * cmask
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Settings of the clipped objective (Eq. 8); defaults are the official code's."""
+    clip_low: float = 0.2          # epsilon_low
+    clip_high: float = 0.28        # epsilon_high (DAPO's clip-higher)
+    clip_c: float | None = 3.0     # dual clip for negative advantages (None: off)
+    agg: str = "token-mean"        # see policy_loss
+    kl_beta: float = 0.0           # k3 KL to the initial student (paper text; 0 in the code)
+    temperature: float = 1.0       # the sampling temperature: log-probs of the policy that sampled
+    max_len: int | None = None     # Dr. GRPO's constant length
+
+
+# loss_fn(logp [n, T], micro-batch, whole mini-batch) -> (loss, stats): the loss is normalised by
+# the whole mini-batch, and each stat is weighted so that summing over micro-batches gives the
+# mini-batch's value
+LossFn = Callable[[torch.Tensor, Batch, Batch], tuple[torch.Tensor, dict]]
+
+
+def clipped_loss_fn(cfg: LossConfig) -> LossFn:
+    """Eq. 8 over a micro-batch, normalised by the whole mini-batch's token (or rollout) count.
+
+    The classic bug is a per-micro-batch mean, which over-weights the tokens of short
+    micro-batches: with the whole mini-batch's count the accumulated gradient is the same for any
+    micro-batch size."""
+    def loss_fn(logp, mb, whole):
+        n_tok = float(whole.completion_mask.sum().clamp(min=1))
+        norm = n_tok if cfg.agg == "token-mean" else float(len(whole))
+        loss, st = policy_loss(logp, mb.old_logp, mb.advantages, mb.completion_mask, cfg.clip_low,
+                               cfg.clip_high, cfg.agg, mb.ref_logp, cfg.kl_beta, cfg.clip_c,
+                               norm=norm, max_len=cfg.max_len)
+        w = float(mb.completion_mask.sum()) / n_tok  # token-weighted average of the stats
+        return loss, {k: w * v for k, v in st.items()}
+    return loss_fn
+
+
+def sft_loss_fn(logp, mb, whole):
+    """Supervised fine-tuning: token-mean NLL over the whole mini-batch (a LossFn)."""
+    loss = sft_loss(logp, mb.completion_mask, norm=float(whole.completion_mask.sum().clamp(min=1)))
+    return loss, {"sft_loss": loss.item()}
+
+
+def accumulate_gradient(model, b: Batch, loss_fn: LossFn, micro_batch: int, device,
+                        temperature: float = 1.0) -> dict:
+    """Backward of `loss_fn` over mini-batch `b`, `micro_batch` rows at a time (0: all at once).
+    Returns the mini-batch's stats (each micro-batch's share summed)."""
+    micro = micro_batch or len(b)
+    stats: dict[str, float] = {}
+    for s in range(0, len(b), micro):
+        mb = trim(b.rows(slice(s, s + micro))).to(device)
+        with autocast(device):
+            logp = token_logprobs(model, mb.input_ids, mb.attention_mask, mb.completion_mask.shape[1],
+                                  temperature)
+        loss, st = loss_fn(logp.float(), mb, b)
+        loss.backward()
+        for k, v in st.items():
+            stats[k] = stats.get(k, 0.0) + v
+    return stats
+
+
+def update_policy(model, opt, batch: Batch, group_size: int, mini_batches: int, epochs: int, seed: int,
+                  loss_fn: LossFn, grad_clip: float, micro_batch: int, device,
+                  temperature: float = 1.0) -> dict:
+    """The policy update (Eq. 8): `epochs` passes over the batch, each split into `mini_batches`
+    of whole groups in an order fixed by `seed`, one optimizer step (with grad-norm clipping)
+    per mini-batch. Returns each stat averaged over the optimizer steps."""
+    model.train()
+    g = torch.Generator().manual_seed(seed)
+    totals: dict[str, float] = {}
+    n_updates = 0
+    for _ in range(epochs):
+        for groups in torch.randperm(len(batch) // group_size, generator=g).chunk(mini_batches):
+            idx = (groups[:, None] * group_size + torch.arange(group_size)).flatten()
+            opt.zero_grad(set_to_none=True)
+            st = accumulate_gradient(model, batch.rows(idx), loss_fn, micro_batch, device, temperature)
+            st["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+            opt.step()
+            n_updates += 1
+            for k, v in st.items():
+                totals[k] = totals.get(k, 0.0) + v
+    return {k: v / n_updates for k, v in totals.items()}

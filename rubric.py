@@ -1,13 +1,14 @@
-"""rubric.py - how the teacher's text becomes a reward (PAPER.md steps 3-6 and 8).
+"""rubric.py - how the teacher's text becomes a reward (arXiv 2605.07396, §2.2, Eqs. 2-4, App. D).
 
-    strip_reasoning     step 3: judge only what follows the last </think>
-    rubricator_messages step 4: one call per prompt sees K references + G rollouts, writes one rubric
-    parse_rubric        step 4: tolerant JSON extraction, strict validation -> Rubric
-    blind_pool          step 5: references and rollouts shuffled by a hash, labelled Answer 1..K+G
-    verifier_messages   step 5: one blind batched call scores every answer against the rubric
-    parse_verdicts      step 5: -> one boolean per criterion per answer
-    score               step 6: s_i = sum_k w_k v_ik / sum_k w_k, recomputed from the booleans
-    judge_groups        steps 4-6 + 8 for a batch of prompts, given any `complete` function
+    strip_reasoning     the judge sees only what follows the last </think>
+    rubricator_messages Eq. 2: one call per prompt sees K references + G rollouts, writes one rubric
+    parse_rubric        Eq. 2: tolerant JSON extraction, strict validation -> Rubric
+    blind_pool          Eq. 3: references and rollouts shuffled by a hash, labelled Answer 1..K+G
+    verifier_messages   Eq. 3: one blind batched call scores every answer against the rubric
+    parse_verdicts      Eq. 3: -> one boolean per criterion per answer
+    score               Eq. 4: s_i = sum_k w_k v_ik / sum_k w_k, recomputed from the booleans
+    ropd_reward         Eqs. 2-4 for a batch of prompts, given any `complete` function: the ROPD
+                        reward (induce_rubrics, verify_blindly, weighted_pass_rates), to copy
 
 Pure Python (stdlib only), no tensors: the caller passes a function that sends chats to a judge.
 Every invalid judge output raises JudgeFormatError with a message that says what was wrong.
@@ -60,7 +61,8 @@ class Rubric:
 
 
 def score(rubric: Rubric, judgement: Sequence[bool]) -> float:
-    """Step 6: the weighted pass rate s = sum_k w_k v_k / sum_k w_k, in [0, 1].
+    """Eq. 4 (App. Eq. 5, Alg. 1 line 17): the weighted pass rate s = sum_k w_k v_k / sum_k w_k,
+    in [0, 1].
 
     Recomputed from the booleans; the judge's own `final_score` is never trusted (the official
     code does trust it, so a judge's arithmetic slip reaches the reward).
@@ -72,7 +74,7 @@ def score(rubric: Rubric, judgement: Sequence[bool]) -> float:
 
 
 def strip_reasoning(text: str) -> str:
-    """Step 3: keep only what follows the last </think>, unless that is empty."""
+    """The judge sees only what follows the last </think> (the official code), unless that is empty."""
     if "</think>" in text:
         after = text.rsplit("</think>", 1)[1].strip()
         if after:
@@ -136,7 +138,8 @@ def _block(tag: str, text: str, index: int | None = None) -> str:
 def rubricator_messages(question: str, references: Sequence[str], rollouts: Sequence[str],
                         min_criteria: int = MIN_CRITERIA, max_criteria: int = MAX_CRITERIA,
                         extra_instructions: str = "") -> list[dict]:
-    """Step 4: the rubricator sees who is who (references vs students): the contrast is the point."""
+    """Eq. 2 (prompt: App. D): the rubricator sees who is who (references vs students): the
+    contrast is the point."""
     system = RUBRICATOR_SYSTEM.format(min_criteria=min_criteria, max_criteria=max_criteria)
     if extra_instructions:
         system += "\n\nAdditional instructions:\n" + extra_instructions
@@ -153,7 +156,8 @@ def render_rubric(rubric: Rubric) -> str:
 
 def verifier_messages(question: str, rubric: Rubric, answers: Sequence[str],
                       extra_instructions: str = "") -> list[dict]:
-    """Step 5: blind batched verification; `answers` are already shuffled (see blind_pool)."""
+    """Eq. 3 (prompt: App. D): blind batched verification; `answers` are already shuffled (see
+    blind_pool)."""
     system = VERIFIER_SYSTEM
     if extra_instructions:
         system += "\n\nAdditional instructions:\n" + extra_instructions
@@ -286,7 +290,7 @@ def _as_points(value, where: str) -> int:
 
 def parse_rubric(text: str, min_criteria: int = MIN_CRITERIA,
                  max_criteria: int = MAX_CRITERIA) -> Rubric:
-    """Step 4: judge text -> Rubric. Tolerates fences, prose, trailing commas, a bare criteria list,
+    """Eq. 2: judge text -> Rubric. Tolerates fences, prose, trailing commas, a bare criteria list,
     numeric strings for points, a wrong maximum_score (recomputed). Rejects everything else."""
     data = extract_json(text)
     if isinstance(data, dict):
@@ -330,7 +334,7 @@ def _as_bool(v, where: str) -> bool:
 
 
 def parse_verdicts(text: str, rubric: Rubric, n_answers: int) -> list[list[bool]]:
-    """Step 5: judge text -> one boolean list per answer (answer order 1..n), each of exactly the
+    """Eq. 3: judge text -> one boolean list per answer (answer order 1..n), each of exactly the
     rubric's length. A judgement may also be an object keyed by criterion id. The judge's
     `final_score` is ignored (see `score`)."""
     data = extract_json(text)
@@ -387,11 +391,12 @@ def parse_tjudge(text: str) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# Step 5: the blind pool
+# The blind pool (Eq. 3, §4.3)
 # ----------------------------------------------------------------------------------------------
 
 def blind_pool(prompt_id: str, references: Sequence[str], rollouts: Sequence[str]):
-    """Shuffle references and rollouts together by a hash of (prompt id, source, index, text).
+    """Eq. 3's blind pool (§4.3: the references anchor the scale): references and rollouts
+    shuffled together by a hash of (prompt id, source, index, text).
 
     Returns (answers, owners): answers in pool order, owners[i] = ("reference"|"student", index).
     Deterministic (same inputs, same order: cache-friendly and reproducible) and blind: nothing in
@@ -409,7 +414,7 @@ def blind_pool(prompt_id: str, references: Sequence[str], rollouts: Sequence[str
 
 
 def dedupe(references: Sequence[str]) -> list[str]:
-    """Step 2: exact duplicate references are dropped (order kept)."""
+    """Eq. 1: exact duplicate references are dropped (order kept)."""
     seen, out = set(), []
     for r in references:
         if r not in seen:
@@ -419,7 +424,7 @@ def dedupe(references: Sequence[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Steps 4-6 + 8 for a batch of prompts
+# The ROPD reward for a batch of prompts (§2.2): rubric induction, blind verification, pass rates
 # ----------------------------------------------------------------------------------------------
 
 @dataclass
@@ -433,12 +438,24 @@ class Group:
 
 @dataclass
 class GroupResult:
+    """What the judge made of one group: the rollouts' rewards and the record of how."""
     rewards: list[float]                       # one per rollout, in rollout order
     rubric: Rubric | None = None
     judgements: list[list[bool]] | None = None  # per rollout
     reference_scores: list[float] = field(default_factory=list)
-    fallback: str | None = None                # why this group got reward 0 (step 8), else None
+    fallback: str | None = None                # why this group got reward 0 (failure policy), else None
     format_errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """How the rubricator and the verifier are asked (defaults: the official code's)."""
+    retries: int = 2                   # re-asks of an output that does not parse
+    min_criteria: int = MIN_CRITERIA   # K, the rubric's size, is in [min, max]
+    max_criteria: int = MAX_CRITERIA
+    verifier_chunk: int | None = None  # answers per verifier call (None: the whole pool at once)
+    rubricator_instructions: str = ""  # appended to the rubricator prompt
+    verifier_instructions: str = ""    # appended to the verifier prompt
 
 
 # complete(chats, stage, attempt, valid) -> one text (or an Exception) per chat; `valid(i, text)`
@@ -474,72 +491,104 @@ def ask_judge(complete: CompleteFn, chats: dict, stage: str, retries: int, parse
     return done
 
 
-def judge_groups(complete: CompleteFn, groups: Sequence[Group], retries: int = 2,
-                 min_criteria: int = MIN_CRITERIA, max_criteria: int = MAX_CRITERIA,
-                 chunk_size: int | None = None, rubricator_instructions: str = "",
-                 verifier_instructions: str = "") -> list[GroupResult]:
-    """Steps 4-6 and 8: one rubric per group, blind batched verification, weighted pass rates.
+def induce_rubrics(complete: CompleteFn, groups: Sequence[Group], s: JudgeSettings,
+                   errors: dict) -> dict[int, Rubric]:
+    """Rubric induction (§2.2, Eq. 2): one rubricator call per group, which sees the question, the
+    references and the rollouts - labelled as such, the contrast is the point - and writes one
+    rubric shared by the whole group. Groups without references get none. Returns index -> rubric."""
+    chats = {gi: rubricator_messages(g.question, g.references, g.rollouts, s.min_criteria,
+                                     s.max_criteria, s.rubricator_instructions)
+             for gi, g in enumerate(groups) if g.references}
+    return ask_judge(complete, chats, "rubricator", s.retries,
+                     lambda k, t: parse_rubric(t, s.min_criteria, s.max_criteria), errors)
 
-    Groups are judged together (the calls of one stage go out as one batch, so a concurrent
-    backend runs them in parallel). `chunk_size` splits a large pool into several verifier calls.
-    A group without references, or whose rubric or verdicts stay invalid after `retries`, falls
-    back to reward 0 for all its rollouts (zero advantage: it teaches nothing) and says why.
-    """
-    results = [GroupResult(rewards=[0.0] * len(g.rollouts)) for g in groups]
-    errors: dict = {}
-    live = []
-    for gi, g in enumerate(groups):
-        if not g.references:
-            results[gi].fallback = "no references"
-        else:
-            live.append(gi)
 
-    # step 4: rubrics
-    chats = {gi: rubricator_messages(groups[gi].question, groups[gi].references, groups[gi].rollouts,
-                                     min_criteria, max_criteria, rubricator_instructions) for gi in live}
-    rubrics = ask_judge(complete, chats, "rubricator", retries,
-                   lambda k, t: parse_rubric(t, min_criteria, max_criteria), errors)
-
-    # step 5: blind pools, chunked
+def verify_blindly(complete: CompleteFn, groups: Sequence[Group], rubrics: dict[int, Rubric],
+                   s: JudgeSettings, errors: dict) -> dict[int, list]:
+    """Blind verification (§2.2, Eq. 3): each group's references and rollouts are shuffled into one
+    pool (blind_pool) and graded against its rubric, criterion by criterion, in one verifier call
+    (or `verifier_chunk` answers per call). The references stay in the pool: they anchor the scale
+    across problem difficulties (§4.3). Returns index -> [((source, i), judgement), ...] in pool
+    order, for the groups whose every verifier call parsed."""
     pools, chats = {}, {}
     for gi, rub in rubrics.items():
         g = groups[gi]
         answers, owners = blind_pool(g.prompt_id, g.references, g.rollouts)
         pools[gi] = (answers, owners)
-        size = chunk_size or len(answers)
-        for c, s in enumerate(range(0, len(answers), size)):
-            chats[(gi, c)] = verifier_messages(g.question, rub, answers[s:s + size], verifier_instructions)
+        size = s.verifier_chunk or len(answers)
+        for c, start in enumerate(range(0, len(answers), size)):
+            chats[(gi, c)] = verifier_messages(g.question, rub, answers[start:start + size],
+                                               s.verifier_instructions)
 
     def parse_chunk(key, text):
         gi, c = key
-        size = chunk_size or len(pools[gi][0])
-        n = len(pools[gi][0][c * size:(c + 1) * size])
-        return parse_verdicts(text, rubrics[gi], n)
+        size = s.verifier_chunk or len(pools[gi][0])
+        return parse_verdicts(text, rubrics[gi], len(pools[gi][0][c * size:(c + 1) * size]))
 
-    verdicts = ask_judge(complete, chats, "verifier", retries, parse_chunk, errors)
+    chunk_errors: dict = {}
+    verdicts = ask_judge(complete, chats, "verifier", s.retries, parse_chunk, chunk_errors)
+    graded = {}
+    for gi, (_, owners) in pools.items():
+        keys = [k for k in chats if k[0] == gi]
+        errors.setdefault(gi, []).extend(e for k in keys for e in chunk_errors.get(k, []))
+        if all(k in verdicts for k in keys):
+            graded[gi] = list(zip(owners, [v for k in keys for v in verdicts[k]]))
+    return graded
 
-    # step 6: rewards, restored to their owners
-    for gi in live:
-        res = results[gi]
+
+def weighted_pass_rates(group: Group, rubric: Rubric, graded: list) -> GroupResult:
+    """Eq. 4: every pooled answer's weighted pass rate (see `score`), given back to its owner. The
+    rollouts' scores are their rewards; the references' are only logged (how often a student beat
+    every reference), never a reward."""
+    res = GroupResult([0.0] * len(group.rollouts), rubric, [None] * len(group.rollouts),
+                      [0.0] * len(group.references))
+    for (src, i), judgement in graded:
+        s = score(rubric, judgement)
+        if src == "student":
+            res.rewards[i], res.judgements[i] = s, judgement
+        else:
+            res.reference_scores[i] = s
+    return res
+
+
+def ropd_reward(complete: CompleteFn, groups: Sequence[Group],
+                s: JudgeSettings = JudgeSettings()) -> list[GroupResult]:
+    """The ROPD reward (§2.2, Eqs. 2-4) for a batch of groups: prompts, references and rollouts in;
+    one reward per rollout and a record of what the judge did out. Needs only this module and a
+    `complete` function that sends chats to the judge (CompleteFn).
+
+    Each stage's calls go out as one batch (a concurrent backend runs them in parallel). A group
+    without references, or whose rubric or verdicts are still invalid after `s.retries` re-asks,
+    falls back: reward 0 for all its rollouts, so its advantage is 0 and it teaches nothing; the
+    result says why (the caller counts fallbacks and stops the run above a rate)."""
+    errors: dict = {}
+    rubrics = induce_rubrics(complete, groups, s, errors)
+    graded = verify_blindly(complete, groups, rubrics, s, errors)
+    results = []
+    for gi, g in enumerate(groups):
+        if gi in graded:
+            res = weighted_pass_rates(g, rubrics[gi], graded[gi])
+        else:
+            why = "no references" if not g.references else "verifier failed" if gi in rubrics else "rubricator failed"
+            res = GroupResult([0.0] * len(g.rollouts), rubrics.get(gi), fallback=why)
         res.format_errors = errors.get(gi, [])
-        if gi not in rubrics:
-            res.fallback = "rubricator failed"
-            continue
-        res.rubric = rubrics[gi]
-        answers, owners = pools[gi]
-        n_chunks = len([k for k in chats if k[0] == gi])
-        res.format_errors += [e for c in range(n_chunks) for e in errors.get((gi, c), [])]
-        if any((gi, c) not in verdicts for c in range(n_chunks)):
-            res.fallback = "verifier failed"
-            continue
-        flat = [v for c in range(n_chunks) for v in verdicts[(gi, c)]]
-        g = groups[gi]
-        res.judgements = [None] * len(g.rollouts)
-        res.reference_scores = [0.0] * len(g.references)
-        for (src, i), judgement in zip(owners, flat):
-            s = score(res.rubric, judgement)
-            if src == "student":
-                res.rewards[i], res.judgements[i] = s, judgement
-            else:
-                res.reference_scores[i] = s
+        results.append(res)
+    return results
+
+
+def tjudge_reward(complete: CompleteFn, groups: Sequence[Group],
+                  s: JudgeSettings = JudgeSettings()) -> list[GroupResult]:
+    """The T-Judge baseline (§3.1): the teacher scores each rollout holistically (no rubric, no
+    references); the score is the reward. A group with any unscorable rollout falls back to 0."""
+    chats = {(gi, j): tjudge_messages(g.question, t)
+             for gi, g in enumerate(groups) for j, t in enumerate(g.rollouts)}
+    errors: dict = {}
+    scores = ask_judge(complete, chats, "tjudge", s.retries, lambda k, t: parse_tjudge(t), errors)
+    results = []
+    for gi, g in enumerate(groups):
+        keys = [(gi, j) for j in range(len(g.rollouts))]
+        ok = all(k in scores for k in keys)
+        results.append(GroupResult(rewards=[scores[k] if ok else 0.0 for k in keys],
+                                   fallback=None if ok else "tjudge failed",
+                                   format_errors=[e for k in keys for e in errors.get(k, [])]))
     return results

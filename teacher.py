@@ -1,32 +1,27 @@
-"""teacher.py - every text-producing backend behind one small interface (PAPER.md steps 2, 4, 5, 8).
+"""teacher.py - what the teacher gives: texts (references, judge outputs) and, if white-box, log-probs.
 
-    t = teacher.load("openai:gpt-4o-mini")        # or openai:MODEL@http://host:port/v1, anthropic:MODEL,
-    texts = t.complete(chats, n=4, temperature=1.0)  # hf:PATH, toy, toy:WORLD_DIR
+    t = teacher.load("openai:gpt-4o-mini")           # or openai:MODEL@http://host:port/v1,
+    texts = t.complete(chats, n=4, temperature=1.0)  # anthropic:MODEL, hf:PATH, toy, toy:WORLD_DIR
     -> one list of n texts per chat
+    refs = teacher.references(t, chats, k=4, ...)    # Eq. 1: K references per prompt, paid once
+    judge = t.as_judge(max_tokens)                   # the `complete` that rubric.py's judges call
 
-What every backend gets for free (the class `Teacher`):
-  * an on-disk sqlite cache keyed by (backend, model, messages, sampling parameters, sample index):
-    a rerun, a resumed run or a second method over the same prompts pays for nothing twice. For
+The interface is `Teacher.complete` (every backend) and `token_logprobs` (white-box backends, for
+LOPD: a local model, hf: or toy, or one served by vLLM, through its `prompt_logprobs`). The
+backends follow it; the transport plumbing that every backend shares (an on-disk cache, retries,
+concurrency, rate limits, a circuit breaker, usage accounting) is in the last section:
+  * the sqlite cache is keyed by (backend, model, messages, sampling parameters, sample index): a
+    rerun, a resumed run or a second method over the same prompts pays for nothing twice. For
     references this is the official code's "teacher index" (generated once, replayed);
   * retries on timeouts, connection errors, 408/409/429/5xx: exponential backoff 1 s * 2^k with
-    jitter, capped at 8 s, honouring Retry-After; 401/403/404 end the run with one clear line;
-  * bounded concurrency (a thread pool), a requests-per-minute limit, a per-role circuit breaker;
-  * usage accounting per role (calls, cache hits, retries, failures, input/output tokens).
+    jitter, capped at 8 s, honouring Retry-After; 401/403/404 end the run with one clear line.
 
-LOPD needs the teacher's log-probs of the student's tokens: `token_logprobs` on a local model (hf:,
-toy), or on a served one (openai:MODEL@URL) through vLLM's `prompt_logprobs` on /v1/completions.
-
-`python teacher.py serve --teacher SPEC --port P` serves any backend on localhost through the real
-OpenAI chat-completions and Anthropic messages wire formats (and, for a local model, vLLM's prompt
-log-probs).
-
+serve.py serves any backend on localhost over the OpenAI and Anthropic wire formats.
 API keys are read from the environment only (OPENAI_API_KEY, ANTHROPIC_API_KEY) and never written to
 logs, caches or error messages.
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
 import email.utils
 import functools
 import hashlib
@@ -34,18 +29,18 @@ import json
 import logging
 import os
 import random
-import socket
 import sqlite3
-import sys
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import torch
+
+import grpo
 import rubric
+import toy
 
 log = logging.getLogger("ropd.teacher")
 
@@ -58,130 +53,6 @@ class TeacherError(RuntimeError):
 
 class CircuitOpenError(RuntimeError):
     """A role failed too often in a row: its requests fail fast for a while (counted, not fatal)."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Cache, usage, rate limit
-# ----------------------------------------------------------------------------------------------
-
-def default_cache_path() -> Path:
-    return Path(os.environ.get("ROPD_CACHE", Path.home() / ".cache" / "ropd")) / "teacher_cache.sqlite"
-
-
-class Cache:
-    """A persistent key -> (text, input tokens, output tokens) store in one sqlite file.
-
-    Thread-safe; every write is committed at once, so nothing paid for is lost if the run dies.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, text TEXT, "
-                         "input_tokens INTEGER, output_tokens INTEGER, created REAL)")
-        self._db.commit()
-
-    def get(self, key: str):
-        with self._lock:
-            row = self._db.execute("SELECT text, input_tokens, output_tokens FROM completions "
-                                   "WHERE key = ?", (key,)).fetchone()
-        return row
-
-    def put(self, key: str, text: str, input_tokens: int, output_tokens: int):
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?)",
-                             (key, text, input_tokens, output_tokens, time.time()))
-            self._db.commit()
-
-    def __len__(self):
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
-
-
-@dataclass
-class RoleUsage:
-    calls: int = 0          # requests actually sent (retries included)
-    cache_hits: int = 0     # samples served from the cache
-    samples: int = 0        # samples obtained from the backend
-    retries: int = 0
-    failures: int = 0       # requests that failed for good
-    input_tokens: int = 0
-    output_tokens: int = 0
-
-
-class RateLimiter:
-    """At most `rpm` requests in any sliding 60-second window (blocking, thread-safe)."""
-
-    def __init__(self, rpm: float | None):
-        self.rpm, self._times, self._lock = rpm, [], threading.Lock()
-
-    def acquire(self):
-        if not self.rpm:
-            return
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                self._times = [t for t in self._times if now - t < 60.0]
-                if len(self._times) < self.rpm:
-                    self._times.append(now)
-                    return
-                wait = 60.0 - (now - self._times[0])
-            time.sleep(max(wait, 0.01))
-
-
-# ----------------------------------------------------------------------------------------------
-# Errors: which ones a retry can fix
-# ----------------------------------------------------------------------------------------------
-
-def _retry_after(exc) -> float | None:
-    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return float(ms) / 1000
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time()) if when else None
-
-
-def classify(exc: BaseException) -> str:
-    """'retry' (transient), 'fatal' (stop the run: the key or model is wrong) or 'fail' (this request
-    cannot succeed, e.g. a prompt too long; counted as a failure, the run goes on)."""
-    status = getattr(exc, "status_code", None)
-    if status is not None:
-        if status in (408, 409, 429) or status >= 500:
-            return "retry"
-        return "fatal" if status in (401, 403, 404) else "fail"
-    name = type(exc).__name__
-    if isinstance(exc, (TimeoutError, ConnectionError)) or name in ("APITimeoutError", "APIConnectionError"):
-        return "retry"
-    return "fail"
-
-
-def _redact(text: str) -> str:
-    for var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
-        key = os.environ.get(var)
-        if key and len(key) > 4:
-            text = text.replace(key, "***")
-    return text
-
-
-def describe(exc: BaseException) -> str:
-    """One line, no secrets."""
-    status = getattr(exc, "status_code", None)
-    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    prefix = f"HTTP {status}: " if status is not None else f"{type(exc).__name__}: "
-    return _redact(prefix + msg)[:300]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,8 +69,10 @@ class Request:
 
 
 class Teacher:
-    """Base class: cache, retries, concurrency, rate limit, usage. Backends implement `_request`
-    (one API call -> n texts) or, for local models, `_run` (a whole batch at once)."""
+    """The interface every backend shares: `complete` (texts), and for white-box teachers
+    `token_logprobs` (LOPD). Backends implement `_request` (one API call -> n texts) or, for local
+    models, `_run` (a whole batch at once); the cache lookups are here, and the transport
+    (retries, concurrency, rate limit, circuit breaker, usage) is a `Transport` (end of file)."""
 
     kind = "base"
     supports_n = False  # can one request return several samples?
@@ -212,16 +85,9 @@ class Teacher:
         if cache == "default":
             cache = default_cache_path()
         self.cache = Cache(cache) if isinstance(cache, (str, Path)) else cache
-        self.concurrency, self.retries, self.timeout = concurrency, retries, timeout
-        self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
-        self.limiter = RateLimiter(rpm)
-        self.usage: dict[str, RoleUsage] = {}
-        self._lock = threading.Lock()
-        self.breaker_threshold, self.breaker_cooldown = breaker_threshold, breaker_cooldown
-        self._consecutive_failures: dict[str, int] = {}
-        self._open_until: dict[str, float] = {}
-
-    # -- what callers use ------------------------------------------------------------------
+        self.timeout = timeout
+        self.transport = Transport(lambda: self.fingerprint, concurrency, rpm, retries, backoff_base,
+                                   backoff_cap, breaker_threshold, breaker_cooldown)
 
     @property
     def fingerprint(self) -> str:
@@ -240,14 +106,13 @@ class Teacher:
         `valid(chat_index, text) -> bool`, if given, keeps texts that fail it out of the cache (a
         judge output that does not parse), so that a rerun asks again instead of replaying it.
         """
-        usage = self._usage(role)
         out = [[None] * n for _ in chats]
         pending: list[tuple[int, Request, list[int]]] = []
         for ci, chat in enumerate(chats):
             missing = []
             for j in range(n):
                 key = self._key(chat, temperature, max_tokens, first_sample + j)
-                text = self._cached(key, usage)
+                text = self._cached(key, role)
                 if text is not None:
                     out[ci][j] = text
                 else:
@@ -276,26 +141,33 @@ class Teacher:
                         self.cache.put(key, text, tin // len(texts), tout // len(texts))
         return out
 
+    def as_judge(self, max_tokens: int, temperature: float | None = None) -> rubric.CompleteFn:
+        """This backend as the `complete(chats, stage, attempt, valid)` that rubric.py's judges call:
+        one sample per chat, the stage as the usage role; a re-ask (attempt > 0) is a fresh sample,
+        not the cached one, and an output that does not parse is not cached (a rerun asks again)."""
+        def complete(chats, stage, attempt, valid=None):
+            out = self.complete(chats, n=1, temperature=temperature, max_tokens=max_tokens, role=stage,
+                                first_sample=attempt, return_exceptions=True, valid=valid)
+            return [o[0] for o in out]
+        return complete
+
+    @property
+    def usage(self) -> dict[str, RoleUsage]:
+        return self.transport.usage
+
     def usage_summary(self) -> dict:
         return {role: dict(vars(u)) for role, u in self.usage.items()}
-
-    # -- internals ------------------------------------------------------------------------
 
     def _fail(self, exc: BaseException):
         """A request that failed for good, raised as the one error type callers handle."""
         raise exc if isinstance(exc, TeacherError) else TeacherError(f"{self.fingerprint}: {describe(exc)}")
 
-    def _cached(self, key: str, usage: RoleUsage) -> str | None:
+    def _cached(self, key: str, role: str) -> str | None:
         """The text cached under `key` (counted as a cache hit), or None."""
         hit = self.cache.get(key) if self.cache is not None else None
         if hit is not None:
-            with self._lock:
-                usage.cache_hits += 1
+            self.transport.count(role, cache_hits=1)
         return None if hit is None else hit[0]
-
-    def _usage(self, role: str) -> RoleUsage:
-        with self._lock:
-            return self.usage.setdefault(role, RoleUsage())
 
     def _key(self, chat, temperature, max_tokens, index) -> str:
         blob = json.dumps([self.fingerprint, chat, temperature, max_tokens, index], sort_keys=True,
@@ -304,62 +176,8 @@ class Teacher:
 
     def _run(self, requests: list[Request], role: str) -> list:
         """Send the requests with bounded concurrency; each gets its own retries."""
-        return self._send_all([functools.partial(self._request, r.chat, r.n, r.temperature, r.max_tokens)
-                               for r in requests], role)
-
-    def _send_all(self, sends: list, role: str) -> list:
-        """Run zero-argument API calls (each -> (results, input tokens, output tokens)) with bounded
-        concurrency, each with its own retries; the results, or the exceptions, in order."""
-        if len(sends) <= 1 or self.concurrency <= 1:
-            return [self._with_retries(s, role) for s in sends]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(sends))) as pool:
-            return list(pool.map(lambda s: self._with_retries(s, role), sends))
-
-    def _with_retries(self, send, role: str):
-        """One API call: retries with backoff; a TeacherError for fatal errors; else the exception."""
-        usage = self._usage(role)
-        for attempt in range(self.retries + 1):
-            if time.monotonic() < self._open_until.get(role, 0.0):
-                with self._lock:
-                    usage.failures += 1
-                return CircuitOpenError(f"{self.fingerprint}: circuit breaker open for role {role!r} after "
-                                    f"{self.breaker_threshold} consecutive failures")
-            self.limiter.acquire()
-            with self._lock:
-                usage.calls += 1
-            try:
-                texts, tin, tout = send()
-            except TeacherError as e:
-                return e
-            except Exception as e:  # noqa: BLE001 - classified below
-                kind = classify(e)
-                if kind == "fatal":
-                    return TeacherError(f"{self.fingerprint}: {describe(e)}")
-                if kind == "retry" and attempt < self.retries:
-                    wait = min(self.backoff_cap, self.backoff_base * 2 ** attempt) * random.uniform(0.5, 1.0)
-                    after = _retry_after(e)
-                    if after is not None:
-                        wait = max(wait, min(after, 60.0))
-                    log.warning("%s [%s] %s; retry %d/%d in %.1fs", self.fingerprint, role,
-                                describe(e), attempt + 1, self.retries, wait)
-                    with self._lock:
-                        usage.retries += 1
-                    time.sleep(wait)
-                    continue
-                log.warning("%s [%s] failed: %s", self.fingerprint, role, describe(e))
-                with self._lock:
-                    usage.failures += 1
-                    self._consecutive_failures[role] = self._consecutive_failures.get(role, 0) + 1
-                    if self._consecutive_failures[role] >= self.breaker_threshold:
-                        self._open_until[role] = time.monotonic() + self.breaker_cooldown
-                return e
-            with self._lock:
-                usage.samples += len(texts)
-                usage.input_tokens += tin
-                usage.output_tokens += tout
-                self._consecutive_failures[role] = 0
-            return texts, tin, tout
-        raise AssertionError("unreachable")
+        return self.transport.send_all([functools.partial(self._request, r.chat, r.n, r.temperature,
+                                                          r.max_tokens) for r in requests], role)
 
     def _request(self, chat, n, temperature, max_tokens) -> tuple[list[str], int, int]:
         raise NotImplementedError
@@ -406,8 +224,6 @@ class OpenAITeacher(Teacher):
         """LOPD: the served teacher's log-probs of the student's own completion tokens, [N, T] (0 on
         padding), the same contract as HFTeacher.token_logprobs. Each row's unpadded ids go to the
         server as a prompt; the server must share the student's tokenizer (check_tokenizer)."""
-        import torch
-
         if temperature != 1.0:
             raise TeacherError(f"a served teacher's prompt log-probs are at temperature 1, not {temperature}: "
                                "sample the student at --temperature 1 for LOPD")
@@ -422,20 +238,19 @@ class OpenAITeacher(Teacher):
     def sequence_logprobs(self, seqs: list[list[int]], batch: int = 16, role: str = "logprobs") -> list[list[float]]:
         """log p(ids[t] | ids[:t]) for t >= 1 of each token-id sequence under the served model, cached
         per sequence: `batch` sequences per /v1/completions call (see _prompt_logprobs)."""
-        usage = self._usage(role)
         keys = [hashlib.sha256(json.dumps([self.fingerprint, "prompt_logprobs", s]).encode()).hexdigest()
                 for s in seqs]
         out: list = [None] * len(seqs)
         todo = []
         for i, key in enumerate(keys):
-            hit = self._cached(key, usage)
+            hit = self._cached(key, role)
             if hit is not None:
                 out[i] = json.loads(hit)
             else:
                 todo.append(i)
         chunks = [todo[s:s + batch] for s in range(0, len(todo), batch)]
         sends = [functools.partial(self._prompt_logprobs, [seqs[i] for i in c]) for c in chunks]
-        for chunk, res in zip(chunks, self._send_all(sends, role)):
+        for chunk, res in zip(chunks, self.transport.send_all(sends, role)):
             if isinstance(res, BaseException):
                 self._fail(res)
             for i, (lp, _) in zip(chunk, res[0]):
@@ -448,7 +263,7 @@ class OpenAITeacher(Teacher):
         """LOPD sends the student's token ids: the served model must read them as the same tokens.
         The server's decoded token for each id of a probe must be the student tokenizer's."""
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        res = self._with_retries(functools.partial(self._prompt_logprobs, [ids]), "logprobs")
+        res = self.transport.send(functools.partial(self._prompt_logprobs, [ids]), "logprobs")
         if isinstance(res, BaseException):
             self._fail(res)
         served = res[0][0][1]
@@ -526,7 +341,6 @@ class HFTeacher(Teacher):
     kind = "hf"
 
     def __init__(self, path: str, batch_size: int = 64, device: str | None = None, **kw):
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         super().__init__(str(path), **kw)
@@ -547,9 +361,6 @@ class HFTeacher(Teacher):
 
     def _run(self, requests, role):
         """All requests in a few batched `generate` calls (a local model gains nothing from threads)."""
-        import grpo
-
-        usage = self._usage(role)
         # one batch never mixes temperatures: sort the samples by it
         flat = sorted(((ri, r) for ri, r in enumerate(requests) for _ in range(r.n)),
                       key=lambda x: -1.0 if x[1].temperature is None else x[1].temperature)
@@ -568,11 +379,8 @@ class HFTeacher(Teacher):
                 texts[ri].append(ro.texts[k])
                 tokens[ri][0] += int(ro.prompt_mask[k].sum())
                 tokens[ri][1] += int(ro.completion_mask[k].sum())
-        with self._lock:
-            usage.calls += len(requests)
-            usage.samples += len(flat)
-            usage.input_tokens += sum(t[0] for t in tokens)
-            usage.output_tokens += sum(t[1] for t in tokens)
+        self.transport.count(role, calls=len(requests), samples=len(flat),
+                             input_tokens=sum(t[0] for t in tokens), output_tokens=sum(t[1] for t in tokens))
         return [(t, a, b) for t, (a, b) in zip(texts, tokens)]
 
     def check_tokenizer(self, tokenizer) -> None:
@@ -582,10 +390,6 @@ class HFTeacher(Teacher):
 
     def token_logprobs(self, input_ids, attention_mask, n_completion: int, temperature: float = 1.0):
         """LOPD: the teacher's log-probs of the student's own token ids (same tokenizer required)."""
-        import torch
-
-        import grpo
-
         with torch.no_grad():
             return grpo.token_logprobs(self.hf_model, input_ids.to(self.device),
                                        attention_mask.to(self.device), n_completion,
@@ -599,29 +403,21 @@ class ToyTeacher(HFTeacher):
     kind = "toy"
 
     def __init__(self, root: str | None = None, **kw):
-        import toy
-
         world = toy.build(root=root) if root else toy.build()
         self.world = world
         super().__init__(str(world.teacher_path), **kw)
 
     def _run(self, requests, role):
-        import toy
-
         out: list = [None] * len(requests)
         model_reqs = []
-        usage = self._usage(role)
         for i, r in enumerate(requests):
             system = " ".join(m["content"] for m in r.chat if m["role"] == "system")
             if any(tag in system for tag in JUDGE_MARKERS):
                 text = toy.toy_judge(r.chat)
                 tin = sum(len(m["content"]) for m in r.chat)  # one token per character
                 out[i] = ([text] * r.n, tin * r.n, len(text) * r.n)
-                with self._lock:
-                    usage.calls += 1
-                    usage.samples += r.n
-                    usage.input_tokens += tin * r.n
-                    usage.output_tokens += len(text) * r.n
+                self.transport.count(role, calls=1, samples=r.n, input_tokens=tin * r.n,
+                                     output_tokens=len(text) * r.n)
             else:
                 model_reqs.append(i)
         if model_reqs:
@@ -656,270 +452,214 @@ def load(spec: str, **kw) -> Teacher:
     return HFTeacher(rest, **kw)
 
 
+def load_teacher_and_judge(teacher: str, judge: str | None = None, **kw) -> tuple[Teacher, Teacher]:
+    """The teacher and the judge (rubricator / verifier); the judge is the teacher itself unless
+    another spec is named. Keyword arguments go to both (cache, concurrency, rpm, timeout, ...)."""
+    t = load(teacher, **kw)
+    return t, (t if not judge or judge == teacher else load(judge, **kw))
+
+
+def references(teacher: Teacher, chats: list, k: int, temperature: float | None, max_tokens: int) -> list[list[str]]:
+    """Eq. 1: K answers of the teacher per prompt (the official code's "teacher index"). They do not
+    depend on the student, so the cache makes them a one-time cost: a rerun, a resumed run or
+    another method replays them. Exact duplicates are dropped; a request that failed for good
+    leaves its prompt with fewer (or no) references."""
+    outs = teacher.complete(chats, n=k, temperature=temperature, max_tokens=max_tokens, role="reference",
+                            return_exceptions=True)
+    return [rubric.dedupe([x for x in o if isinstance(x, str) and x.strip()]) for o in outs]
+
+
 # ----------------------------------------------------------------------------------------------
-# A tiny OpenAI- and Anthropic-compatible server over any backend
+# Transport plumbing: the cache, usage accounting, rate limit, and which errors a retry can fix.
+# Nothing below is ROPD; it keeps paid calls from being lost or repeated.
 # ----------------------------------------------------------------------------------------------
 
-def _text_of(content) -> str:
-    """Message content as plain text (a string, or a list of {"type": "text", "text": ...} blocks)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(b.get("text", "") for b in content if isinstance(b, dict))
-    return ""
+def default_cache_path() -> Path:
+    return Path(os.environ.get("ROPD_CACHE", Path.home() / ".cache" / "ropd")) / "teacher_cache.sqlite"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: "TeacherServer"
-    protocol_version = "HTTP/1.1"
+class Cache:
+    """A persistent key -> (text, input tokens, output tokens) store in one sqlite file.
 
-    def log_message(self, fmt, *args):  # quiet; requests are counted instead
-        log.debug("serve: " + fmt, *args)
+    Thread-safe; every write is committed at once, so nothing paid for is lost if the run dies.
+    """
 
-    def _send(self, status: int, body: dict, headers: dict | None = None):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, str(v))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _error(self, status: int, message: str, anthropic_style: bool, headers=None):
-        if anthropic_style:
-            kind = {429: "rate_limit_error", 400: "invalid_request_error", 404: "not_found_error"}.get(
-                status, "api_error")
-            self._send(status, {"type": "error", "error": {"type": kind, "message": message}}, headers)
-        else:
-            self._send(status, {"error": {"message": message, "type": "server_error", "code": status}},
-                       headers)
-
-    def do_GET(self):
-        if self.path.rstrip("/").endswith("/models"):
-            self._send(200, {"object": "list", "data": [
-                {"id": self.server.model_name, "object": "model", "owned_by": "ropd"}]})
-        else:
-            self._error(404, f"no route {self.path}", False)
-
-    def do_POST(self):
-        anthropic_style = self.path.rstrip("/").endswith("/messages")
-        length = int(self.headers.get("Content-Length") or 0)
-        try:
-            body = json.loads(self.rfile.read(length) or b"{}")
-        except json.JSONDecodeError:
-            return self._error(400, "request body is not JSON", anthropic_style)
-        self.server.count()
-        fault = self.server.next_fault()
-        if fault:
-            time.sleep(fault.get("delay", 0.0))
-            if "reply" in fault:  # a well-formed response whose text is the given (bad) output
-                return self._reply(fault["reply"], body, anthropic_style)
-            if fault.get("status"):
-                hdr = {"Retry-After": fault["retry_after"]} if "retry_after" in fault else None
-                return self._error(fault["status"], f"injected fault {fault['status']}",
-                                   anthropic_style, hdr)
-        if body.get("stream"):
-            return self._error(400, "streaming is not supported", anthropic_style)
-        try:
-            if anthropic_style:
-                self._anthropic(body)
-            elif self.path.rstrip("/").endswith("/chat/completions"):
-                self._openai(body)
-            elif self.path.rstrip("/").endswith("/completions"):
-                self._completions(body)
-            else:
-                self._error(404, f"no route {self.path}", False)
-        except TeacherError as e:
-            self._error(500, str(e), anthropic_style)
-
-    def _reply(self, text, body, anthropic_style):
-        if anthropic_style:
-            self._send(200, {"id": "msg_fault", "type": "message", "role": "assistant",
-                             "model": body.get("model", ""), "content": [{"type": "text", "text": text}],
-                             "stop_reason": "end_turn", "stop_sequence": None,
-                             "usage": {"input_tokens": 0, "output_tokens": 0}})
-        else:
-            self._send(200, {"id": "chatcmpl-fault", "object": "chat.completion", "created": 0,
-                             "model": body.get("model", ""), "usage": {"prompt_tokens": 0,
-                             "completion_tokens": 0, "total_tokens": 0},
-                             "choices": [{"index": i, "message": {"role": "assistant", "content": text},
-                                          "finish_reason": "stop"} for i in range(int(body.get("n") or 1))]})
-
-    def _openai(self, body):
-        chat = [{"role": m["role"], "content": _text_of(m.get("content"))} for m in body.get("messages", [])]
-        n = int(body.get("n") or 1)
-        max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 1024)
-        texts = self.server.complete([chat], n=n, temperature=body.get("temperature"),
-                                     max_tokens=max_tokens)[0]
-        tin, tout = self.server.token_counts(chat, texts)
-        self._send(200, {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
-            "created": int(time.time()), "model": body.get("model", self.server.model_name),
-            "choices": [{"index": i, "message": {"role": "assistant", "content": t},
-                         "finish_reason": "stop", "logprobs": None} for i, t in enumerate(texts)],
-            "usage": {"prompt_tokens": tin, "completion_tokens": tout, "total_tokens": tin + tout}})
-
-    def _completions(self, body):
-        """/v1/completions for scoring only: token-id prompts with vLLM's `prompt_logprobs`, the call
-        that LOPD makes to a served teacher (OpenAITeacher.sequence_logprobs). Nothing is generated."""
-        prompts = body.get("prompt")
-        if isinstance(prompts, list) and prompts and isinstance(prompts[0], int):
-            prompts = [prompts]
-        ok = isinstance(prompts, list) and prompts and all(
-            isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompts)
-        if body.get("prompt_logprobs") is None or not ok:
-            return self._error(400, "this server answers /v1/completions only for token-id prompts with "
-                                    "prompt_logprobs", False)
-        if not isinstance(self.server.teacher, HFTeacher):
-            return self._error(400, "prompt log-probs need a local model (hf:PATH or toy)", False)
-        vocab = self.server.teacher.hf_model.config.vocab_size
-        if any(not 0 <= t < vocab for p in prompts for t in p):
-            return self._error(400, f"token id out of range [0, {vocab})", False)
-        rows = self.server.prompt_logprobs(prompts)
-        n = sum(len(p) for p in prompts)
-        self._send(200, {
-            "id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
-            "model": body.get("model", self.server.model_name),
-            "choices": [{"index": i, "text": "", "logprobs": None, "finish_reason": "length",
-                         "prompt_logprobs": r} for i, r in enumerate(rows)],
-            "usage": {"prompt_tokens": n, "completion_tokens": 0, "total_tokens": n}})
-
-    def _anthropic(self, body):
-        system = _text_of(body.get("system") or "")
-        chat = ([{"role": "system", "content": system}] if system else []) + \
-               [{"role": m["role"], "content": _text_of(m.get("content"))} for m in body.get("messages", [])]
-        text = self.server.complete([chat], n=1, temperature=body.get("temperature"),
-                                    max_tokens=int(body.get("max_tokens") or 1024))[0][0]
-        tin, tout = self.server.token_counts(chat, [text])
-        self._send(200, {
-            "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
-            "model": body.get("model", self.server.model_name),
-            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
-            "stop_sequence": None, "usage": {"input_tokens": tin, "output_tokens": tout}})
-
-
-class TeacherServer(ThreadingHTTPServer):
-    """Serves `teacher` on (host, port). `faults` is a list of injected responses consumed one per
-    request - {"status": 429, "retry_after": 0}, {"delay": 2.0}, {"reply": "not JSON"}, or None for
-    a normal answer - used by the tests to drive the real SDKs through rate limits, server errors,
-    timeouts and bad judge outputs."""
-
-    daemon_threads = True
-
-    def __init__(self, teacher: Teacher, host: str = "127.0.0.1", port: int = 0, model_name: str | None = None,
-                 faults: list[dict] | None = None):
-        super().__init__((host, port), _Handler)
-        self.teacher = teacher
-        self.model_name = model_name or teacher.model
-        self.faults = list(faults or [])
-        self.requests = 0
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        # a local model is not thread-safe: its requests are served one at a time
-        self._serial = threading.Lock() if isinstance(teacher, HFTeacher) else contextlib.nullcontext()
-        self._open: dict = {}  # connection socket -> its handler thread
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=60)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, text TEXT, "
+                         "input_tokens INTEGER, output_tokens INTEGER, created REAL)")
+        self._db.commit()
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.server_address[0]}:{self.server_address[1]}"
-
-    def complete(self, chats, **kw):
-        with self._serial:
-            return self.teacher.complete(chats, role="serve", **kw)
-
-    def prompt_logprobs(self, prompts: list[list[int]]) -> list[list]:
-        """vLLM's prompt_logprobs=0 format: per prompt, None then one {"<id>": {"logprob", "rank",
-        "decoded_token"}} per following token, from the teacher model's raw (temperature 1) logits."""
-        import torch
-
-        model, tok = self.teacher.hf_model, self.teacher.tokenizer
-        out = []
-        with self._serial, torch.no_grad():
-            for ids in prompts:
-                x = torch.tensor([ids], device=model.device)
-                logp = model(input_ids=x).logits[0, :-1].float().log_softmax(-1)
-                chosen = logp.gather(1, x[0, 1:, None])[:, 0]
-                rank = (logp > chosen[:, None]).sum(1) + 1
-                out.append([None] + [{str(t): {"logprob": lp, "rank": r, "decoded_token": tok.decode([t])}}
-                                     for t, lp, r in zip(ids[1:], chosen.tolist(), rank.tolist())])
-        return out
-
-    def count(self):
+    def get(self, key: str):
         with self._lock:
-            self.requests += 1
+            row = self._db.execute("SELECT text, input_tokens, output_tokens FROM completions "
+                                   "WHERE key = ?", (key,)).fetchone()
+        return row
 
-    def next_fault(self):
+    def put(self, key: str, text: str, input_tokens: int, output_tokens: int):
         with self._lock:
-            return self.faults.pop(0) if self.faults else None
+            self._db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?)",
+                             (key, text, input_tokens, output_tokens, time.time()))
+            self._db.commit()
 
-    def token_counts(self, chat, texts):
-        tok = getattr(self.teacher, "tokenizer", None)
-        count = (lambda s: len(tok(s, add_special_tokens=False)["input_ids"])) if tok else (lambda s: len(s.split()))
-        return sum(count(m["content"]) for m in chat), sum(count(t) for t in texts)
-
-    def start(self) -> "TeacherServer":
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self):
-        """Stop a started server: no new requests, and no handler thread left behind (see server_close)."""
-        self.shutdown()
-        self.server_close()
-
-    # One daemon thread per connection, as ThreadingMixIn does, but tracked: a keep-alive connection's
-    # thread would otherwise wait in recv() for ever, holding the server and thus the teacher model.
-    # Left to die with the interpreter, such a thread frees the model's tensors during finalization,
-    # and torch, re-taking the GIL from a thread Python is tearing down, aborts the process
-    # ("terminate called without an active exception", exit code 134, after every test passed).
-    def process_request(self, request, client_address):
-        t = threading.Thread(target=self.process_request_thread, args=(request, client_address), daemon=True)
+    def __len__(self):
         with self._lock:
-            self._open[request] = t
-        t.start()
-
-    def shutdown_request(self, request):
-        with self._lock:
-            self._open.pop(request, None)
-        super().shutdown_request(request)
-
-    def server_close(self):
-        """Close the listening socket, end every open connection, and wait for their threads."""
-        super().server_close()
-        with self._lock:
-            open_ = list(self._open.items())
-        for sock, _ in open_:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # wakes a handler waiting for the next request
-        for _, t in open_:
-            t.join(timeout=30)
+            return self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description="Serve a teacher over the OpenAI and Anthropic wire formats.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("serve", help="serve a teacher on localhost")
-    s.add_argument("--teacher", default="toy", help=f"teacher spec ({SPEC_HELP})")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--model-name", default=None, help="the model name clients use (default: the spec's)")
-    s.add_argument("--cache", default=None, help="sqlite cache for the served teacher (default: none)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+@dataclass
+class RoleUsage:
+    calls: int = 0          # requests actually sent (retries included)
+    cache_hits: int = 0     # samples served from the cache
+    samples: int = 0        # samples obtained from the backend
+    retries: int = 0
+    failures: int = 0       # requests that failed for good
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class RateLimiter:
+    """At most `rpm` requests in any sliding 60-second window (blocking, thread-safe)."""
+
+    def __init__(self, rpm: float | None):
+        self.rpm, self._times, self._lock = rpm, [], threading.Lock()
+
+    def acquire(self):
+        if not self.rpm:
+            return
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                self._times = [t for t in self._times if now - t < 60.0]
+                if len(self._times) < self.rpm:
+                    self._times.append(now)
+                    return
+                wait = 60.0 - (now - self._times[0])
+            time.sleep(max(wait, 0.01))
+
+
+def _retry_after(exc) -> float | None:
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
     try:
-        t = load(args.teacher, cache=args.cache)
-    except TeacherError as e:
-        sys.exit(f"error: {e}")
-    server = TeacherServer(t, args.host, args.port, args.model_name)
-    print(f"serving {t.fingerprint} as {server.model_name!r} at {server.url}/v1 "
-          f"(OpenAI: /v1/chat/completions, /v1/completions with prompt_logprobs; Anthropic: /v1/messages)",
-          flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+        return float(value)
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time()) if when else None
 
 
-if __name__ == "__main__":
-    main()
+def classify(exc: BaseException) -> str:
+    """'retry' (transient), 'fatal' (stop the run: the key or model is wrong) or 'fail' (this request
+    cannot succeed, e.g. a prompt too long; counted as a failure, the run goes on)."""
+    status = getattr(exc, "status_code", None)
+    if status is not None:
+        if status in (408, 409, 429) or status >= 500:
+            return "retry"
+        return "fatal" if status in (401, 403, 404) else "fail"
+    name = type(exc).__name__
+    if isinstance(exc, (TimeoutError, ConnectionError)) or name in ("APITimeoutError", "APIConnectionError"):
+        return "retry"
+    return "fail"
+
+
+def _redact(text: str) -> str:
+    for var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+        key = os.environ.get(var)
+        if key and len(key) > 4:
+            text = text.replace(key, "***")
+    return text
+
+
+def describe(exc: BaseException) -> str:
+    """One line, no secrets."""
+    status = getattr(exc, "status_code", None)
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    prefix = f"HTTP {status}: " if status is not None else f"{type(exc).__name__}: "
+    return _redact(prefix + msg)[:300]
+
+
+class Transport:
+    """How a backend's calls are sent: each with retries (exponential backoff with jitter, capped,
+    honouring Retry-After), bounded concurrency (a thread pool), a requests-per-minute limit and a
+    per-role circuit breaker; usage is counted per role."""
+
+    def __init__(self, name, concurrency: int = 8, rpm: float | None = None, retries: int = 2,
+                 backoff_base: float = 1.0, backoff_cap: float = 8.0, breaker_threshold: int = 8,
+                 breaker_cooldown: float = 30.0):
+        self.name = name  # -> the teacher's fingerprint, for messages
+        self.concurrency, self.retries = concurrency, retries
+        self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
+        self.breaker_threshold, self.breaker_cooldown = breaker_threshold, breaker_cooldown
+        self.limiter = RateLimiter(rpm)
+        self.usage: dict[str, RoleUsage] = {}
+        self.lock = threading.Lock()
+        self._consecutive_failures: dict[str, int] = {}
+        self._open_until: dict[str, float] = {}
+
+    def count(self, role: str, **increments: int):
+        """Add to a role's usage counters (thread-safe)."""
+        with self.lock:
+            u = self.usage.setdefault(role, RoleUsage())
+            for k, v in increments.items():
+                setattr(u, k, getattr(u, k) + v)
+
+    def send_all(self, sends: list, role: str) -> list:
+        """Run zero-argument API calls (each -> (results, input tokens, output tokens)) with bounded
+        concurrency, each with its own retries; the results, or the exceptions, in order."""
+        if len(sends) <= 1 or self.concurrency <= 1:
+            return [self.send(s, role) for s in sends]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(sends))) as pool:
+            return list(pool.map(lambda s: self.send(s, role), sends))
+
+    def send(self, send, role: str):
+        """One API call: retries with backoff; a TeacherError for fatal errors; else the exception."""
+        self.count(role)
+        for attempt in range(self.retries + 1):
+            if time.monotonic() < self._open_until.get(role, 0.0):
+                self.count(role, failures=1)
+                return CircuitOpenError(f"{self.name()}: circuit breaker open for role {role!r} after "
+                                        f"{self.breaker_threshold} consecutive failures")
+            self.limiter.acquire()
+            self.count(role, calls=1)
+            try:
+                texts, tin, tout = send()
+            except TeacherError as e:
+                return e
+            except Exception as e:  # noqa: BLE001 - classified below
+                kind = classify(e)
+                if kind == "fatal":
+                    return TeacherError(f"{self.name()}: {describe(e)}")
+                if kind == "retry" and attempt < self.retries:
+                    wait = min(self.backoff_cap, self.backoff_base * 2 ** attempt) * random.uniform(0.5, 1.0)
+                    after = _retry_after(e)
+                    if after is not None:
+                        wait = max(wait, min(after, 60.0))
+                    log.warning("%s [%s] %s; retry %d/%d in %.1fs", self.name(), role,
+                                describe(e), attempt + 1, self.retries, wait)
+                    self.count(role, retries=1)
+                    time.sleep(wait)
+                    continue
+                log.warning("%s [%s] failed: %s", self.name(), role, describe(e))
+                self.count(role, failures=1)
+                with self.lock:
+                    self._consecutive_failures[role] = self._consecutive_failures.get(role, 0) + 1
+                    if self._consecutive_failures[role] >= self.breaker_threshold:
+                        self._open_until[role] = time.monotonic() + self.breaker_cooldown
+                return e
+            self.count(role, samples=len(texts), input_tokens=tin, output_tokens=tout)
+            with self.lock:
+                self._consecutive_failures[role] = 0
+            return texts, tin, tout
+        raise AssertionError("unreachable")

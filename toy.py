@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+import answers
 import grpo
 import rubric
 
@@ -48,6 +49,9 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 BUILD_VERSION = 3  # bump when the build recipe changes, so old caches are not reused
+# The toy world's answers are a few short lines: its generation settings (ropd.py's toy preset and
+# eval.py use them for toy data)
+GENERATION = dict(max_new_tokens=48, teacher_temperature=1.0, teacher_max_tokens=48, judge_max_tokens=4096)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,19 +137,14 @@ def parse_question(question: str) -> list[tuple[int, str, int, int]] | None:
     return steps
 
 
-def extract_answer(text: str) -> int | None:
-    """The integer on the last non-empty line if it reads 'Answer: N', else None."""
+def answer_line(text: str) -> int | None:
+    """How the toy judge reads an answer's result: the integer on the last non-empty line if it
+    reads 'Answer: N', else None. (Whether an answer is right is answers.is_correct's call.)"""
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     if not lines:
         return None
     m = ANSWER_RE.search(lines[-1].strip())
     return int(m.group(1)) if m else None
-
-
-def check_answer(text: str, answer) -> bool:
-    """The toy task's ground-truth checker: is the final answer line right?"""
-    got = extract_answer(text)
-    return got is not None and str(got) == str(answer).strip()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,13 +235,13 @@ def sft(model, tokenizer, problems: list[Problem], steps: int, batch: int, lr: f
 @torch.no_grad()
 def accuracy(model, tokenizer, problems: list[Problem], batch: int = 256,
              max_new_tokens: int = 48) -> float:
-    """Greedy held-out accuracy: fraction of problems whose final answer line is right."""
+    """Greedy held-out accuracy (answers.is_correct), reported when the world is built."""
     right = 0
     for s in range(0, len(problems), batch):
         chunk = problems[s:s + batch]
         r = grpo.sample(model, tokenizer, [p.question for p in chunk], n=1,
                         max_new_tokens=max_new_tokens, temperature=0.0)
-        right += sum(check_answer(t, p.answer) for t, p in zip(r.texts, chunk))
+        right += sum(answers.is_correct(t, str(p.answer)) for t, p in zip(r.texts, chunk))
     return right / max(1, len(problems))
 
 
@@ -268,12 +267,12 @@ def _lines(answer: str) -> list[str]:
 def _chain(answer: str) -> tuple | None:
     """A worked answer's (step lines, final answer), if it has the toy format."""
     steps = tuple(ln for ln in _lines(answer) if STEP_LINE_RE.match(ln))
-    final = extract_answer(answer)
+    final = answer_line(answer)
     return (steps, final) if steps and final is not None else None
 
 
 def _toy_rubric(question: str, references: list[str], students: list[str]) -> dict:
-    """Step 4 for the toy task: the correct step lines (majority of the references' worked
+    """Rubric induction (Eq. 2) for the toy task: the correct step lines (majority of the references' worked
     solutions; the question itself if none is readable), the final answer, the answer format."""
     chains = [c for c in map(_chain, references) if c]
     if chains:
@@ -309,12 +308,12 @@ def _check(criterion: str, answer: str) -> bool:
     if m:
         return bool(lines) and lines[-1] == m.group(1).replace(" ", "")
     if "`Answer: <integer>`" in criterion:
-        return extract_answer(answer) is not None
+        return answer_line(answer) is not None
     return False  # a criterion it cannot read is not met
 
 
 def _toy_verdicts(rubric_text: str, answers: list[str]) -> dict:
-    """Step 5 for the toy task: check each rendered criterion in each answer."""
+    """Verification (Eq. 3) for the toy task: check each rendered criterion in each answer."""
     crits = re.findall(r"^\d+\. \[(\w+), (\d+) points\] (.*)$", rubric_text, re.M)
     results = []
     for i, a in enumerate(answers):
@@ -331,7 +330,7 @@ def _toy_holistic(question: str, answer: str) -> dict:
         return {"error": "the toy judge can only read toy arithmetic questions"}
     steps = sum(step_line(*st) in _lines(answer) for st in parsed) / len(parsed)
     return {"schema": rubric.TJUDGE_SCHEMA,
-            "score": round(0.7 * check_answer(answer, parsed[-1][3]) + 0.3 * steps, 2)}
+            "score": round(0.7 * (answer_line(answer) == parsed[-1][3]) + 0.3 * steps, 2)}
 
 
 def toy_judge(chat: list[dict]) -> str:

@@ -5,7 +5,7 @@
 
 Identical for both: the model (a randomly initialised Qwen2 with the toy tokenizer, saved once
 and loaded by each), the prompts, 8 prompts x G = 8 rollouts per step, up to --length new
-tokens at temperature 1.0 / top-p 1.0 / no top-k, outcome reward (eval.is_correct against the
+tokens at temperature 1.0 / top-p 1.0 / no top-k, outcome reward (answers.is_correct against the
 answers; a random model earns 0, which changes nothing in the work done), 4 mini-batches per
 step (TRL: steps_per_generation = 4, so it also computes the old log-probs once), clip
 0.2 / 0.28, token-mean loss over the mini-batch (TRL: loss_type "dapo"), no KL, no reward
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-import eval as evaluation  # noqa: E402
+import answers  # noqa: E402
 import ropd  # noqa: E402
 import toy  # noqa: E402
 
@@ -61,11 +61,11 @@ def run_trl(model_path: Path, rows: list[dict], a, root: Path) -> list[dict]:
 
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    answers = {r["prompt"]: r["answer"] for r in rows}
+    gold = {r["prompt"]: r["answer"] for r in rows}
     ds = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}]} for r in rows])
 
     def reward(prompts, completions, **kw):
-        return [float(evaluation.is_correct(c[0]["content"], answers[p[-1]["content"]]))
+        return [float(answers.is_correct(c[0]["content"], gold[p[-1]["content"]]))
                 for p, c in zip(prompts, completions)]
 
     times: list[float] = []

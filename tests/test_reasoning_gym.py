@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-import eval as ev
+import answers
+import data
 import ropd
 from tests.test_ropd import tiny_args
 
@@ -11,19 +12,19 @@ rg = pytest.importorskip("reasoning_gym", reason="reasoning-gym is in requiremen
 
 
 def test_rows_from_two_tasks_and_their_scorers():
-    rows = ropd.load_data("rg:basic_arithmetic,chain_sum:5", seed=3)
+    rows = data.load_data("rg:basic_arithmetic,chain_sum:5", seed=3)
     assert len(rows) == 10
     assert [r["rg"]["metadata"]["source_dataset"] for r in rows] == ["basic_arithmetic"] * 5 + ["chain_sum"] * 5
-    assert rows == ropd.load_data("rg:basic_arithmetic,chain_sum:5", seed=3)  # reproducible
-    held_out = ropd.load_data("rg:basic_arithmetic,chain_sum:5", seed=3, split="test")
+    assert rows == data.load_data("rg:basic_arithmetic,chain_sum:5", seed=3)  # reproducible
+    held_out = data.load_data("rg:basic_arithmetic,chain_sum:5", seed=3, split="test")
     assert [r["prompt"] for r in held_out] != [r["prompt"] for r in rows]
     for r in rows:
         ans = r["answer"]
-        assert ev.row_correct(f"We add and subtract in order.\nAnswer: {ans}", r)
-        assert ev.row_correct(ans, r)
-        assert ev.row_correct(f"so the result is \\boxed{{{ans}}}", r)
-        assert not ev.row_correct(f"Answer: {int(ans) + 1}", r)
-        assert not ev.row_correct("", r)
+        assert answers.row_correct(f"We add and subtract in order.\nAnswer: {ans}", r)
+        assert answers.row_correct(ans, r)
+        assert answers.row_correct(f"so the result is \\boxed{{{ans}}}", r)
+        assert not answers.row_correct(f"Answer: {int(ans) + 1}", r)
+        assert not answers.row_correct("", r)
 
 
 @pytest.mark.parametrize("spec,msg", [("rg:no_such_task", "cannot make 'no_such_task'"),

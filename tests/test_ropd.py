@@ -5,9 +5,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import answers
+import data
 import grpo
 import ropd
 import rubric
+import serve
 import teacher
 import toy
 
@@ -58,7 +61,7 @@ def test_each_method_end_to_end(method, tiny_world, tmp_path):
                 "clip_frac", "approx_kl", "completion_len_mean", "seconds"} <= set(m)
     if method == "grpo":
         for s in samples:
-            assert s["rewards"] == [float(toy.check_answer(r, s["answer"])) for r in s["rollouts"]]
+            assert s["rewards"] == [float(answers.is_correct(r, s["answer"])) for r in s["rollouts"]]
     if method == "lopd":
         assert all(m["reward_mean"] <= 0.5 for m in ms)  # mean teacher-student log-ratio per token
 
@@ -67,24 +70,24 @@ def _real_batch(world, agg_adv="seq"):
     tok = AutoTokenizer.from_pretrained(world.student_path)
     model = AutoModelForCausalLM.from_pretrained(world.student_path)
     ro = grpo.sample(model, tok, ["1+2", "((3*4)-5)+6", "(9-1)*2"], n=2, max_new_tokens=14, seed=1)
-    old = ropd.batched_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_mask, 1.0, 0,
+    old = grpo.batched_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_mask, 1.0, 0,
                                 torch.device("cpu"))
     g = torch.Generator().manual_seed(0)
     adv = torch.randn(6, generator=g) if agg_adv == "seq" else torch.randn(ro.completion_mask.shape, generator=g)
     # perturb old log-probs so that some tokens are clipped: the test covers the clipped branches too
     old = old + 0.3 * torch.randn(old.shape, generator=g) * ro.completion_mask
-    return model, ropd.Batch(ro.input_ids, ro.attention_mask, ro.completion_mask, old, adv)
+    return model, grpo.Batch(ro.input_ids, ro.attention_mask, ro.completion_mask, old, adv)
 
 
 @pytest.mark.parametrize("agg", grpo.AGGREGATIONS)
 @pytest.mark.parametrize("adv", ["seq", "token"])
 def test_gradient_does_not_depend_on_micro_batch_size(tiny_world, agg, adv):
     model, b = _real_batch(tiny_world, adv)
-    a = ropd.Args(agg=agg, max_new_tokens=14)
+    loss_fn = grpo.clipped_loss_fn(grpo.LossConfig(agg=agg, max_len=14))
     grads = []
     for micro in (1, 2, len(b)):
         model.zero_grad(set_to_none=True)
-        st = ropd.accumulate_policy_gradient(model, b, a, micro, torch.device("cpu"))
+        st = grpo.accumulate_gradient(model, b, loss_fn, micro, torch.device("cpu"))
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert st["clip_frac"] > 0  # some tokens were clipped
     assert torch.allclose(grads[0], grads[2], atol=1e-5) and torch.allclose(grads[1], grads[2], atol=1e-5)
@@ -93,7 +96,7 @@ def test_gradient_does_not_depend_on_micro_batch_size(tiny_world, agg, adv):
 
 def _judge_server(world, faults=None):
     t = teacher.load(f"toy:{world.root}", cache=None)
-    return teacher.TeacherServer(t, model_name="toy-judge", faults=faults).start()
+    return serve.TeacherServer(t, model_name="toy-judge", faults=faults).start()
 
 
 def test_resume_gives_the_same_weights_and_repays_nothing(tiny_world, tmp_path):
@@ -167,13 +170,13 @@ def test_data_errors_name_the_line(tmp_path, capsys):
     assert ropd.main(["--data", str(bad), "--student", "x"]) == 2
     assert capsys.readouterr().err.strip() == f"error: {bad}:2: not valid JSON (Expecting property name enclosed in double quotes)"
     bad.write_text('{"question": "1+1", "answer": 2}\n{"text": "2+2"}\n')
-    with pytest.raises(ropd.UserError, match=r"bad.jsonl:2: no prompt"):
-        ropd.load_jsonl(str(bad))
+    with pytest.raises(data.UserError, match=r"bad.jsonl:2: no prompt"):
+        data.load_jsonl(str(bad))
     good = tmp_path / "good.jsonl"
     good.write_text('{"problem": "1+1", "answer": 2}\n\n{"prompt": [{"role": "user", "content": "2+2"}]}\n')
-    rows = ropd.load_jsonl(str(good))
+    rows = data.load_jsonl(str(good))
     assert rows[0]["answer"] == "2" and rows[1]["answer"] is None
-    assert ropd.question_text(rows[1]["prompt"]) == "2+2"
+    assert data.question_text(rows[1]["prompt"]) == "2+2"
 
 
 def test_user_errors_are_one_line(tiny_world, tmp_path, capsys, monkeypatch):
@@ -192,13 +195,14 @@ def test_user_errors_are_one_line(tiny_world, tmp_path, capsys, monkeypatch):
                                                                        "--temperature", "0.7"))) == 2
     assert "needs --temperature 1" in capsys.readouterr().err
     assert ropd.main(["--method", "dpo"]) == 2
-    assert "--method must be one of" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == ("error: argument --method: invalid choice: 'dpo' "
+                                               "(choose from 'ropd', 'lopd', 'tjudge', 'sft', 'grpo')")
 
 
 def test_lopd_with_a_served_teacher_equals_the_local_teacher(tiny_world, tmp_path):
     """--teacher openai:MODEL@URL for LOPD: the teacher's log-probs come over the wire (vLLM's
     prompt_logprobs format, here from teacher.py serve) and the run is the local hf: run."""
-    srv = teacher.TeacherServer(teacher.load(f"hf:{tiny_world.teacher_path}", cache=None),
+    srv = serve.TeacherServer(teacher.load(f"hf:{tiny_world.teacher_path}", cache=None),
                                 model_name="toy-teacher").start()
     try:
         assert ropd.main(tiny_args(tiny_world, tmp_path, "--teacher", f"openai:toy-teacher@{srv.url}/v1",

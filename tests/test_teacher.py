@@ -6,6 +6,7 @@ import time
 import pytest
 
 import rubric
+import serve
 import teacher
 import toy
 
@@ -19,7 +20,7 @@ def toy_teacher(tiny_world):
 
 @pytest.fixture
 def server(toy_teacher):
-    srv = teacher.TeacherServer(toy_teacher, model_name="toy-teacher").start()
+    srv = serve.TeacherServer(toy_teacher, model_name="toy-teacher").start()
     yield srv
     srv.stop()
 
@@ -62,7 +63,7 @@ def test_normal_reply_equals_the_served_backend(kind, server, toy_teacher):
 def test_stop_ends_keep_alive_connections(toy_teacher):
     """A handler thread left waiting on a keep-alive connection would hold the teacher model until
     interpreter exit, and freeing torch tensors from it then aborts the process (exit code 134)."""
-    srv = teacher.TeacherServer(toy_teacher, model_name="toy-teacher").start()
+    srv = serve.TeacherServer(toy_teacher, model_name="toy-teacher").start()
     before = set(threading.enumerate())
     client("openai", srv).complete([CHAT], max_tokens=4)  # the SDK keeps its connection open
     handlers = [t for t in threading.enumerate() if t not in before]
@@ -240,7 +241,7 @@ def test_served_teacher_logprobs_equal_the_local_model(tiny_world, tmp_path):
 
     import grpo
     local = teacher.load(f"hf:{tiny_world.teacher_path}", cache=None)
-    srv = teacher.TeacherServer(local, model_name="toy-teacher").start()
+    srv = serve.TeacherServer(local, model_name="toy-teacher").start()
     try:
         served = client("openai", srv, tmp_path)
         served.check_tokenizer(local.tokenizer)  # same tokenizer: no error

@@ -5,6 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import answers
 import grpo
 import toy
 
@@ -20,7 +21,7 @@ def test_problems_are_reproducible_and_correct():
             value = r
         assert p.answer == value
         assert toy.parse_question(p.question) == list(p.steps)
-        assert toy.check_answer(p.solution, p.answer)
+        assert answers.is_correct(p.solution, str(p.answer))
 
 
 def test_heldout_split_is_disjoint_from_training():
@@ -37,18 +38,17 @@ def test_question_and_solution_format():
     assert toy.parse_question("what is 2+2?") is None
 
 
-@pytest.mark.parametrize("text,answer,ok", [
-    ("7+5=12\nAnswer: 12", 12, True),
-    ("7+5=12\nAnswer: 12\n", "12", True),
-    ("Answer:12", 12, True),
-    ("Answer: 13", 12, False),
-    ("Answer: 12\nmore text", 12, False),     # the answer line must be the last line
-    ("12", 12, False),                        # no answer line
-    ("", 12, False),
-    ("Answer: -3", -3, True),
+@pytest.mark.parametrize("text,answer", [
+    ("7+5=12\nAnswer: 12", 12),
+    ("7+5=12\nAnswer: 12\n", 12),
+    ("Answer:12", 12),
+    ("Answer: 12\nmore text", None),     # the toy judge reads the last line only
+    ("12", None),                        # no answer line
+    ("", None),
+    ("Answer: -3", -3),
 ])
-def test_check_answer(text, answer, ok):
-    assert toy.check_answer(text, answer) is ok
+def test_toy_judge_reads_the_answer_line(text, answer):
+    assert toy.answer_line(text) == answer
 
 
 def test_tokenizer_is_character_level_and_round_trips(tmp_path):
@@ -130,7 +130,7 @@ def test_a_few_grpo_steps_with_the_checker_as_reward(tiny_world):
     for step in range(3):
         r = grpo.sample(model, tok, [p.question for p in problems], n=6, max_new_tokens=40, seed=step)
         rewards = torch.tensor([
-            float(toy.check_answer(t, problems[g].answer)) + 0.1 * len(t.splitlines())
+            float(answers.is_correct(t, str(problems[g].answer))) + 0.1 * len(t.splitlines())
             for t, g in zip(r.texts, r.prompt_index)])
         adv = grpo.group_advantages(rewards, 6)
         T = r.completion_ids.shape[1]

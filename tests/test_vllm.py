@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import data
 import grpo
 import ropd
 import teacher
@@ -103,7 +104,7 @@ def vllm_url(vllm_world, tmp_path_factory):
 def test_vllm_prompt_logprobs_equal_the_local_teacher(vllm_world, vllm_url):
     local = teacher.load(f"hf:{vllm_world.teacher_path}", cache=None)
     served = teacher.load(f"openai:toy-teacher@{vllm_url}", cache=None)
-    model, tok = ropd.load_student(str(vllm_world.student_path), torch.device("cpu"))
+    model, tok = data.load_model(str(vllm_world.student_path), torch.device("cpu"))
     served.check_tokenizer(tok)  # the student's ids read as the same characters by vLLM
     r = grpo.sample(model, tok, ["1+2", "(4*5)-6", "((7+8)*9)-1"], n=2, max_new_tokens=16, seed=0)
     T = r.completion_ids.shape[1]

