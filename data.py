@@ -104,10 +104,13 @@ def load_data(spec: str, seed: int, world=None, split: str = "train", n: int | N
 
 
 def question_text(prompt) -> str:
-    """What the judge sees as the question: the string, or the chat's last user message."""
+    """What the judge sees as the question: the prompt itself, or a chat's every message as
+    "ROLE: content" lines, as the official code shows it (a chat of one user message is its text)."""
     if isinstance(prompt, str):
         return prompt
-    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), prompt[-1]["content"])
+    if len(prompt) == 1 and prompt[0]["role"] == "user":
+        return prompt[0]["content"]
+    return "\n".join(f"{m['role'].upper()}: {m['content']}" for m in prompt)
 
 
 def as_chat(prompt) -> list[dict]:

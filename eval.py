@@ -273,7 +273,8 @@ def _signal_flags(ap: argparse.ArgumentParser):
                     help=f"(default: {g['teacher_temperature']} for toy data, else not sent)")
     ap.add_argument("--teacher-max-tokens", type=int, default=None,
                     help=f"(default: {g['teacher_max_tokens']} for toy data, else 8192)")
-    ap.add_argument("--judge-temperature", type=float, default=None, help="(default: not sent)")
+    ap.add_argument("--rubricator-temperature", type=float, default=None, help="(default: not sent; paper: 0.7)")
+    ap.add_argument("--verifier-temperature", type=float, default=None, help="(default: not sent; paper: 0.0)")
     ap.add_argument("--judge-max-tokens", type=int, default=None,
                     help=f"(default: {g['judge_max_tokens']} for toy data, else 8192)")
     ap.add_argument("--judge-retries", type=int, default=2)
@@ -326,8 +327,9 @@ def run_signal(ns, world, device, max_new: int) -> tuple[dict, str]:
     model, tok = load_model(ns.model, device, world)
     teacher, judge = teacher_lib.load_teacher_and_judge(
         ns.teacher, ns.judge, cache=ns.cache or teacher_lib.default_cache_path(), concurrency=16)
+    temperatures = {"rubricator": ns.rubricator_temperature, "verifier": ns.verifier_temperature}
     res = signal_analysis(model, tok, teacher, judge.as_judge(pick(ns.judge_max_tokens, "judge_max_tokens"),
-                                                              ns.judge_temperature),
+                                                              temperatures),
                           rows, ns.rollouts, ns.references, max_new, ns.temperature, ns.top_p, ns.seed,
                           pick(ns.teacher_temperature, "teacher_temperature"),
                           pick(ns.teacher_max_tokens, "teacher_max_tokens"),

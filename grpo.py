@@ -121,6 +121,7 @@ class Rollouts:
     texts: list[str]               # decoded completions, special tokens removed
     group_size: int                # G
     old_logp: torch.Tensor | None = None  # [B*G, T] log pi_theta_old at sampling time (Eq. 7's denominator)
+    ref_logp: torch.Tensor | None = None  # [B*G, T] the initial student's (KL term, ExOPD)
 
     @property
     def prompt_index(self) -> list[int]:
@@ -149,7 +150,7 @@ class Rollouts:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return Rollouts(self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx],
                         self.completion_mask[idx], [self.texts[i] for i in idx.tolist()], 1,
-                        None if self.old_logp is None else self.old_logp[idx])
+                        *(None if t is None else t[idx] for t in (self.old_logp, self.ref_logp)))
 
 
 def decode(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
@@ -285,6 +286,15 @@ def lopd_advantages(teacher_logp: torch.Tensor, student_logp: torch.Tensor,
     outside the completion mask. Both log-probs must be taken at the same temperature.
     """
     return ((teacher_logp - student_logp) * mask).detach()
+
+
+def exopd_advantages(teacher_logp: torch.Tensor, student_logp: torch.Tensor, ref_logp: torch.Tensor,
+                     mask: torch.Tensor, lam: float) -> torch.Tensor:
+    """ExOPD's (§3.1; Yang et al., "Generalized on-policy distillation with reward extrapolation")
+    per-token advantage: lam * (log pi_T - log pi_ref) - (log pi_old - log pi_ref), pi_ref the
+    initial student. On-policy distillation as KL-regularised RL with the teacher's log-ratio as
+    reward; lam > 1 extrapolates the reward; lam = 1 is LOPD (the pi_ref terms cancel)."""
+    return ((lam * (teacher_logp - ref_logp) - (student_logp - ref_logp)) * mask).detach()
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,

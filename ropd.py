@@ -55,7 +55,7 @@ import teacher as teacher_lib
 import toy
 from data import UserError, as_chat, prompt_id, question_text
 
-METHODS = ("ropd", "lopd", "tjudge", "sft", "grpo")
+METHODS = ("ropd", "lopd", "exopd", "tjudge", "ovd", "sft", "grpo")
 USES_REFERENCES = ("ropd", "sft")
 
 
@@ -66,8 +66,9 @@ class Args:
     --weight-decay 0.1, --warmup-steps 100). With the toy student, TOY_PRESET replaces the
     defaults the user did not set."""
     method: str = "ropd"
-    """ropd, or a baseline (§3.1): lopd (teacher log-probs, white-box), tjudge (holistic teacher
-    score), sft (fine-tune on the references), grpo (outcome reward from the data's answers)"""
+    """ropd, or a baseline (§3.1): lopd / exopd (teacher log-probs, white-box), tjudge / ovd
+    (a holistic teacher score in [0, 1] / 0-9), sft (fine-tune on the references), grpo (outcome
+    reward from the data's answers)"""
     student: str = "toy"
     """the policy pi_theta: 'toy', 'smollm2', a local folder or a hub name"""
     teacher: str = "toy"
@@ -94,6 +95,10 @@ class Args:
     """G, rollouts per prompt (the group)"""
     references: int = 4
     """K (the paper's m), teacher answers per prompt"""
+    min_references: int = 0
+    """a group with fewer teacher answers falls back (0: K, as the official code)"""
+    new_references: bool = False
+    """pay for new references where the cache's teacher index holds some made with other settings"""
     mini_batches: int = 4
     """optimizer steps per pass over a step's batch (whole groups per mini-batch)"""
     epochs: int = 1
@@ -124,6 +129,8 @@ class Args:
     """loss aggregation: token-mean (code), seq-mean-token-mean (paper text), seq-mean-token-sum-norm"""
     kl_beta: float = 0.0
     """k3 KL to the initial student (paper text names it without a value; code: none)"""
+    exopd_lambda: float = 1.25
+    """ExOPD's reward-extrapolation factor lambda (1: LOPD; 1.25: its authors' script)"""
     max_new_tokens: int = 8192
     """rollout length limit"""
     temperature: float = 1.0
@@ -133,13 +140,33 @@ class Args:
     enable_thinking: bool = False
     """the chat template's thinking switch (Qwen3): off, as the paper's non-thinking runs"""
     teacher_temperature: float | None = None
-    """reference sampling temperature (unset: not sent, for reasoning models)"""
+    """reference sampling temperature (unset: not sent, as the official code with a reasoning
+    model; paper: 0.0)"""
     teacher_max_tokens: int = 8192
     """reference length limit"""
+    rubricator_temperature: float | None = None
+    """rubricator temperature (unset: not sent, as the official code; paper: 0.7)"""
+    verifier_temperature: float | None = None
+    """verifier temperature (unset: not sent, as the official code; paper: 0.0)"""
     judge_temperature: float | None = None
-    """rubricator / verifier / T-Judge temperature (unset: not sent)"""
+    """T-Judge / OVD scorer temperature (unset: not sent)"""
     judge_max_tokens: int = 8192
     """judge output length limit"""
+    judge_json_mode: bool = False
+    """ask the judge API for structured output: the strict JSON schema on OpenAI's API,
+    response_format json_object on OpenAI-compatible servers (the official code does)"""
+    judge_reasoning_effort: str | None = None
+    """reasoning_effort for a reasoning judge (the official code: high)"""
+    rubric_prompt: str = "official"
+    """official (the official code's rubricator) or paper (App. D's multi-teacher rubricator)"""
+    verifier: str = "batch"
+    """batch (one blind call per prompt, official) or per-response (one call per answer, App. D)"""
+    per_rollout_rubrics: bool = False
+    """Table 6 "w/o sharing": one rubric per (references, rollout) pair instead of one per group"""
+    sighted_verifier: bool = False
+    """Table 6 "w/o blind scoring": the verifier is told which answers are the teacher's"""
+    pool_references: bool = True
+    """keep the references in the verifier's pool (--no-pool-references: the rollouts alone)"""
     judge_retries: int = 2
     """re-asks of a judge output that does not parse, before the group falls back"""
     min_criteria: int = 4
@@ -210,9 +237,11 @@ def old_logprobs(model, ro: grpo.Rollouts, temperature: float, micro_batch: int,
                                  temperature, micro_batch, device)
 
 
-def get_references(teacher, prompts: list, k: int, temperature: float | None, max_tokens: int) -> list[list[str]]:
+def get_references(teacher, prompts: list, k: int, temperature: float | None, max_tokens: int,
+                   new_settings: bool = False) -> list[list[str]]:
     """Eq. 1: K teacher answers per prompt (see teacher.references: cached, so paid once)."""
-    return teacher_lib.references(teacher, [as_chat(p) for p in prompts], k, temperature, max_tokens)
+    return teacher_lib.references(teacher, [as_chat(p) for p in prompts], k, temperature, max_tokens,
+                                  new_settings)
 
 
 @dataclass
@@ -239,7 +268,8 @@ def groups_of(rows: list[dict], ro: grpo.Rollouts, references) -> list[rubric.Gr
 
 def judged_reward(score_groups, rows, ro: grpo.Rollouts, references) -> Rewards:
     """A reward from a judge: `score_groups` is rubric.ropd_reward (ROPD: rubric induction, blind
-    verification, weighted pass rates; Eqs. 2-4) or a baseline's judge (rubric.tjudge_reward)."""
+    verification, weighted pass rates; Eqs. 2-4) or a baseline's judge (rubric.tjudge_reward,
+    rubric.ovd_reward)."""
     results = score_groups(groups_of(rows, ro, references))
     return Rewards(torch.tensor([x for res in results for x in res.rewards]),
                    [res.fallback for res in results], results)
@@ -262,6 +292,16 @@ def lopd_reward(teacher, temperature: float, rows, ro: grpo.Rollouts, references
     adv = grpo.lopd_advantages(teacher_logp, ro.old_logp, ro.completion_mask)
     mean_log_ratio = (adv.sum(1) / ro.lengths.clamp(min=1)).float()
     return Rewards(mean_log_ratio, [None] * len(rows), token_advantages=adv)
+
+
+def exopd_reward(teacher, temperature: float, lam: float, rows, ro: grpo.Rollouts, references=None) -> Rewards:
+    """The ExOPD baseline (§3.1): LOPD with the teacher's log-ratio reward extrapolated by lam
+    (grpo.exopd_advantages); pi_ref is the initial student, whose log-probs the rollouts carry."""
+    T = ro.completion_ids.shape[1]
+    teacher_logp = teacher.token_logprobs(ro.input_ids, ro.attention_mask, T, temperature)
+    adv = grpo.exopd_advantages(teacher_logp, ro.old_logp, ro.ref_logp, ro.completion_mask, lam)
+    mean_log_ratio = ((teacher_logp - ro.old_logp) * ro.completion_mask).sum(1) / ro.lengths.clamp(min=1)
+    return Rewards(mean_log_ratio.float(), [None] * len(rows), token_advantages=adv)
 
 
 def apply_failure_policy(fallback: list[str | None], groups, max_rate: float, where: str = "") -> int:
@@ -294,7 +334,7 @@ def sft_step(model, opt, tok, prompts: list, references: list[list[str]], max_ne
              mini_batches: int, seed: int, grad_clip: float, micro_batch: int, device, template_kwargs) -> dict:
     """The SFT baseline (§3.1): off-policy, so no rollouts and no reward: one pass of token-mean
     NLL on the teacher's references, in `mini_batches` optimizer steps."""
-    pairs = [(p, x) for p, rs in zip(prompts, references) for x in rs]
+    pairs = [(p, x) for p, rs in zip(prompts, references) for x in rubric.dedupe(rs)]
     if not pairs:
         raise UserError("no teacher references at all in this step; cannot fine-tune")
     p_ids, p_mask = grpo.encode_prompts(tok, [as_chat(p) for p, _ in pairs], template_kwargs)
@@ -337,7 +377,8 @@ def train(a: Args, log=print) -> dict:
         m: dict = {"step": step + 1, "lr": lr}
         refs = None
         if a.method in USES_REFERENCES:
-            refs = get_references(r.teacher, prompts, a.references, a.teacher_temperature, a.teacher_max_tokens)
+            refs = get_references(r.teacher, prompts, a.references, a.teacher_temperature, a.teacher_max_tokens,
+                                  a.new_references)
             clock.lap("references")
         if a.method == "sft":  # the off-policy baseline: the references are its training data
             m.update(sft_step(model, opt, tok, prompts, refs, a.max_new_tokens, a.mini_batches, step_seed,
@@ -348,16 +389,16 @@ def train(a: Args, log=print) -> dict:
             ro = sample_rollouts(model, tok, prompts, a.rollouts, a.max_new_tokens, a.temperature, a.top_p,
                                  step_seed, template)
             clock.lap("rollouts")
-            ro = dataclasses.replace(ro, old_logp=old_logprobs(model, ro, a.temperature, a.micro_batch, device))
-            ref_logp = None if r.ref_model is None else old_logprobs(r.ref_model, ro, a.temperature,
-                                                                     a.micro_batch, device)
+            ro = dataclasses.replace(ro, old_logp=old_logprobs(model, ro, a.temperature, a.micro_batch, device),
+                                     ref_logp=None if r.ref_model is None else old_logprobs(
+                                         r.ref_model, ro, a.temperature, a.micro_batch, device))
             clock.lap("logprobs")
             rewards = r.reward(rows, ro, refs)
             clock.lap("judge")
             m["fallbacks"] = apply_failure_policy(rewards.fallback, rewards.groups, a.max_fallback_rate,
                                                   f"step {step + 1} (last checkpoint: {r.last_ckpt or 'none'})")
             adv = compute_advantages(rewards, a.rollouts, a.adv_scale)
-            batch = grpo.Batch(ro.input_ids, ro.attention_mask, ro.completion_mask, ro.old_logp, adv, ref_logp)
+            batch = grpo.Batch(ro.input_ids, ro.attention_mask, ro.completion_mask, ro.old_logp, adv, ro.ref_logp)
             m.update(grpo.update_policy(model, opt, batch, a.rollouts, a.mini_batches, a.epochs, step_seed,
                                         grpo.clipped_loss_fn(loss), a.grad_clip, a.micro_batch, device,
                                         a.temperature))
@@ -434,14 +475,14 @@ def setup_run(a: Args, log) -> Run:
         model.gradient_checkpointing_enable()
         model.config.use_cache = True  # generation still uses the KV cache
     ref_model = None
-    if a.kl_beta > 0:
+    if a.kl_beta > 0 or a.method == "exopd":  # pi_ref, the initial student
         ref_model, _ = data.load_model(a.student, device, world)
         ref_model.eval().requires_grad_(False)
 
     teacher, judge = (None, None) if a.method == "grpo" else teacher_lib.load_teacher_and_judge(
         a.teacher, a.judge, cache=a.cache or teacher_lib.default_cache_path(), concurrency=a.concurrency,
         rpm=a.rpm or None, retries=2, timeout=a.request_timeout)
-    if a.method == "lopd":
+    if a.method in ("lopd", "exopd"):
         check_lopd_teacher(teacher, tok, a.teacher, a.temperature)
 
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay)
@@ -460,16 +501,19 @@ def setup_run(a: Args, log) -> Run:
 
 def reward_function(a: Args, teacher, judge) -> RewardFn | None:
     """The method's reward function, with its settings bound (sft has none)."""
-    settings = rubric.JudgeSettings(a.judge_retries, a.min_criteria, a.max_criteria, a.verifier_chunk or None,
-                                    a.rubricator_instructions, a.verifier_instructions)
-    complete = judge.as_judge(a.judge_max_tokens, a.judge_temperature) if judge is not None else None
-    return {"ropd": lambda: functools.partial(judged_reward, functools.partial(rubric.ropd_reward, complete,
-                                                                                 s=settings)),
-            "tjudge": lambda: functools.partial(judged_reward, functools.partial(rubric.tjudge_reward, complete,
-                                                                                   s=settings)),
-            "grpo": lambda: outcome_reward,
-            "lopd": lambda: functools.partial(lopd_reward, teacher, a.temperature),
-            "sft": lambda: None}[a.method]()
+    if a.method in ("lopd", "exopd", "grpo", "sft"):
+        return {"lopd": functools.partial(lopd_reward, teacher, a.temperature),
+                "exopd": functools.partial(exopd_reward, teacher, a.temperature, a.exopd_lambda),
+                "grpo": outcome_reward, "sft": None}[a.method]
+    complete = judge.as_judge(a.judge_max_tokens, {
+        "rubricator": a.rubricator_temperature, "verifier": a.verifier_temperature,
+        "tjudge": a.judge_temperature, "ovd": a.judge_temperature}, a.judge_json_mode, a.judge_reasoning_effort)
+    settings = rubric.JudgeSettings(
+        a.judge_retries, a.min_criteria, a.max_criteria, a.verifier_chunk or None, a.rubricator_instructions,
+        a.verifier_instructions, a.rubric_prompt, a.verifier, a.min_references or a.references,
+        a.per_rollout_rubrics, a.sighted_verifier, a.pool_references)
+    score_groups = {"ropd": rubric.ropd_reward, "tjudge": rubric.tjudge_reward, "ovd": rubric.ovd_reward}[a.method]
+    return functools.partial(judged_reward, functools.partial(score_groups, complete, s=settings))
 
 
 def check_lopd_teacher(teacher, tok, spec: str, temperature: float):
@@ -545,14 +589,14 @@ def rollout_metrics(rows, ro: grpo.Rollouts, rewards: Rewards, refs, with_accura
                                              for i, x in enumerate(ro.texts)]))
     if refs is not None and rewards.groups:
         results = rewards.groups
-        rubrics = [res.rubric for res in results if res.rubric]
+        rubrics = [x for res in results for x in res.rubrics]
         ref_scores = [x for res in results for x in res.reference_scores]
         beats = [max(res.rewards) > max(res.reference_scores) for res in results if res.reference_scores]
         m.update(teacher_score_mean=float(np.mean(ref_scores)) if ref_scores else None,
                  rubric_criteria=float(np.mean([len(x.criteria) for x in rubrics])) if rubrics else None,
                  rubric_points=float(np.mean([x.maximum_score for x in rubrics])) if rubrics else None,
                  student_beats_references=float(np.mean(beats)) if beats else None,
-                 references_per_prompt=float(np.mean([len(x) for x in refs])))
+                 references_per_prompt=float(np.mean([len(res.references) for res in results])))
     return m
 
 
@@ -564,8 +608,9 @@ def sample_records(step: int, rows, ro: grpo.Rollouts, rewards: Rewards, refs, n
         res = rewards.groups[i] if rewards.groups else None
         out.append({
             "step": step, "prompt": rows[i]["prompt"], "answer": rows[i]["answer"],
-            "references": refs[i] if refs is not None else None,
-            "rubric": res.rubric.to_json() if res and res.rubric else None,
+            "references": res.references if res and res.references else refs[i] if refs is not None else None,
+            "rubric": None if not res or not res.rubrics else res.rubric.to_json() if res.rubric
+            else [x.to_json() for x in res.rubrics],
             "rollouts": ro.texts[i * G:(i + 1) * G],
             "judgements": res.judgements if res else None,
             "rewards": [round(float(x), 4) for x in rewards.scores[i * G:(i + 1) * G]],
@@ -663,7 +708,8 @@ def field_docs(cls) -> dict[str, str]:
 
 
 CHOICES = {"method": METHODS, "schedule": ("constant", "cosine"), "adv_scale": ("none", "std"),
-           "agg": grpo.AGGREGATIONS}
+           "agg": grpo.AGGREGATIONS, "rubric_prompt": ("official", "paper"), "verifier": ("batch", "per-response"),
+           "judge_reasoning_effort": ("minimal", "low", "medium", "high")}
 
 
 def parse_args(argv=None) -> Args:

@@ -1,17 +1,15 @@
-"""rubric.py - how the teacher's text becomes a reward (arXiv 2605.07396, §2.2, Eqs. 2-4, App. D).
+"""rubric.py - how the teacher's text becomes a reward (arXiv 2605.07396, §2.2, Eqs. 2-4, Table 6).
 
-    strip_reasoning     the judge sees only what follows the last </think>
-    rubricator_messages Eq. 2: one call per prompt sees K references + G rollouts, writes one rubric
-    parse_rubric        Eq. 2: tolerant JSON extraction, strict validation -> Rubric
-    blind_pool          Eq. 3: references and rollouts shuffled by a hash, labelled Answer 1..K+G
-    verifier_messages   Eq. 3: one blind batched call scores every answer against the rubric
-    parse_verdicts      Eq. 3: -> one boolean per criterion per answer
-    score               Eq. 4: s_i = sum_k w_k v_ik / sum_k w_k, recomputed from the booleans
-    ropd_reward         Eqs. 2-4 for a batch of prompts, given any `complete` function: the ROPD
-                        reward (induce_rubrics, verify_blindly, weighted_pass_rates), to copy
+    ropd_reward         the ROPD reward for a batch of groups, given any `complete` function (to copy):
+      induce_rubrics    Eq. 2: one rubricator call per group -> one shared rubric
+      verify_blindly    Eq. 3: references + rollouts shuffled into one blind pool, graded per criterion
+      weighted_pass_rates Eq. 4: s_i = sum_k w_k v_ik / sum_k w_k, recomputed from the booleans
+    tjudge_reward, ovd_reward   the holistic-judge baselines of §3.1
+    parse_rubric, parse_verdicts, parse_single_verdict, parse_score   tolerant JSON -> strict checks
 
-Pure Python (stdlib only), no tensors: the caller passes a function that sends chats to a judge.
-Every invalid judge output raises JudgeFormatError with a message that says what was wrong.
+The prompts themselves are in prompts.py. Pure Python (stdlib only), no tensors: the caller passes
+a function that sends chats to a judge. Every invalid judge output raises JudgeFormatError with a
+message that says what was wrong; ask_judge re-asks, and a group that stays unscored falls back.
 """
 from __future__ import annotations
 
@@ -21,11 +19,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-RUBRIC_SCHEMA = "ropd.rubric.v1"
-VERDICT_SCHEMA = "ropd.batch_verifier.v2"
-TJUDGE_SCHEMA = "ropd.tjudge.v1"
-CATEGORIES = ("task_fulfillment", "response_quality", "reasoning_quality")
-MIN_CRITERIA, MAX_CRITERIA = 4, 12
+import prompts
+from prompts import (MAX_CRITERIA, MIN_CRITERIA, OVD_SCHEMA, PAPER_RUBRIC_SCHEMA, PAPER_VERDICT_SCHEMA,
+                     RUBRIC_SCHEMA, TJUDGE_SCHEMA, VERDICT_SCHEMA, strip_reasoning)
 
 
 class JudgeFormatError(ValueError):
@@ -33,20 +29,22 @@ class JudgeFormatError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Data types (mirroring the official ropd.rubric.v1 schema)
+# Data types (the official ropd.rubric.v1 schema)
 # ----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Criterion:
     id: str          # "c1", "c2", ...
-    category: str    # one of CATEGORIES (kept verbatim if the judge used another label)
-    text: str        # binary, self-contained, judgeable from one response alone
-    points: int      # 1..5: 5 decisive bottleneck, 4 strongly discriminating, 2 support, 1 format
+    category: str    # a scenario name (prompts.CATEGORIES), kept verbatim whatever the judge wrote
+    text: str        # binary, self-contained, decidable from one response alone
+    points: int      # 1..5 (App. D's "weight"): 5 decisive, 4 strongly discriminating, 2 support, 1 format
 
 
 @dataclass(frozen=True)
 class Rubric:
     criteria: tuple[Criterion, ...]
+    question_domain: str | None = None                 # App. D's variant says what field the question is in
+    estimated_student_pass_rate: float | None = None   # ... and how many rollouts it expects to pass
 
     @property
     def maximum_score(self) -> int:
@@ -54,9 +52,10 @@ class Rubric:
         return sum(c.points for c in self.criteria)
 
     def to_json(self) -> dict:
-        return {"schema": RUBRIC_SCHEMA,
-                "criteria": [{"criterion_id": c.id, "category": c.category, "criterion": c.text,
-                              "points": c.points} for c in self.criteria],
+        """The official schema (what samples.jsonl records, whichever prompt made it)."""
+        return {"schema_version": RUBRIC_SCHEMA,
+                "rubrics": [{"criterion_id": c.id, "category": c.category, "criterion": c.text,
+                             "points": c.points} for c in self.criteria],
                 "maximum_score": self.maximum_score}
 
 
@@ -71,105 +70,6 @@ def score(rubric: Rubric, judgement: Sequence[bool]) -> float:
         raise ValueError(f"{len(judgement)} judgements for {len(rubric.criteria)} criteria")
     total = rubric.maximum_score
     return sum(c.points for c, v in zip(rubric.criteria, judgement) if v) / total if total else 0.0
-
-
-def strip_reasoning(text: str) -> str:
-    """The judge sees only what follows the last </think> (the official code), unless that is empty."""
-    if "</think>" in text:
-        after = text.rsplit("</think>", 1)[1].strip()
-        if after:
-            return after
-    return text.strip()
-
-
-# ----------------------------------------------------------------------------------------------
-# Prompts (our own words, from the rules of the official method)
-# ----------------------------------------------------------------------------------------------
-
-RUBRICATOR_SYSTEM = f"""You write grading rubrics. You will see a question, several reference answers \
-written by a strong model, and several answers written by students. Write ONE rubric that a separate, \
-blind grader will use to grade each answer on its own.
-
-How to build it:
-1. Start with a base rubric that would fit any answer to this question: what a correct, complete \
-answer must do. Then sharpen one or two criteria so they catch the most important difference you \
-see between the reference answers and the student answers.
-2. Between {{min_criteria}} and {{max_criteria}} criteria. Each criterion is a single yes/no check, \
-specific, self-contained, and decidable by reading one response alone.
-3. Never write "matches the reference" (its final answer, method or wording). The references may be \
-wrong; a valid alternative method must pass. If the students are as good as the references, do not \
-invent criteria that favour the references.
-4. Categories: "task_fulfillment" (does it do what was asked, meet the stated requirements), \
-"response_quality" (observable qualities of the response: correctness of stated facts, clarity, \
-completeness), "reasoning_quality" (only when the reasoning itself really separates the answers).
-5. Points are integers from 1 to 5: 5 = decisive (failing it means the core task is not done); \
-4 = strongly discriminating; 2 = supporting merit; 1 = routine or format (pure format is never worth \
-more than 1); 3 is rare. Usually only one or two criteria get 4 or 5 points.
-
-Reply with JSON only, in this form:
-{{{{"schema": "{RUBRIC_SCHEMA}", "criteria": [{{{{"criterion_id": "c1", "category": "task_fulfillment", \
-"criterion": "...", "points": 5}}}}, ...], "maximum_score": <sum of points>}}}}"""
-
-VERIFIER_SYSTEM = f"""You grade answers against a rubric. You will see a question, a rubric of numbered \
-criteria, and several answers labelled Answer 1, Answer 2, ... For every answer and every criterion, \
-decide true or false.
-
-Rules: a criterion is true only if every condition in it is clearly met by that answer; there is no \
-partial credit. Judge each answer on its own, never by comparing it with the other answers. Length, \
-confidence and style earn nothing unless a criterion asks for them.
-
-Reply with JSON only, one entry per answer, in order, each with one boolean per criterion in rubric \
-order:
-{{"schema": "{VERDICT_SCHEMA}", "results": [{{"answer_index": 1, "judgement": [true, false, ...], \
-"final_score": <sum of the points of the true criteria>}}, ...]}}"""
-
-TJUDGE_SYSTEM = f"""You grade one answer to a question. Give a single holistic score between 0 and 1 \
-for how correct and complete the answer is (1 = fully correct and complete, 0 = wrong or missing). \
-Judge the answer on its own merits; length, confidence and style earn nothing.
-
-Reply with JSON only: {{"schema": "{TJUDGE_SCHEMA}", "score": <number between 0 and 1>}}"""
-
-
-def _block(tag: str, text: str, index: int | None = None) -> str:
-    attr = f' index="{index}"' if index is not None else ""
-    return f"<{tag}{attr}>\n{text}\n</{tag}>"
-
-
-def rubricator_messages(question: str, references: Sequence[str], rollouts: Sequence[str],
-                        min_criteria: int = MIN_CRITERIA, max_criteria: int = MAX_CRITERIA,
-                        extra_instructions: str = "") -> list[dict]:
-    """Eq. 2 (prompt: App. D): the rubricator sees who is who (references vs students): the
-    contrast is the point."""
-    system = RUBRICATOR_SYSTEM.format(min_criteria=min_criteria, max_criteria=max_criteria)
-    if extra_instructions:
-        system += "\n\nAdditional instructions:\n" + extra_instructions
-    parts = [_block("question", question)]
-    parts += [_block("reference", strip_reasoning(r), i + 1) for i, r in enumerate(references)]
-    parts += [_block("student", strip_reasoning(s), i + 1) for i, s in enumerate(rollouts)]
-    return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
-
-
-def render_rubric(rubric: Rubric) -> str:
-    return "\n".join(f"{i + 1}. [{c.id}, {c.points} points] {c.text}"
-                     for i, c in enumerate(rubric.criteria))
-
-
-def verifier_messages(question: str, rubric: Rubric, answers: Sequence[str],
-                      extra_instructions: str = "") -> list[dict]:
-    """Eq. 3 (prompt: App. D): blind batched verification; `answers` are already shuffled (see
-    blind_pool)."""
-    system = VERIFIER_SYSTEM
-    if extra_instructions:
-        system += "\n\nAdditional instructions:\n" + extra_instructions
-    parts = [_block("question", question), _block("rubric", render_rubric(rubric))]
-    parts += [_block("answer", strip_reasoning(a), i + 1) for i, a in enumerate(answers)]
-    return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
-
-
-def tjudge_messages(question: str, answer: str) -> list[dict]:
-    """T-Judge baseline: one holistic score per rollout, no rubric, no references."""
-    user = _block("question", question) + "\n\n" + _block("answer", strip_reasoning(answer), 1)
-    return [{"role": "system", "content": TJUDGE_SYSTEM}, {"role": "user", "content": user}]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,28 +148,57 @@ def _repair(s: str) -> str:
     return "".join(out)
 
 
-def extract_json(text: str):
-    """The first JSON object (or array) in `text`: code fences and surrounding prose are ignored,
-    common slips repaired. Raises JudgeFormatError when none can be read."""
+def _json_values(text: str):
+    """Every top-level JSON value in `text`, in order, repaired where needed (the values inside a
+    parsed one are not visited again). Stops at a value that is never closed (a cut-off output)."""
+    pos, opener = 0, re.compile(r"[{\[]")
+    while (m := opener.search(text, pos)):
+        span = _balanced_span(text, m.start())
+        if span is None:
+            return
+        for attempt in (span, _repair(span)):
+            try:
+                yield json.loads(attempt)
+                pos = m.start() + len(span)
+                break
+            except json.JSONDecodeError:
+                pass
+        else:
+            pos = m.start() + 1
+
+
+def extract_json(text: str, want: Callable[[object], bool] | None = None):
+    """The JSON value in `text` that the caller wants: the first for which `want(value)` holds, else
+    the first at all (its parser then says what is wrong with it). Code fences and prose around it
+    are ignored, common slips repaired, so "Grading answers [1] and [2]: {...}" gives the object,
+    not [1]. Raises JudgeFormatError when no value can be read."""
     if not text or not text.strip():
         raise JudgeFormatError("empty judge output")
     text = strip_reasoning(text)
-    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
-    saw_open = False
-    for cand in candidates:
-        for m in re.finditer(r"[{\[]", cand):
-            saw_open = True
-            span = _balanced_span(cand, m.start())
-            if span is None:  # never closed: the output was cut off; inner values are fragments
-                break
-            for attempt in (span, _repair(span)):
-                try:
-                    return json.loads(attempt)
-                except json.JSONDecodeError:
-                    pass
-    if saw_open:
+    first = None
+    for cand in [m.group(1) for m in _FENCE.finditer(text)] + [text]:
+        for value in _json_values(cand):
+            if want is None or want(value):
+                return value
+            first = value if first is None else first
+    if first is not None:
+        return first
+    if re.search(r"[{\[]", text):
         raise JudgeFormatError("judge output has no complete, valid JSON value (truncated or malformed)")
     raise JudgeFormatError("judge output contains no JSON")
+
+
+def _has_list(*keys):
+    """want(): an object with a list under one of `keys`, or a bare list of objects."""
+    return lambda v: (isinstance(v, dict) and any(isinstance(v.get(k), list) for k in keys)) or (
+        isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v))
+
+
+def _check_schema(data, expected: str):
+    """A schema_version, when the judge gave one, must be the one asked for."""
+    got = data.get("schema_version", data.get("schema")) if isinstance(data, dict) else None
+    if got is not None and got != expected:
+        raise JudgeFormatError(f"schema_version {got!r}; expected {expected!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,17 +217,23 @@ def _as_points(value, where: str) -> int:
     return value
 
 
-def parse_rubric(text: str, min_criteria: int = MIN_CRITERIA,
-                 max_criteria: int = MAX_CRITERIA) -> Rubric:
-    """Eq. 2: judge text -> Rubric. Tolerates fences, prose, trailing commas, a bare criteria list,
-    numeric strings for points, a wrong maximum_score (recomputed). Rejects everything else."""
-    data = extract_json(text)
-    if isinstance(data, dict):
-        items = data.get("criteria", data.get("rubric"))
-    else:
-        items = data
+RUBRIC_KEYS = ("rubrics", "criteria", "rubric")
+
+
+def parse_rubric(text: str, min_criteria: int = MIN_CRITERIA, max_criteria: int = MAX_CRITERIA,
+                 variant: str = "official") -> Rubric:
+    """Eq. 2: judge text -> Rubric, in the official schema ({"schema_version": "ropd.rubric.v1",
+    "rubrics": [{criterion_id, category, criterion, points}], "maximum_score"}) or App. D's
+    (variant="paper": "weight" for points, plus K, max_weighted_sum, question_domain,
+    estimated_student_pass_rate). Tolerates fences, prose, trailing commas, a bare criteria list,
+    numeric strings for points, a wrong maximum_score / K / max_weighted_sum (recomputed). Rejects
+    everything else, and another schema_version than the one asked for."""
+    data = extract_json(text, _has_list(*RUBRIC_KEYS))
+    _check_schema(data, RUBRIC_SCHEMA if variant == "official" else PAPER_RUBRIC_SCHEMA)
+    items = next((data[k] for k in RUBRIC_KEYS if isinstance(data.get(k), list)), None) \
+        if isinstance(data, dict) else data
     if not isinstance(items, list):
-        raise JudgeFormatError("rubric JSON has no 'criteria' list")
+        raise JudgeFormatError("rubric JSON has no 'rubrics' list")
     if not min_criteria <= len(items) <= max_criteria:
         raise JudgeFormatError(f"rubric has {len(items)} criteria; expected {min_criteria}-{max_criteria}")
     criteria, seen = [], set()
@@ -313,10 +248,12 @@ def parse_rubric(text: str, min_criteria: int = MIN_CRITERIA,
         body = item.get("criterion", item.get("text", item.get("description")))
         if not isinstance(body, str) or not body.strip():
             raise JudgeFormatError(f"{where} ({cid}) has no criterion text")
-        category = str(item.get("category", "")).strip().lower().replace(" ", "_") or "task_fulfillment"
         points = _as_points(item.get("points", item.get("weight")), f"{where} ({cid})")
-        criteria.append(Criterion(cid, category, body.strip(), points))
-    return Rubric(tuple(criteria))
+        criteria.append(Criterion(cid, str(item.get("category", "")).strip(), body.strip(), points))
+    meta = data if isinstance(data, dict) else {}
+    rate = meta.get("estimated_student_pass_rate")
+    return Rubric(tuple(criteria), meta.get("question_domain") if isinstance(meta.get("question_domain"), str) else None,
+                  float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool) else None)
 
 
 _TRUE = {"true", "yes", "pass", "passed", "met", "1", "y"}
@@ -333,17 +270,38 @@ def _as_bool(v, where: str) -> bool:
     raise JudgeFormatError(f"{where}: judgement must be true/false, got {v!r}")
 
 
+def _judgement(j, rubric: Rubric, where: str) -> list[bool]:
+    """One answer's judgement: a list in rubric order, or an object keyed by criterion id."""
+    ids = [c.id for c in rubric.criteria]
+    if isinstance(j, dict):
+        missing = [i for i in ids if i not in j]
+        if missing:
+            raise JudgeFormatError(f"{where}: no judgement for criteria {missing}")
+        j = [j[i] for i in ids]
+    if not isinstance(j, list):
+        raise JudgeFormatError(f"{where}: judgement is not a list")
+    if len(j) != len(ids):
+        raise JudgeFormatError(f"{where}: {len(j)} judgements for {len(ids)} criteria")
+    return [_as_bool(v, where) for v in j]
+
+
+VERDICT_KEYS = ("answers", "results", "verdicts")
+
+
 def parse_verdicts(text: str, rubric: Rubric, n_answers: int) -> list[list[bool]]:
-    """Eq. 3: judge text -> one boolean list per answer (answer order 1..n), each of exactly the
-    rubric's length. A judgement may also be an object keyed by criterion id. The judge's
-    `final_score` is ignored (see `score`)."""
-    data = extract_json(text)
-    results = data.get("results", data.get("answers", data.get("verdicts"))) if isinstance(data, dict) else data
+    """Eq. 3: the batch verifier's text ({"schema_version": "ropd.batch_verifier.v2", "answers":
+    [{answer_index, judgement, final_score}]}) -> one boolean list per answer (answer order 1..n),
+    each of exactly the rubric's length. Entries may come out of order (answer_index puts them
+    back) and a judgement may be keyed by criterion id. The judge's `final_score` is ignored (see
+    `score`)."""
+    data = extract_json(text, _has_list(*VERDICT_KEYS))
+    _check_schema(data, VERDICT_SCHEMA)
+    results = next((data[k] for k in VERDICT_KEYS if isinstance(data.get(k), list)), None) \
+        if isinstance(data, dict) else data
     if not isinstance(results, list):
-        raise JudgeFormatError("verdict JSON has no 'results' list")
+        raise JudgeFormatError("verdict JSON has no 'answers' list")
     if len(results) != n_answers:
         raise JudgeFormatError(f"verdict has {len(results)} answers; expected {n_answers}")
-    ids = [c.id for c in rubric.criteria]
     out: list[list[bool] | None] = [None] * n_answers
     for k, r in enumerate(results):
         if not isinstance(r, dict):
@@ -357,24 +315,27 @@ def parse_verdicts(text: str, rubric: Rubric, n_answers: int) -> list[list[bool]
             raise JudgeFormatError(f"answer_index {idx} out of range 1-{n_answers}")
         if out[idx - 1] is not None:
             raise JudgeFormatError(f"answer_index {idx} appears twice")
-        j = r.get("judgement", r.get("judgements", r.get("judgment")))
-        where = f"answer {idx}"
-        if isinstance(j, dict):
-            missing = [i for i in ids if i not in j]
-            if missing:
-                raise JudgeFormatError(f"{where}: no judgement for criteria {missing}")
-            j = [j[i] for i in ids]
-        if not isinstance(j, list):
-            raise JudgeFormatError(f"{where}: judgement is not a list")
-        if len(j) != len(ids):
-            raise JudgeFormatError(f"{where}: {len(j)} judgements for {len(ids)} criteria")
-        out[idx - 1] = [_as_bool(v, where) for v in j]
+        out[idx - 1] = _judgement(r.get("judgement", r.get("judgements", r.get("judgment"))), rubric,
+                                  f"answer {idx}")
     return out  # type: ignore[return-value]
 
 
-def parse_tjudge(text: str) -> float:
-    """T-Judge: the holistic score in [0, 1] (a 0-10 scale is rescaled)."""
-    data = extract_json(text)
+def parse_single_verdict(text: str, rubric: Rubric) -> list[bool]:
+    """Eq. 3, App. D's per-response verifier: {"schema_version": "black_opd.verifier.v1",
+    "judgements": [...], "weighted_score", "pass_rate"} -> the booleans (the scores are ignored)."""
+    data = extract_json(text, lambda v: isinstance(v, dict) and ("judgements" in v or "judgement" in v))
+    _check_schema(data, PAPER_VERDICT_SCHEMA)
+    if not isinstance(data, dict) or not ("judgements" in data or "judgement" in data):
+        raise JudgeFormatError("verdict JSON has no 'judgements' list")
+    return _judgement(data.get("judgements", data.get("judgement")), rubric, "response")
+
+
+def parse_score(text: str, tag: str) -> float:
+    """A holistic judge's score as a reward in [0, 1]: T-Judge's number in [0, 1] (tag
+    ropd.tjudge.v1), or OVD's integer 0-9 divided by 9 (ropd.ovd.v1). A score off its scale is
+    rejected rather than guessed at (is 2 on a 0-1 prompt 2/10 or 2/5?)."""
+    data = extract_json(text, lambda v: isinstance(v, dict) and "score" in v)
+    _check_schema(data, tag)
     value = data.get("score") if isinstance(data, dict) else None
     if isinstance(value, str):
         try:
@@ -382,9 +343,11 @@ def parse_tjudge(text: str) -> float:
         except ValueError:
             pass
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise JudgeFormatError(f"T-Judge output has no numeric 'score' (got {value!r})")
-    if 1 < value <= 10:
-        value = value / 10
+        raise JudgeFormatError(f"judge output has no numeric 'score' (got {value!r})")
+    if tag == OVD_SCHEMA:
+        if not (float(value).is_integer() and 0 <= value <= 9):
+            raise JudgeFormatError(f"OVD score {value} is not an integer from 0 to 9")
+        return float(value) / 9
     if not 0 <= value <= 1:
         raise JudgeFormatError(f"T-Judge score {value} is outside [0, 1]")
     return float(value)
@@ -440,30 +403,44 @@ class Group:
 class GroupResult:
     """What the judge made of one group: the rollouts' rewards and the record of how."""
     rewards: list[float]                       # one per rollout, in rollout order
-    rubric: Rubric | None = None
-    judgements: list[list[bool]] | None = None  # per rollout
+    rubrics: list[Rubric] = field(default_factory=list)  # the shared rubric (or one per rollout)
+    judgements: list[list[bool]] | None = None  # per rollout, under its rubric
+    references: list[str] = field(default_factory=list)  # what the judge saw (duplicates dropped)
     reference_scores: list[float] = field(default_factory=list)
     fallback: str | None = None                # why this group got reward 0 (failure policy), else None
     format_errors: list[str] = field(default_factory=list)
 
+    @property
+    def rubric(self) -> Rubric | None:
+        return self.rubrics[0] if len(self.rubrics) == 1 else None
+
 
 @dataclass(frozen=True)
 class JudgeSettings:
-    """How the rubricator and the verifier are asked (defaults: the official code's)."""
+    """How the rubricator and the verifier are asked. Defaults: the official code; the paper's
+    App. D prompts and the Table 6 ablations are one field away."""
     retries: int = 2                   # re-asks of an output that does not parse
     min_criteria: int = MIN_CRITERIA   # K, the rubric's size, is in [min, max]
     max_criteria: int = MAX_CRITERIA
-    verifier_chunk: int | None = None  # answers per verifier call (None: the whole pool at once)
+    verifier_chunk: int | None = None  # answers per batch verifier call (None: the whole pool at once)
     rubricator_instructions: str = ""  # appended to the rubricator prompt
     verifier_instructions: str = ""    # appended to the verifier prompt
+    rubric_prompt: str = "official"    # "official" or "paper" (App. D's multi-teacher rubricator)
+    verifier: str = "batch"            # "batch" (official) or "per-response" (App. D)
+    min_references: int = 1            # a group with fewer teacher answers falls back (official: m)
+    per_rollout_rubrics: bool = False  # Table 6 "w/o sharing": one rubric per (references, rollout)
+    sighted_verifier: bool = False     # Table 6 "w/o blind scoring": the verifier knows who wrote what
+    pool_references: bool = True       # False: a pool of the rollouts alone (no difficulty anchor)
 
 
-# complete(chats, stage, attempt, valid) -> one text (or an Exception) per chat; `valid(i, text)`
-# says whether chat i's text parses (a caching backend should not keep the ones that do not)
-CompleteFn = Callable[[list, str, int, Callable[[int, str], bool]], list]
+# complete(chats, stage, attempt, valid, tag) -> one text (or an Exception) per chat. `valid(i,
+# text)` says whether chat i's text parses (a caching backend should not keep the ones that do
+# not); `tag` is the schema_version the output must have (for APIs with structured outputs).
+CompleteFn = Callable[..., list]
 
 
-def ask_judge(complete: CompleteFn, chats: dict, stage: str, retries: int, parse, errors: dict):
+def ask_judge(complete: CompleteFn, chats: dict, stage: str, retries: int, parse, errors: dict,
+              tag: str | None = None):
     """Send chats (key -> messages), parse each reply; re-ask only the failed ones, up to `retries`
     more times. Returns key -> parsed value for those that succeeded; errors[key] lists why not."""
     done, todo = {}, dict(chats)
@@ -479,7 +456,7 @@ def ask_judge(complete: CompleteFn, chats: dict, stage: str, retries: int, parse
             except Exception:  # noqa: BLE001
                 return False
 
-        replies = complete([todo[k] for k in keys], stage, attempt, valid)
+        replies = complete([todo[k] for k in keys], stage, attempt, valid, tag=tag)
         for k, reply in zip(keys, replies):
             try:
                 if isinstance(reply, Exception):
@@ -492,103 +469,153 @@ def ask_judge(complete: CompleteFn, chats: dict, stage: str, retries: int, parse
 
 
 def induce_rubrics(complete: CompleteFn, groups: Sequence[Group], s: JudgeSettings,
-                   errors: dict) -> dict[int, Rubric]:
+                   errors: dict) -> dict[tuple[int, int], Rubric]:
     """Rubric induction (§2.2, Eq. 2): one rubricator call per group, which sees the question, the
     references and the rollouts - labelled as such, the contrast is the point - and writes one
-    rubric shared by the whole group. Groups without references get none. Returns index -> rubric."""
-    chats = {gi: rubricator_messages(g.question, g.references, g.rollouts, s.min_criteria,
-                                     s.max_criteria, s.rubricator_instructions)
-             for gi, g in enumerate(groups) if g.references}
+    rubric shared by the whole group. Table 6's "w/o sharing" ablation instead writes one rubric
+    per (references, rollout j) pair: G calls per group. Groups with too few references get none.
+    Returns (group, unit) -> rubric, unit 0 for a shared rubric, unit j for rollout j's."""
+    chats = {}
+    for gi, g in enumerate(groups):
+        if len(g.references) < max(1, s.min_references):
+            continue
+        units = [[r] for r in g.rollouts] if s.per_rollout_rubrics else [g.rollouts]
+        for u, rollouts in enumerate(units):
+            chats[(gi, u)] = prompts.rubricator_messages(g.question, dedupe(g.references), rollouts, s.min_criteria,
+                                                         s.max_criteria, s.rubricator_instructions, s.rubric_prompt)
+    tag = RUBRIC_SCHEMA if s.rubric_prompt == "official" else PAPER_RUBRIC_SCHEMA
     return ask_judge(complete, chats, "rubricator", s.retries,
-                     lambda k, t: parse_rubric(t, s.min_criteria, s.max_criteria), errors)
+                     lambda k, t: parse_rubric(t, s.min_criteria, s.max_criteria, s.rubric_prompt), errors, tag)
 
 
-def verify_blindly(complete: CompleteFn, groups: Sequence[Group], rubrics: dict[int, Rubric],
-                   s: JudgeSettings, errors: dict) -> dict[int, list]:
-    """Blind verification (§2.2, Eq. 3): each group's references and rollouts are shuffled into one
-    pool (blind_pool) and graded against its rubric, criterion by criterion, in one verifier call
-    (or `verifier_chunk` answers per call). The references stay in the pool: they anchor the scale
-    across problem difficulties (§4.3). Returns index -> [((source, i), judgement), ...] in pool
-    order, for the groups whose every verifier call parsed."""
+def verify_blindly(complete: CompleteFn, groups: Sequence[Group], rubrics: dict, s: JudgeSettings,
+                   errors: dict) -> dict[tuple[int, int], list]:
+    """Blind verification (§2.2, Eq. 3): a rubric's references and rollouts are shuffled into one
+    pool (blind_pool) and graded criterion by criterion, in one verifier call (or `verifier_chunk`
+    answers per call, or one call per answer: App. D's per-response verifier). The references stay
+    in the pool: they anchor the scale across problem difficulties (§4.3); Table 6's ablations
+    label them (sighted_verifier) or leave them out (pool_references=False). Returns (group, unit)
+    -> [((source, index), judgement), ...] for the units whose every call parsed."""
     pools, chats = {}, {}
-    for gi, rub in rubrics.items():
+    for (gi, u), rub in rubrics.items():
         g = groups[gi]
-        answers, owners = blind_pool(g.prompt_id, g.references, g.rollouts)
-        pools[gi] = (answers, owners)
-        size = s.verifier_chunk or len(answers)
-        for c, start in enumerate(range(0, len(answers), size)):
-            chats[(gi, c)] = verifier_messages(g.question, rub, answers[start:start + size],
-                                               s.verifier_instructions)
+        refs = dedupe(g.references) if s.pool_references else []
+        answers, owners = blind_pool(g.prompt_id, refs, [g.rollouts[u]] if s.per_rollout_rubrics else g.rollouts)
+        if s.per_rollout_rubrics:  # the one rollout of unit u is rollout u of the group
+            owners = [(src, u if src == "student" else i) for src, i in owners]
+        pools[(gi, u)] = (answers, owners)
+        for c, chat in enumerate(_verifier_chats(g.question, rub, answers, [src for src, _ in owners], s)):
+            chats[(gi, u, c)] = chat
 
     def parse_chunk(key, text):
-        gi, c = key
-        size = s.verifier_chunk or len(pools[gi][0])
-        return parse_verdicts(text, rubrics[gi], len(pools[gi][0][c * size:(c + 1) * size]))
+        gi, u, c = key
+        if s.verifier == "per-response":
+            return [parse_single_verdict(text, rubrics[(gi, u)])]
+        size = s.verifier_chunk or len(pools[(gi, u)][0])
+        return parse_verdicts(text, rubrics[(gi, u)], len(pools[(gi, u)][0][c * size:(c + 1) * size]))
 
-    chunk_errors: dict = {}
-    verdicts = ask_judge(complete, chats, "verifier", s.retries, parse_chunk, chunk_errors)
+    tag = PAPER_VERDICT_SCHEMA if s.verifier == "per-response" else VERDICT_SCHEMA
+    verdicts = ask_judge(complete, chats, "verifier", s.retries, parse_chunk, errors, tag)
     graded = {}
-    for gi, (_, owners) in pools.items():
-        keys = [k for k in chats if k[0] == gi]
-        errors.setdefault(gi, []).extend(e for k in keys for e in chunk_errors.get(k, []))
+    for unit, (_, owners) in pools.items():
+        keys = [k for k in chats if k[:2] == unit]
         if all(k in verdicts for k in keys):
-            graded[gi] = list(zip(owners, [v for k in keys for v in verdicts[k]]))
+            graded[unit] = list(zip(owners, [v for k in keys for v in verdicts[k]]))
     return graded
 
 
-def weighted_pass_rates(group: Group, rubric: Rubric, graded: list) -> GroupResult:
-    """Eq. 4: every pooled answer's weighted pass rate (see `score`), given back to its owner. The
-    rollouts' scores are their rewards; the references' are only logged (how often a student beat
-    every reference), never a reward."""
-    res = GroupResult([0.0] * len(group.rollouts), rubric, [None] * len(group.rollouts),
-                      [0.0] * len(group.references))
-    for (src, i), judgement in graded:
-        s = score(rubric, judgement)
-        if src == "student":
-            res.rewards[i], res.judgements[i] = s, judgement
-        else:
-            res.reference_scores[i] = s
+def _verifier_chats(question: str, rub: Rubric, answers: list[str], sources: list[str], s: JudgeSettings):
+    """The verifier calls for one pool: every answer in one call (official), `verifier_chunk`
+    answers per call, or one per call (App. D's per-response verifier)."""
+    if s.verifier == "per-response":
+        return [prompts.single_verifier_messages(question, rub, a, s.verifier_instructions) for a in answers]
+    size = s.verifier_chunk or len(answers)
+    return [prompts.verifier_messages(question, rub, answers[i:i + size], s.verifier_instructions,
+                                      sources[i:i + size] if s.sighted_verifier else None)
+            for i in range(0, len(answers), size)]
+
+
+def weighted_pass_rates(group: Group, units: list[tuple[Rubric, list]]) -> GroupResult:
+    """Eq. 4: every pooled answer's weighted pass rate under its rubric (see `score`), given back to
+    its owner. The rollouts' scores are their rewards; the references' (averaged over the rubrics
+    that graded them) are only logged - how often a student beat every reference - never a reward."""
+    refs = dedupe(group.references)
+    res = GroupResult([0.0] * len(group.rollouts), [rub for rub, _ in units], [None] * len(group.rollouts), refs)
+    ref_sums, refs_in_pool = [0.0] * len(refs), False
+    for rub, graded in units:
+        for (src, i), judgement in graded:
+            if src == "student":
+                res.rewards[i], res.judgements[i] = score(rub, judgement), judgement
+            else:
+                ref_sums[i] += score(rub, judgement)
+                refs_in_pool = True
+    res.reference_scores = [x / len(units) for x in ref_sums] if refs_in_pool else []
     return res
 
 
 def ropd_reward(complete: CompleteFn, groups: Sequence[Group],
                 s: JudgeSettings = JudgeSettings()) -> list[GroupResult]:
     """The ROPD reward (§2.2, Eqs. 2-4) for a batch of groups: prompts, references and rollouts in;
-    one reward per rollout and a record of what the judge did out. Needs only this module and a
-    `complete` function that sends chats to the judge (CompleteFn).
+    one reward per rollout and a record of what the judge did out. Needs only this module,
+    prompts.py and a `complete` function that sends chats to the judge (CompleteFn).
 
     Each stage's calls go out as one batch (a concurrent backend runs them in parallel). A group
-    without references, or whose rubric or verdicts are still invalid after `s.retries` re-asks,
-    falls back: reward 0 for all its rollouts, so its advantage is 0 and it teaches nothing; the
-    result says why (the caller counts fallbacks and stops the run above a rate)."""
+    with fewer than `s.min_references` teacher answers, or whose rubric or verdicts are still
+    invalid after `s.retries` re-asks, falls back: reward 0 for all its rollouts, so its advantage
+    is 0 and it teaches nothing; the result says why (the caller counts fallbacks and stops the run
+    above a rate)."""
     errors: dict = {}
     rubrics = induce_rubrics(complete, groups, s, errors)
     graded = verify_blindly(complete, groups, rubrics, s, errors)
     results = []
     for gi, g in enumerate(groups):
-        if gi in graded:
-            res = weighted_pass_rates(g, rubrics[gi], graded[gi])
+        units = [u for u in graded if u[0] == gi]
+        n_units = len(g.rollouts) if s.per_rollout_rubrics else 1
+        if len(units) == n_units:
+            res = weighted_pass_rates(g, [(rubrics[u], graded[u]) for u in sorted(units)])
         else:
-            why = "no references" if not g.references else "verifier failed" if gi in rubrics else "rubricator failed"
-            res = GroupResult([0.0] * len(g.rollouts), rubrics.get(gi), fallback=why)
-        res.format_errors = errors.get(gi, [])
+            res = GroupResult([0.0] * len(g.rollouts), [rubrics[u] for u in sorted(rubrics) if u[0] == gi],
+                              references=dedupe(g.references), fallback=_why_not(g, gi, rubrics, n_units, s))
+        res.format_errors = [e for k, errs in errors.items() if k[0] == gi for e in errs]
         results.append(res)
     return results
 
 
-def tjudge_reward(complete: CompleteFn, groups: Sequence[Group],
-                  s: JudgeSettings = JudgeSettings()) -> list[GroupResult]:
-    """The T-Judge baseline (§3.1): the teacher scores each rollout holistically (no rubric, no
-    references); the score is the reward. A group with any unscorable rollout falls back to 0."""
-    chats = {(gi, j): tjudge_messages(g.question, t)
-             for gi, g in enumerate(groups) for j, t in enumerate(g.rollouts)}
+def _why_not(g: Group, gi: int, rubrics: dict, n_units: int, s: JudgeSettings) -> str:
+    """Why a group fell back (it is logged, and the run's error names it)."""
+    need = max(1, s.min_references)
+    if len(g.references) < need:
+        return "no references" if not g.references else f"too few references ({len(g.references)} < {need})"
+    return "rubricator failed" if sum(u[0] == gi for u in rubrics) < n_units else "verifier failed"
+
+
+def holistic_reward(complete: CompleteFn, groups: Sequence[Group], stage: str, tag: str,
+                    retries: int = 2) -> list[GroupResult]:
+    """A baseline's judge (§3.1): the teacher scores each rollout on its own (no rubric, no
+    references) and the score is the reward: T-Judge (stage "tjudge", a score in [0, 1]) or OVD
+    (stage "ovd", a verbal 0-9 score / 9). A group with any unscorable rollout falls back to 0."""
+    make = prompts.tjudge_messages if tag == TJUDGE_SCHEMA else prompts.ovd_messages
+    chats = {(gi, j): make(g.question, t) for gi, g in enumerate(groups) for j, t in enumerate(g.rollouts)}
     errors: dict = {}
-    scores = ask_judge(complete, chats, "tjudge", s.retries, lambda k, t: parse_tjudge(t), errors)
+    scores = ask_judge(complete, chats, stage, retries, lambda k, t: parse_score(t, tag), errors, tag)
     results = []
     for gi, g in enumerate(groups):
         keys = [(gi, j) for j in range(len(g.rollouts))]
         ok = all(k in scores for k in keys)
         results.append(GroupResult(rewards=[scores[k] if ok else 0.0 for k in keys],
-                                   fallback=None if ok else "tjudge failed",
+                                   fallback=None if ok else f"{stage} failed",
                                    format_errors=[e for k in keys for e in errors.get(k, [])]))
     return results
+
+
+def tjudge_reward(complete: CompleteFn, groups: Sequence[Group],
+                  s: JudgeSettings = JudgeSettings()) -> list[GroupResult]:
+    """The T-Judge baseline (§3.1): one holistic teacher score in [0, 1] per rollout."""
+    return holistic_reward(complete, groups, "tjudge", TJUDGE_SCHEMA, s.retries)
+
+
+def ovd_reward(complete: CompleteFn, groups: Sequence[Group],
+               s: JudgeSettings = JudgeSettings()) -> list[GroupResult]:
+    """The OVD baseline (§3.1, On-policy Verbal Distillation): the teacher's discrete verbal score
+    0-9 of each rollout; the reward is score / 9 (our scaling, to [0, 1] like every other reward)."""
+    return holistic_reward(complete, groups, "ovd", OVD_SCHEMA, s.retries)

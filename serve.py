@@ -78,7 +78,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(length) or b"{}")
         except json.JSONDecodeError:
             return self._error(400, "request body is not JSON", anthropic_style)
-        self.server.count()
+        self.server.count(body)
         fault = self.server.next_fault()
         if fault:
             time.sleep(fault.get("delay", 0.0))
@@ -183,6 +183,7 @@ class TeacherServer(ThreadingHTTPServer):
         self.model_name = model_name or teacher.model
         self.faults = list(faults or [])
         self.requests = 0
+        self.bodies: list[dict] = []  # every request body received, for tests to inspect
         self._lock = threading.Lock()
         # a local model is not thread-safe: its requests are served one at a time
         self._serial = threading.Lock() if isinstance(teacher, HFTeacher) else contextlib.nullcontext()
@@ -211,9 +212,10 @@ class TeacherServer(ThreadingHTTPServer):
                                      for t, lp, r in zip(ids[1:], chosen.tolist(), rank.tolist())])
         return out
 
-    def count(self):
+    def count(self, body: dict):
         with self._lock:
             self.requests += 1
+            self.bodies.append(body)
 
     def next_fault(self):
         with self._lock:

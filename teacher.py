@@ -39,12 +39,12 @@ from pathlib import Path
 import torch
 
 import grpo
+import prompts
 import rubric
 import toy
 
 log = logging.getLogger("ropd.teacher")
 
-JUDGE_MARKERS = (rubric.RUBRIC_SCHEMA, rubric.VERDICT_SCHEMA, rubric.TJUDGE_SCHEMA)
 
 
 class TeacherError(RuntimeError):
@@ -66,6 +66,7 @@ class Request:
     temperature: float | None
     max_tokens: int
     keys: list[str] = field(default_factory=list)
+    options: dict = field(default_factory=dict)  # extra API fields: response_format, reasoning_effort
 
 
 class Teacher:
@@ -75,7 +76,8 @@ class Teacher:
     (retries, concurrency, rate limit, circuit breaker, usage) is a `Transport` (end of file)."""
 
     kind = "base"
-    supports_n = False  # can one request return several samples?
+    supports_n = False        # can one request return several samples?
+    supports_options = False  # does the API take response_format / reasoning_effort?
 
     def __init__(self, model: str, cache: Cache | str | Path | None = "default", concurrency: int = 8,
                  rpm: float | None = None, retries: int = 2, timeout: float = 120.0,
@@ -96,7 +98,7 @@ class Teacher:
 
     def complete(self, chats: list[list[dict]], n: int = 1, temperature: float | None = None,
                  max_tokens: int = 1024, role: str = "teacher", first_sample: int = 0,
-                 return_exceptions: bool = False, valid=None) -> list[list]:
+                 return_exceptions: bool = False, valid=None, options: dict | None = None) -> list[list]:
         """n texts for each chat (a list of {"role", "content"} messages).
 
         Sample j of a chat is cached under sample index first_sample + j, so asking again for the
@@ -105,13 +107,15 @@ class Teacher:
         exception in place of the text; otherwise it is raised. Fatal errors always raise.
         `valid(chat_index, text) -> bool`, if given, keeps texts that fail it out of the cache (a
         judge output that does not parse), so that a rerun asks again instead of replaying it.
+        `options` are extra API fields (structured output, reasoning effort; see judge_options).
         """
+        options = options or {}
         out = [[None] * n for _ in chats]
         pending: list[tuple[int, Request, list[int]]] = []
         for ci, chat in enumerate(chats):
             missing = []
             for j in range(n):
-                key = self._key(chat, temperature, max_tokens, first_sample + j)
+                key = self._key(chat, temperature, max_tokens, first_sample + j, options)
                 text = self._cached(key, role)
                 if text is not None:
                     out[ci][j] = text
@@ -121,9 +125,9 @@ class Teacher:
                 continue
             if self.supports_n:
                 pending.append((ci, Request(chat, len(missing), temperature, max_tokens,
-                                            [k for _, k in missing]), [j for j, _ in missing]))
+                                            [k for _, k in missing], options), [j for j, _ in missing]))
             else:
-                pending += [(ci, Request(chat, 1, temperature, max_tokens, [k]), [j])
+                pending += [(ci, Request(chat, 1, temperature, max_tokens, [k], options), [j])
                             for j, k in missing]
         if pending:
             results = self._run([r for _, r, _ in pending], role)
@@ -141,15 +145,32 @@ class Teacher:
                         self.cache.put(key, text, tin // len(texts), tout // len(texts))
         return out
 
-    def as_judge(self, max_tokens: int, temperature: float | None = None) -> rubric.CompleteFn:
-        """This backend as the `complete(chats, stage, attempt, valid)` that rubric.py's judges call:
-        one sample per chat, the stage as the usage role; a re-ask (attempt > 0) is a fresh sample,
-        not the cached one, and an output that does not parse is not cached (a rerun asks again)."""
-        def complete(chats, stage, attempt, valid=None):
-            out = self.complete(chats, n=1, temperature=temperature, max_tokens=max_tokens, role=stage,
-                                first_sample=attempt, return_exceptions=True, valid=valid)
+    def as_judge(self, max_tokens: int, temperatures: dict | None = None, json_mode: bool = False,
+                 reasoning_effort: str | None = None) -> rubric.CompleteFn:
+        """This backend as the `complete(chats, stage, attempt, valid, tag)` that rubric.py's judges
+        call: one sample per chat at the stage's temperature (`temperatures`: stage -> value; a
+        missing one is not sent), the stage as the usage role; a re-ask (attempt > 0) is a fresh
+        sample, not the cached one, and an output that does not parse is not cached (a rerun asks
+        again). With `json_mode` the API is asked for the output's JSON schema (judge_options)."""
+        self.check_judge_options(json_mode, reasoning_effort)
+
+        def complete(chats, stage, attempt, valid=None, tag=None):
+            options = self.judge_options(tag if json_mode else None, reasoning_effort)
+            out = self.complete(chats, n=1, temperature=(temperatures or {}).get(stage), max_tokens=max_tokens,
+                                role=stage, first_sample=attempt, return_exceptions=True, valid=valid,
+                                options=options)
             return [o[0] for o in out]
         return complete
+
+    def check_judge_options(self, json_mode: bool, reasoning_effort: str | None):
+        """Structured output and reasoning effort are API fields: refuse them where there is none."""
+        if (json_mode or reasoning_effort) and not self.supports_options:
+            flag = "--judge-json-mode" if json_mode else "--judge-reasoning-effort"
+            raise TeacherError(f"{flag}: the {self.kind} backend ({self.fingerprint}) takes no such option; "
+                               f"leave it off (it is for OpenAI and OpenAI-compatible servers)")
+
+    def judge_options(self, tag: str | None, reasoning_effort: str | None) -> dict:
+        return {}
 
     @property
     def usage(self) -> dict[str, RoleUsage]:
@@ -169,17 +190,17 @@ class Teacher:
             self.transport.count(role, cache_hits=1)
         return None if hit is None else hit[0]
 
-    def _key(self, chat, temperature, max_tokens, index) -> str:
-        blob = json.dumps([self.fingerprint, chat, temperature, max_tokens, index], sort_keys=True,
-                          ensure_ascii=False)
+    def _key(self, chat, temperature, max_tokens, index, options=None) -> str:
+        fields = [self.fingerprint, chat, temperature, max_tokens, index] + ([options] if options else [])
+        blob = json.dumps(fields, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _run(self, requests: list[Request], role: str) -> list:
         """Send the requests with bounded concurrency; each gets its own retries."""
         return self.transport.send_all([functools.partial(self._request, r.chat, r.n, r.temperature,
-                                                          r.max_tokens) for r in requests], role)
+                                                          r.max_tokens, r.options) for r in requests], role)
 
-    def _request(self, chat, n, temperature, max_tokens) -> tuple[list[str], int, int]:
+    def _request(self, chat, n, temperature, max_tokens, options) -> tuple[list[str], int, int]:
         raise NotImplementedError
 
 
@@ -193,12 +214,13 @@ class OpenAITeacher(Teacher):
 
     kind = "openai"
     supports_n = True
+    supports_options = True
 
     def __init__(self, model: str, base_url: str | None = None, **kw):
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL")
         super().__init__(model, **kw)
         import openai
 
-        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL")
         key = os.environ.get("OPENAI_API_KEY")
         if not key:
             if not self.base_url:
@@ -209,8 +231,28 @@ class OpenAITeacher(Teacher):
         self.client = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout,
                                     max_retries=0)
 
-    def _request(self, chat, n, temperature, max_tokens):
-        kwargs = dict(model=self.model, messages=chat, n=n, max_completion_tokens=max_tokens)
+    @property
+    def fingerprint(self) -> str:
+        """The server is part of what identifies the outputs: two servers may serve two models
+        under one name."""
+        return f"{self.kind}:{self.model}" + (f"@{self.base_url}" if self.base_url else "")
+
+    def judge_options(self, tag: str | None, reasoning_effort: str | None) -> dict:
+        """The official code's structured output: OpenAI's API gets the output's strict JSON schema;
+        an OpenAI-compatible server (vLLM, ...) gets response_format json_object. Reasoning models
+        get `reasoning_effort`."""
+        out: dict = {}
+        if tag and self.base_url:
+            out["response_format"] = {"type": "json_object"}
+        elif tag:
+            out["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": tag.replace(".", "_"), "schema": prompts.json_schema(tag), "strict": True}}
+        if reasoning_effort:
+            out["reasoning_effort"] = reasoning_effort
+        return out
+
+    def _request(self, chat, n, temperature, max_tokens, options):
+        kwargs = dict(model=self.model, messages=chat, n=n, max_completion_tokens=max_tokens, **options)
         if temperature is not None:
             kwargs["temperature"] = temperature
         resp = self.client.chat.completions.create(**kwargs)
@@ -309,16 +351,20 @@ class AnthropicTeacher(Teacher):
     kind = "anthropic"
 
     def __init__(self, model: str, base_url: str | None = None, **kw):
+        self.base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL")
         super().__init__(model, **kw)
         import anthropic
 
         key = os.environ.get("ANTHROPIC_API_KEY")
         if not key:
             raise TeacherError("ANTHROPIC_API_KEY is not set")
-        self.client = anthropic.Anthropic(api_key=key, base_url=base_url or os.environ.get("ANTHROPIC_BASE_URL"),
-                                          timeout=self.timeout, max_retries=0)
+        self.client = anthropic.Anthropic(api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=0)
 
-    def _request(self, chat, n, temperature, max_tokens):
+    @property
+    def fingerprint(self) -> str:
+        return f"{self.kind}:{self.model}" + (f"@{self.base_url}" if self.base_url else "")
+
+    def _request(self, chat, n, temperature, max_tokens, options):
         system = "\n\n".join(m["content"] for m in chat if m["role"] == "system")
         messages = [m for m in chat if m["role"] != "system"]
         kwargs = dict(model=self.model, messages=messages, max_tokens=max_tokens)
@@ -411,8 +457,7 @@ class ToyTeacher(HFTeacher):
         out: list = [None] * len(requests)
         model_reqs = []
         for i, r in enumerate(requests):
-            system = " ".join(m["content"] for m in r.chat if m["role"] == "system")
-            if any(tag in system for tag in JUDGE_MARKERS):
+            if prompts.schema_tag(r.chat):
                 text = toy.toy_judge(r.chat)
                 tin = sum(len(m["content"]) for m in r.chat)  # one token per character
                 out[i] = ([text] * r.n, tin * r.n, len(text) * r.n)
@@ -459,14 +504,29 @@ def load_teacher_and_judge(teacher: str, judge: str | None = None, **kw) -> tupl
     return t, (t if not judge or judge == teacher else load(judge, **kw))
 
 
-def references(teacher: Teacher, chats: list, k: int, temperature: float | None, max_tokens: int) -> list[list[str]]:
+def references(teacher: Teacher, chats: list, k: int, temperature: float | None, max_tokens: int,
+               new_settings: bool = False) -> list[list[str]]:
     """Eq. 1: K answers of the teacher per prompt (the official code's "teacher index"). They do not
     depend on the student, so the cache makes them a one-time cost: a rerun, a resumed run or
-    another method replays them. Exact duplicates are dropped; a request that failed for good
-    leaves its prompt with fewer (or no) references."""
+    another method replays them. Returns every answer that came back (duplicates included; the
+    judge drops them); a request that failed for good leaves its prompt with fewer. As officially,
+    asking for a prompt's references with other settings than those it was indexed with is an
+    error, not a silent second bill, unless `new_settings` (--new-references) says to pay again."""
+    settings = {"temperature": temperature, "max_tokens": max_tokens}
+    keys = [hashlib.sha256(json.dumps([teacher.fingerprint, "references", c], sort_keys=True).encode()).hexdigest()
+            for c in chats]
+    if teacher.cache is not None and not new_settings:
+        for key in keys:
+            old = teacher.cache.index_get(key)
+            if old is not None and old != settings:
+                raise TeacherError(f"the teacher index ({teacher.cache.path}) holds references of {teacher.fingerprint} "
+                                   f"made with {old}; this run asks {settings}. Pass --new-references to pay for "
+                                   f"new ones, or use another --cache")
     outs = teacher.complete(chats, n=k, temperature=temperature, max_tokens=max_tokens, role="reference",
                             return_exceptions=True)
-    return [rubric.dedupe([x for x in o if isinstance(x, str) and x.strip()]) for o in outs]
+    if teacher.cache is not None:
+        teacher.cache.index_put(keys, settings)
+    return [[x for x in o if isinstance(x, str) and x.strip()] for o in outs]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -492,6 +552,7 @@ class Cache:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, text TEXT, "
                          "input_tokens INTEGER, output_tokens INTEGER, created REAL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS reference_index (key TEXT PRIMARY KEY, settings TEXT)")
         self._db.commit()
 
     def get(self, key: str):
@@ -509,6 +570,18 @@ class Cache:
     def __len__(self):
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+
+    def index_get(self, key: str):
+        """The settings a prompt's references were made with (the teacher index), or None."""
+        with self._lock:
+            row = self._db.execute("SELECT settings FROM reference_index WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def index_put(self, keys: list[str], settings: dict):
+        with self._lock:
+            self._db.executemany("INSERT OR REPLACE INTO reference_index VALUES (?, ?)",
+                                 [(k, json.dumps(settings)) for k in keys])
+            self._db.commit()
 
 
 @dataclass

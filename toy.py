@@ -35,7 +35,7 @@ import torch
 
 import answers
 import grpo
-import rubric
+import prompts
 
 OPS = "+-*"
 ANSWER_RE = re.compile(r"Answer:\s*(-?\d+)\s*$")
@@ -246,17 +246,27 @@ def accuracy(model, tokenizer, problems: list[Problem], batch: int = 256,
 
 
 # ----------------------------------------------------------------------------------------------
-# The toy judge: answers the real rubricator / verifier / T-Judge prompts of rubric.py
+# The toy judge: answers the real rubricator / verifier / T-Judge / OVD prompts of prompts.py
 # ----------------------------------------------------------------------------------------------
-# It reads the rendered prompt text (as an LLM would), and replies with JSON in the official
-# schemas, so the whole prompt -> JSON -> parse -> reward path runs for real. Its criteria name the
-# exact lines a right answer contains, which it can then check in each answer.
+# It reads the rendered prompt text (as an LLM would: the blocks, the rubric's JSON), and replies
+# with JSON in the schema each prompt asks for, so the whole prompt -> JSON -> parse -> reward path
+# runs for real, for every variant. Its criteria name the exact lines a right answer contains,
+# which it can then check in each answer. It is a program: it cannot be talked round by text
+# inside a block, and it ignores who wrote an answer (the sighted ablation changes nothing here).
 
 STEP_LINE_RE = re.compile(r"^\s*(\d+)\s*([-+*])\s*(\d+)\s*=\s*(-?\d+)\s*$")
+BLOCK_RE = re.compile(r'<(\w+)-(\w+)((?: \w+="[^"]*")*)>\n(.*?)\n</\1-\2>', re.S)
 
 
-def _blocks(text: str, tag: str) -> list[str]:
-    return [m.group(1) for m in re.finditer(rf"<{tag}(?: index=\"\d+\")?>\n(.*?)\n</{tag}>", text, re.S)]
+def _blocks(text: str) -> dict[str, list[str]]:
+    """tag -> the contents of its blocks, in order (only blocks with the prompt's key)."""
+    found = list(BLOCK_RE.finditer(text))
+    key = found[0].group(2) if found else None
+    out: dict[str, list[str]] = {}
+    for m in found:
+        if m.group(2) == key:
+            out.setdefault(m.group(1), []).append(m.group(4))
+    return out
 
 
 def _lines(answer: str) -> list[str]:
@@ -271,32 +281,38 @@ def _chain(answer: str) -> tuple | None:
     return (steps, final) if steps and final is not None else None
 
 
-def _toy_rubric(question: str, references: list[str], students: list[str]) -> dict:
-    """Rubric induction (Eq. 2) for the toy task: the correct step lines (majority of the references' worked
-    solutions; the question itself if none is readable), the final answer, the answer format."""
+def _toy_rubric(question: str, references: list[str], students: list[str], paper: bool = False) -> dict:
+    """Rubric induction (Eq. 2) for the toy task: the correct step lines (the references' most
+    common worked solution, the first of them on a tie; the question itself if none is readable),
+    the final answer, the answer format; in the official schema, or App. D's (`paper`)."""
     chains = [c for c in map(_chain, references) if c]
     if chains:
-        steps, final = max(set(chains), key=chains.count)
+        steps, final = max(chains, key=chains.count)
     else:
         parsed = parse_question(question)
         if parsed is None:
             return {"error": "the toy judge can only read toy arithmetic questions"}
         steps, final = tuple(step_line(*st) for st in parsed), parsed[-1][3]
-    criteria = [{"category": "response_quality", "points": 2,
+    task, seen = (prompts.PAPER_CATEGORIES[0], prompts.PAPER_CATEGORIES[1]) if paper else \
+        (prompts.CATEGORIES[0], prompts.CATEGORIES[1])
+    criteria = [{"category": seen, "points": 2,
                  "criterion": f"The response contains the line `{line}` (step {k + 1} worked out correctly)."}
                 for k, line in enumerate(steps)]
     # sharpen the step most students miss (the key gap), unless the students have no gap
     misses = [sum(line not in _lines(s) for s in students) for line in steps]
     if max(misses, default=0) > 0:
         criteria[misses.index(max(misses))]["points"] = 4
-    criteria.append({"category": "task_fulfillment", "points": 5,
+    criteria.append({"category": task, "points": 5,
                      "criterion": f"The final line of the response is exactly `Answer: {final}`."})
-    criteria.append({"category": "response_quality", "points": 1,
+    criteria.append({"category": task, "points": 1,
                      "criterion": "The response ends with a final line of the form `Answer: <integer>`."})
-    for k, c in enumerate(criteria):
-        c["criterion_id"] = f"c{k + 1}"
-    return {"schema": rubric.RUBRIC_SCHEMA, "criteria": criteria,
-            "maximum_score": sum(c["points"] for c in criteria)}
+    items = [{"criterion_id": f"c{k + 1}", "category": c["category"], "criterion": c["criterion"],
+              ("weight" if paper else "points"): c["points"]} for k, c in enumerate(criteria)]
+    total = sum(c["points"] for c in criteria)
+    if paper:
+        return {"schema_version": prompts.PAPER_RUBRIC_SCHEMA, "question_domain": "arithmetic", "rubrics": items,
+                "K": len(items), "max_weighted_sum": total, "estimated_student_pass_rate": 0.3}
+    return {"schema_version": prompts.RUBRIC_SCHEMA, "rubrics": items, "maximum_score": total}
 
 
 def _check(criterion: str, answer: str) -> bool:
@@ -312,39 +328,56 @@ def _check(criterion: str, answer: str) -> bool:
     return False  # a criterion it cannot read is not met
 
 
-def _toy_verdicts(rubric_text: str, answers: list[str]) -> dict:
-    """Verification (Eq. 3) for the toy task: check each rendered criterion in each answer."""
-    crits = re.findall(r"^\d+\. \[(\w+), (\d+) points\] (.*)$", rubric_text, re.M)
-    results = []
+def _judge(rubric_json: str, answer: str) -> tuple[list[bool], int]:
+    """Verification (Eq. 3) of one answer: each criterion of the rendered rubric checked."""
+    crits = json.loads(rubric_json)
+    judgement = [_check(c["criterion"], answer) for c in crits]
+    return judgement, sum(c.get("points", c.get("weight", 0)) for c, v in zip(crits, judgement) if v)
+
+
+def _toy_verdicts(rubric_json: str, answers: list[str]) -> dict:
+    """The batch verifier's reply (official schema): every answer, in order."""
+    out = []
     for i, a in enumerate(answers):
-        judgement = [_check(text, a) for _, _, text in crits]
-        results.append({"answer_index": i + 1, "judgement": judgement,
-                        "final_score": sum(int(p) for (_, p, _), v in zip(crits, judgement) if v)})
-    return {"schema": rubric.VERDICT_SCHEMA, "results": results}
+        judgement, points = _judge(rubric_json, a)
+        out.append({"answer_index": i + 1, "judgement": judgement, "final_score": points})
+    return {"schema_version": prompts.VERDICT_SCHEMA, "answers": out}
 
 
-def _toy_holistic(question: str, answer: str) -> dict:
-    """T-Judge for the toy task: 0.7 for the right final answer + 0.3 x fraction of right steps."""
+def _toy_single_verdict(rubric_json: str, answer: str) -> dict:
+    """App. D's per-response verifier's reply."""
+    judgement, points = _judge(rubric_json, answer)
+    total = sum(c.get("weight", c.get("points", 0)) for c in json.loads(rubric_json))
+    return {"schema_version": prompts.PAPER_VERDICT_SCHEMA, "judgements": judgement, "weighted_score": points,
+            "pass_rate": points / total if total else 0.0}
+
+
+def _toy_holistic(question: str, answer: str, tag: str) -> dict:
+    """T-Judge and OVD for the toy task: 0.7 for the right final answer + 0.3 x the fraction of
+    right steps, as a score in [0, 1] (T-Judge) or rounded to 0-9 (OVD)."""
     parsed = parse_question(question)
     if parsed is None:
         return {"error": "the toy judge can only read toy arithmetic questions"}
     steps = sum(step_line(*st) in _lines(answer) for st in parsed) / len(parsed)
-    return {"schema": rubric.TJUDGE_SCHEMA,
-            "score": round(0.7 * (answer_line(answer) == parsed[-1][3]) + 0.3 * steps, 2)}
+    value = 0.7 * (answer_line(answer) == parsed[-1][3]) + 0.3 * steps
+    return {"schema_version": tag, "score": round(9 * value) if tag == prompts.OVD_SCHEMA else round(value, 2)}
 
 
 def toy_judge(chat: list[dict]) -> str:
-    """Answer one judge chat (rubricator, verifier or T-Judge, told apart by the schema tag in the
-    system prompt) with JSON text, deterministically."""
-    system = " ".join(m["content"] for m in chat if m["role"] == "system")
-    user = "\n".join(m["content"] for m in chat if m["role"] == "user")
-    question = (_blocks(user, "question") or [""])[0]
-    if rubric.RUBRIC_SCHEMA in system:
-        out = _toy_rubric(question, _blocks(user, "reference"), _blocks(user, "student"))
-    elif rubric.VERDICT_SCHEMA in system:
-        out = _toy_verdicts((_blocks(user, "rubric") or [""])[0], _blocks(user, "answer"))
-    elif rubric.TJUDGE_SCHEMA in system:
-        out = _toy_holistic(question, (_blocks(user, "answer") or [""])[0])
+    """Answer one judge chat (any prompt of prompts.py, told apart by the schema its system
+    message asks for) with JSON text, deterministically."""
+    tag = prompts.schema_tag(chat)
+    blocks = _blocks("\n".join(m["content"] for m in chat if m["role"] == "user"))
+    first = lambda name: (blocks.get(name) or [""])[0]  # noqa: E731
+    if tag in (prompts.RUBRIC_SCHEMA, prompts.PAPER_RUBRIC_SCHEMA):
+        out = _toy_rubric(first("question"), blocks.get("reference", []) + blocks.get("teacher", []),
+                          blocks.get("student", []), paper=tag == prompts.PAPER_RUBRIC_SCHEMA)
+    elif tag == prompts.VERDICT_SCHEMA:
+        out = _toy_verdicts(first("rubric"), blocks.get("answer", []))
+    elif tag == prompts.PAPER_VERDICT_SCHEMA:
+        out = _toy_single_verdict(first("rubric"), first("response"))
+    elif tag in (prompts.TJUDGE_SCHEMA, prompts.OVD_SCHEMA):
+        out = _toy_holistic(first("question"), first("answer"), tag)
     else:
         out = {"error": "not a judge prompt"}
     return json.dumps(out)

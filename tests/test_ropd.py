@@ -21,6 +21,7 @@ def tiny_args(world, tmp_path, *extra, method="ropd", out="run"):
             "--steps", "2", "--prompts-per-step", "3", "--rollouts", "3", "--references", "2",
             "--mini-batches", "2", "--max-new-tokens", "16", "--teacher-max-tokens", "40",
             "--eval-samples", "4", "--eval-every", "0", "--save-every", "1", "--log-samples", "-1",
+            "--min-references", "1",  # the tiny world's teacher sometimes writes nothing at all
             *extra]
 
 
@@ -122,6 +123,7 @@ def test_resume_gives_the_same_weights_and_repays_nothing(tiny_world, tmp_path):
         assert torch.allclose(final_a[k], final_b[k], atol=1e-6), k
     ms = metrics(run_b)
     assert [m["step"] for m in ms] == [1, 2, 3, 4]
+    assert all(m["fallbacks"] == 0 for m in ms)  # the official schemas, over the wire: nothing falls back
     # step 3's references were paid for by the interrupted run: the resumed one replays them
     assert "calls" not in ms[2]["usage"]["reference"] and ms[2]["usage"]["reference"]["cache_hits"] == 6
     # the resumed run judged only steps 3 and 4: 2 steps x 3 prompts x (rubricator + verifier)
@@ -190,13 +192,13 @@ def test_user_errors_are_one_line(tiny_world, tmp_path, capsys, monkeypatch):
     assert ropd.main(tiny_args(tiny_world, tmp_path, method="lopd", *("--teacher", "openai:m@http://127.0.0.1:9/v1",
                                                                        "--request-timeout", "2"))) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: --method lopd: openai:m: ") and "onnect" in err[0]
+    assert len(err) == 1 and err[0].startswith("error: --method lopd: openai:m@http://127.0.0.1:9/v1: ") and "onnect" in err[0]
     assert ropd.main(tiny_args(tiny_world, tmp_path, method="lopd", *("--teacher", "openai:m@http://127.0.0.1:9/v1",
                                                                        "--temperature", "0.7"))) == 2
     assert "needs --temperature 1" in capsys.readouterr().err
     assert ropd.main(["--method", "dpo"]) == 2
-    assert capsys.readouterr().err.strip() == ("error: argument --method: invalid choice: 'dpo' "
-                                               "(choose from 'ropd', 'lopd', 'tjudge', 'sft', 'grpo')")
+    assert capsys.readouterr().err.strip() == ("error: argument --method: invalid choice: 'dpo' (choose from "
+                                               + ", ".join(f"'{m}'" for m in ropd.METHODS) + ")")
 
 
 def test_lopd_with_a_served_teacher_equals_the_local_teacher(tiny_world, tmp_path):
@@ -226,3 +228,30 @@ def test_lopd_rejects_a_teacher_with_another_tokenizer(tiny_world, tmp_path, cap
     tok.save_pretrained(tmp_path / "other")
     assert ropd.main(tiny_args(tiny_world, tmp_path, "--teacher", f"hf:{tmp_path / 'other'}", method="lopd")) == 2
     assert "share the student's tokenizer" in capsys.readouterr().err
+
+
+def test_exopd_with_lambda_one_is_lopd(tiny_world, tmp_path):
+    """ExOPD's reward-extrapolated advantage reduces to LOPD's at lambda = 1 (the pi_ref terms cancel)."""
+    assert ropd.main(tiny_args(tiny_world, tmp_path, method="lopd", out="lopd")) == 0
+    assert ropd.main(tiny_args(tiny_world, tmp_path, "--exopd-lambda", "1", method="exopd", out="exopd1")) == 0
+    assert ropd.main(tiny_args(tiny_world, tmp_path, "--exopd-lambda", "2", method="exopd", out="exopd2")) == 0
+    a, b = weights(tmp_path / "lopd" / "checkpoint-000002"), weights(tmp_path / "exopd1" / "checkpoint-000002")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # at step 1 the student is still pi_ref, so lambda * (log pi_T - log pi_ref) - 0: twice the loss
+    lopd, exopd2 = metrics(tmp_path / "lopd"), metrics(tmp_path / "exopd2")
+    assert exopd2[0]["pg_loss"] == pytest.approx(2 * lopd[0]["pg_loss"], rel=1e-5)
+    assert exopd2[0]["grad_norm"] == pytest.approx(2 * lopd[0]["grad_norm"], rel=1e-4)
+
+
+@pytest.mark.parametrize("flags,role,calls", [
+    ((), "rubricator", 3),                                 # one shared rubric per prompt
+    (("--per-rollout-rubrics",), "rubricator", 3 * 3),     # Table 6: one per (references, rollout)
+    (("--verifier", "per-response"), "verifier", None),    # App. D: one call per pooled answer
+])
+def test_judge_variants_change_the_calls(tiny_world, tmp_path, flags, role, calls):
+    assert ropd.main(tiny_args(tiny_world, tmp_path, "--steps", "1", *flags)) == 0
+    m = metrics(tmp_path / "run")[0]
+    samples = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    if calls is None:  # K' distinct references + G rollouts per prompt, each graded alone
+        calls = sum(len(s["references"]) + 3 for s in samples if not s["fallback"])
+    assert m["usage"][role]["calls"] == calls and m["fallbacks"] == 0

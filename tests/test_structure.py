@@ -59,7 +59,8 @@ def test_imports_run_one_way():
     assert find_cycle(import_graph()) is None
     # the core knows nothing of the command lines above it
     graph = import_graph()
-    assert graph["grpo"] == set() and graph["rubric"] == set() and graph["answers"] == set()
+    assert graph["grpo"] == set() and graph["prompts"] == set() and graph["answers"] == set()
+    assert graph["rubric"] == {"prompts"}
     assert "ropd" not in graph["eval"] and "eval" in graph["ropd"]
 
 
@@ -76,10 +77,12 @@ def _functions(name) -> dict[str, ast.FunctionDef]:
 
 
 STEPS = {"ropd": ["sample_rollouts", "old_logprobs", "get_references", "judged_reward", "outcome_reward",
-                  "lopd_reward", "apply_failure_policy", "compute_advantages", "sft_step"],
-         "rubric": ["induce_rubrics", "verify_blindly", "weighted_pass_rates", "ropd_reward", "tjudge_reward",
-                    "score", "blind_pool"],
-         "grpo": ["sample", "token_logprobs", "group_advantages", "lopd_advantages", "policy_loss",
+                  "lopd_reward", "exopd_reward", "apply_failure_policy", "compute_advantages", "sft_step"],
+         "rubric": ["induce_rubrics", "verify_blindly", "weighted_pass_rates", "ropd_reward", "holistic_reward",
+                    "tjudge_reward", "ovd_reward", "score", "blind_pool"],
+         "prompts": ["rubricator_messages", "verifier_messages", "single_verifier_messages", "tjudge_messages",
+                     "ovd_messages"],
+         "grpo": ["sample", "token_logprobs", "group_advantages", "lopd_advantages", "exopd_advantages", "policy_loss",
                   "update_policy"],
          "teacher": ["references"]}
 
@@ -114,5 +117,5 @@ def test_readme_paper_to_code_table_points_at_the_functions():
     cells = re.findall(r"`(\w+)\.py:(\w+)` \((\d+)-(\d+)\)", table)
     assert len(cells) >= 15
     for module, name, start, end in cells:
-        fn = _functions(module)[name]
+        fn = {n.name: n for n in ast.walk(_tree(module)) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}[name]
         assert (fn.lineno, fn.end_lineno) == (int(start), int(end)), f"{module}.py:{name} is at {fn.lineno}-{fn.end_lineno}"

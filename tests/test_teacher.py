@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+import prompts
 import rubric
 import serve
 import teacher
@@ -75,7 +76,7 @@ def test_stop_ends_keep_alive_connections(toy_teacher):
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
 def test_judge_prompt_through_the_wire(kind, server):
     p = toy.make_problems(1, seed=2)[0]
-    chat = rubric.rubricator_messages(p.question, [p.solution], ["Answer: 1"])
+    chat = prompts.rubricator_messages(p.question, [p.solution], ["Answer: 1"])
     text = client(kind, server).complete([chat], max_tokens=2000, role="rubricator")[0][0]
     assert text == toy.toy_judge(chat)
     assert rubric.parse_rubric(text).maximum_score > 0
@@ -280,3 +281,62 @@ def test_completions_endpoint_refuses_what_it_does_not_serve(server):
     with pytest.raises(openai.BadRequestError, match="out of range"):
         c.completions.create(model="toy-teacher", prompt=[[3, 10**6]], max_tokens=1,
                              extra_body={"prompt_logprobs": 0})
+
+
+# ---------------------------------------------------------------- judge options and the teacher index
+
+def test_judge_temperatures_json_mode_and_reasoning_effort_reach_the_server(server):
+    c = client("openai", server)
+    judge = c.as_judge(64, {"rubricator": 0.7, "verifier": 0.0}, json_mode=True, reasoning_effort="high")
+    p = toy.make_problems(1, seed=2)[0]
+    chat = prompts.rubricator_messages(p.question, [p.solution], ["Answer: 1"])
+    judge([chat], "rubricator", 0, tag=prompts.RUBRIC_SCHEMA)
+    judge([chat], "verifier", 0, tag=prompts.VERDICT_SCHEMA)
+    judge([chat], "tjudge", 0, tag=prompts.TJUDGE_SCHEMA)
+    rub, ver, tj = server.bodies
+    assert rub["temperature"] == 0.7 and ver["temperature"] == 0.0 and "temperature" not in tj
+    # an OpenAI-compatible server gets json_object; reasoning models their effort
+    assert rub["response_format"] == {"type": "json_object"} and rub["reasoning_effort"] == "high"
+
+
+def test_openais_own_api_gets_the_strict_schema(monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    t = teacher.load("openai:gpt-x", cache=None)
+    fmt = t.judge_options(prompts.VERDICT_SCHEMA, None)["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+    assert fmt["json_schema"]["schema"] == prompts.json_schema(prompts.VERDICT_SCHEMA)
+    assert t.judge_options(None, None) == {}
+
+
+def test_json_mode_is_refused_where_the_api_has_none(tiny_world):
+    t = teacher.load(f"toy:{tiny_world.root}", cache=None)
+    with pytest.raises(teacher.TeacherError, match="--judge-json-mode: the toy backend"):
+        t.as_judge(64, json_mode=True)
+    with pytest.raises(teacher.TeacherError, match="--judge-reasoning-effort: the anthropic backend"):
+        teacher.load("anthropic:claude", cache=None).as_judge(64, reasoning_effort="high")
+
+
+def test_two_servers_with_one_model_name_do_not_share_cache_entries(toy_teacher, tmp_path):
+    """Regression: the cache key left the URL out, so a second server's answers were the first's."""
+    other = serve.TeacherServer(toy_teacher, model_name="toy-teacher").start()
+    first = serve.TeacherServer(toy_teacher, model_name="toy-teacher", faults=[{"reply": "from server A"}]).start()
+    try:
+        a = client("openai", first, tmp_path).complete([CHAT], max_tokens=8)[0][0]
+        b = client("openai", other, tmp_path).complete([CHAT], max_tokens=8)[0][0]
+    finally:
+        first.stop()
+        other.stop()
+    assert a == "from server A" and b != a and other.requests == 1
+
+
+def test_changed_reference_settings_are_an_error_not_a_second_bill(server, tmp_path):
+    chats = [[{"role": "user", "content": q.question}] for q in toy.make_problems(2, seed=8)]
+    c = client("openai", server, tmp_path)
+    first = teacher.references(c, chats, 2, 1.0, 24)
+    assert server.requests == 2  # one request (n=2) per prompt
+    assert teacher.references(c, chats, 2, 1.0, 24) == first and server.requests == 2  # replayed
+    with pytest.raises(teacher.TeacherError, match="holds references .* made with .*'temperature': 1.0.*--new-references"):
+        teacher.references(c, chats, 2, 0.5, 24)
+    assert server.requests == 2  # nothing was paid
+    teacher.references(c, chats, 2, 0.5, 24, new_settings=True)
+    assert server.requests == 4
