@@ -5,6 +5,7 @@
     is_correct       a model output against a reference answer
     row_correct      ... against a data row (a reasoning-gym row is scored by its task's own scorer)
     pass_at_k        the unbiased pass@k estimator (Chen et al. 2021)
+    bootstrap_ci     a bootstrap confidence interval of avg@n or pass@k, over problems or over samples
 
 Answers are parsed and compared as text and fractions; model output is never executed.
 No torch: the ROPD trainer (`ropd.py`: the outcome-reward baseline, train accuracy) and the
@@ -186,3 +187,32 @@ def ks_for(n: int) -> list[int]:
     """pass@k is reported for k = 1, 2, 4, ... up to n (and n itself)."""
     ks = [k for k in (2 ** i for i in range(12)) if k <= n]
     return ks + ([n] if ks[-1] != n else [])
+
+
+def bootstrap_ci(correct: np.ndarray, k: int | None = None, over: str = "problems", n_boot: int = 1000,
+                 alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap (1 - alpha) confidence interval of a benchmark score.
+
+    correct: [problems, samples] of 0/1, n samples per problem.  The score is avg@n (k=None: the mean
+    over all samples) or pass@k (the unbiased `pass_at_k` of each problem, averaged over problems).
+    over="problems": each resample draws the problems with replacement (each keeps its n samples), the
+    spread from the choice of benchmark problems.  over="samples": the problems stay, and each one's n
+    samples are drawn with replacement, the spread from sampling the model.  The n_boot scores come from
+    numpy's default_rng(seed), so the interval is reproducible; it is their alpha/2 and 1 - alpha/2
+    quantiles (numpy's default linear interpolation)."""
+    correct = np.asarray(correct, dtype=int)
+    problems, n = correct.shape
+    if over not in ("problems", "samples"):
+        raise ValueError(f'over must be "problems" or "samples", got {over!r}')
+    # a problem's score depends only on its number of right samples c = 0..n
+    score_of = np.arange(n + 1) / n if k is None else np.array([pass_at_k(n, c, k) for c in range(n + 1)])
+    rng = np.random.default_rng(seed)
+    scores = np.empty(n_boot)
+    for b in range(n_boot):
+        if over == "problems":
+            counts = correct.sum(axis=1)[rng.integers(0, problems, problems)]
+        else:
+            counts = np.take_along_axis(correct, rng.integers(0, n, (problems, n)), axis=1).sum(axis=1)
+        scores[b] = score_of[counts].mean()
+    low, high = np.quantile(scores, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)

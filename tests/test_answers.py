@@ -1,6 +1,8 @@
-"""answers.py: answer extraction and comparison on the shapes real models write, pass@k by hand."""
+"""answers.py: answer extraction and comparison on the shapes real models write, pass@k and its
+bootstrap interval by hand."""
 from itertools import combinations
 
+import numpy as np
 import pytest
 
 import answers
@@ -98,3 +100,70 @@ def test_pass_at_k_hand_values_and_edges():
     assert answers.pass_at_k(1000, 1, 1) == pytest.approx(0.001)     # large n, no overflow
     with pytest.raises(ValueError):
         answers.pass_at_k(4, 1, 5)
+
+
+# ----------------------------------------------------------------------------------------------
+# bootstrap_ci
+# ----------------------------------------------------------------------------------------------
+
+def _bootstrap_by_loop(correct, k, over, n_boot, alpha, seed):
+    """bootstrap_ci written out with lists: the same Generator draws, pass@k by enumeration, and the
+    quantiles by linear interpolation between the sorted scores."""
+    rng = np.random.default_rng(seed)
+    problems, n = len(correct), len(correct[0])
+    scores = []
+    for _ in range(n_boot):
+        if over == "problems":
+            rows = [correct[i] for i in rng.integers(0, problems, problems)]
+        else:
+            picks = rng.integers(0, n, (problems, n))
+            rows = [[correct[p][j] for j in picks[p]] for p in range(problems)]
+        per_problem = [sum(r) / n if k is None else _pass_at_k_by_enumeration(n, sum(r), k) for r in rows]
+        scores.append(sum(per_problem) / problems)
+    scores.sort()
+
+    def quantile(q):
+        pos = q * (len(scores) - 1)
+        lo = int(pos)
+        hi = min(lo + 1, len(scores) - 1)
+        return scores[lo] + (scores[hi] - scores[lo]) * (pos - lo)
+    return quantile(alpha / 2), quantile(1 - alpha / 2)
+
+
+SMALL = [[1, 0, 0, 1, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 0], [0, 1, 0, 0, 0], [1, 1, 1, 1, 1], [0, 0, 1, 0, 0]]
+
+
+@pytest.mark.parametrize("k", [None, 1, 2, 5])
+@pytest.mark.parametrize("over", ["problems", "samples"])
+def test_bootstrap_ci_matches_a_plain_loop(k, over):
+    got = answers.bootstrap_ci(np.array(SMALL), k=k, over=over, n_boot=300, alpha=0.1, seed=3)
+    assert got == pytest.approx(_bootstrap_by_loop(SMALL, k, over, 300, 0.1, 3), abs=1e-12)
+
+
+def test_bootstrap_ci_hand_cases():
+    ones, zeros = np.ones((7, 4)), np.zeros((7, 4))
+    for over in ("problems", "samples"):
+        assert answers.bootstrap_ci(ones, over=over) == (1.0, 1.0)
+        assert answers.bootstrap_ci(ones, k=2, over=over) == (1.0, 1.0)
+        assert answers.bootstrap_ci(zeros, k=4, over=over) == (0.0, 0.0)
+    # every problem all right or all wrong: resampling its samples changes nothing
+    split = np.array([[1, 1, 1], [0, 0, 0], [1, 1, 1], [1, 1, 1]])
+    assert answers.bootstrap_ci(split, over="samples") == pytest.approx((0.75, 0.75))
+    # identical problems: resampling problems changes nothing (pass@2 of 1 right in 4 is 1/2)
+    same = np.array([[1, 0, 0, 0]] * 5)
+    assert answers.bootstrap_ci(same, k=2, over="problems") == pytest.approx((0.5, 0.5))
+
+
+def test_bootstrap_ci_is_reproducible_and_covers_the_estimate():
+    correct = (np.random.default_rng(0).random((200, 8)) < 0.3).astype(int)
+    a = answers.bootstrap_ci(correct, seed=7)
+    assert a == answers.bootstrap_ci(correct, seed=7)
+    assert a != answers.bootstrap_ci(correct, seed=8)
+    assert a[0] < correct.mean() < a[1]
+    low, high = answers.bootstrap_ci(correct, k=4)
+    assert low < np.mean([answers.pass_at_k(8, int(c), 4) for c in correct.sum(1)]) < high
+    wide, narrow = answers.bootstrap_ci(correct, alpha=0.01), answers.bootstrap_ci(correct, alpha=0.5)
+    assert wide[0] < narrow[0] < narrow[1] < wide[1]
+    with pytest.raises(ValueError):
+        answers.bootstrap_ci(correct, over="rows")
+
