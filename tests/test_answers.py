@@ -55,9 +55,131 @@ ANSWERS = [
 ]
 
 
-@pytest.mark.parametrize("text,gold,right", ANSWERS)
+
+# More shapes, each checked by value against a reference: right and wrong
+MINERVA = [
+    ("Final Answer: The final answer is 7.78. I hope it is correct.", "7.78", True),
+    ("Final Answer: The final answer is 7.78. I hope it is correct.", "7.8", False),
+    ("Final Answer: The final answer is $\\frac{5}{6}$. I hope it is correct.", "5/6", True),
+    ("Final Answer: The final answer is $-2$. I hope it is correct.", "-2", True),
+    ("Final Answer: The final answer is 2. I hope it is correct.", "3", False),
+    ("Final Answer: The final answer is (-1, 4). I hope it is correct.", "(-1,4)", True),
+    ("The final answer is 1,024. I hope it is correct.", "1024", True),
+    ("We solve for x.\nFinal Answer: The final answer is $x=12$. I hope it is correct.", "12", True),
+]
+FRACTION_FALLBACK = [  # no \boxed{}, no answer line: the last number, where a LaTeX fraction is one number
+    ("Dividing, we get \\frac{10}{9}", "10/9", True),
+    ("Dividing, we get \\frac{10}{9}", "9", False),
+    ("so the probability is $\\frac13$", "1/3", True),
+    ("so the probability is $\\frac13$", "13", False),
+    ("Therefore $k = \\frac{1}{3}$", "\\frac{1}{3}", True),
+    ("Therefore $k = \\frac{1}{3}$", "3", False),
+    ("the slope is \\dfrac{7}{2}", "3.5", True),
+    ("the slope is \\tfrac{7}{2}", "7/2", True),
+    ("and the ratio comes to -\\frac{3}{4}", "-0.75", True),
+    ("and the ratio comes to -\\frac{3}{4}", "0.75", False),
+    ("4 parts of 12, that is \\frac{ 4 }{ 12 }", "1/3", True),
+]
+CHOICES = [
+    ("Checking each option: \\boxed{\\text{(C)}}", "C", True),
+    ("Checking each option: \\boxed{\\text{(C)}}", "D", False),
+    ("$\\boxed{C}$", "C", True),
+    ("\\boxed{(E)}", "E", True),
+    ("Only one works, so the answer is \\textbf{(C)}", "C", True),
+    ("Only one works: \\textbf{(C)} 17", "C", True),
+    ("The answer is:\n(C)", "C", True),
+    ("The answer is:\n(C)", "A", False),
+    ("Therefore, the answer is:\n\n**(B)**", "B", True),
+    ('The answer is "C"', "C", True),
+    ("The answer is 'C'.", "C", True),
+    ('The answer is "C"', "B", False),
+    ("The answer is C; it can't be A or B", "C", True),
+    ("The answer is C; it can't be A or B", "B", False),
+    ("Answer: C. It can't be A or B.", "C", True),
+    ("Answer: C. It can't be A or B.", "A", False),
+    ("Answer: (B) 42", "B", True),
+    ("Answer: (B) 42", "A", False),
+    ("**Answer:** D", "D", True),
+    ("**Answer:** D", "C", False),
+    ("The correct answer is option B.", "B", True),
+    ("Answer: [A]", "A", True),
+    ("It is not (A); I'm sure it is (B)", "B", True),   # "I'm" is not option I
+]
+NUMBER_FORMATS = [
+    ("Answer: 14{,}916", "14916", True),
+    ("Answer: 14{,}916", "14,916", True),
+    ("Answer: 14{,}916", "1491", False),
+    ("\\boxed{1{,}000{,}000}", "1000000", True),
+    ("The population grew to 1{,}000{,}000", "1000000", True),   # last-number fallback
+    ("Answer: 5\\text{ cm}", "5", True),
+    ("Answer: 5\\text{ cm}", "6", False),
+    ("\\boxed{5\\mbox{ cm}}", "5", True),
+    ("\\boxed{12\\,\\text{m}^2}", "12", True),
+    ("\\boxed{3 \\text{ km/h}}", "3", True),
+    ("\\boxed{\\frac{1}{2}\\text{ inches}}", "0.5", True),
+    ("Answer: +3", "3", True),
+    ("Answer: +3", "-3", False),
+    ("Answer: 2/(-3)", "-2/3", True),
+    ("Answer: 2/(-3)", "2/3", False),
+    ("Answer: \\frac{-2}{3}", "-2/3", True),
+    ("Answer: \\frac{-2}{3}", "\\frac{2}{3}", False),
+    ("Answer: 32, 349", "32349", False),          # a comma and a space: a list, not 32349
+    ("Answer: 32, 349", "32, 349", True),
+    ("Answer: 32,349", "32, 349", True),           # compared as text, spaces ignored
+    ("Answer: 32,349", "32349", True),             # groups of three, no space: one number
+    ("Answer: 1,00", "100", False),                # a group of two digits: not a thousands separator
+    ("Answer: 50\\%", "50%", True),
+    ("Answer: 50%", "50", True),
+    ("Answer: 50%", "0.5", False),                 # a percentage is compared as the number written
+    ("\\boxed{45^{\\circ}}", "45", True),
+    ("The angle is 45\u00b0.", "45", True),
+    ("Answer: \\$12.50", "12.5", True),
+    ("Answer: $\\$1{,}200$", "1200", True),
+]
+STRICT = [  # (model output, reference, right with strict=False, right with strict=True)
+    ("2+4=6\n6-6=0\n0+7=", "7", True, False),      # truncated: the 7 is the question, not an answer
+    ("The sum is 7", "7", True, False),
+    ("so the answer is (C) maybe, or (D)", "D", False, False),
+    ("Options (A) and (B) fail, so (D)", "D", True, False),
+    ("Answer: 7", "7", True, True),
+    ("the answer is 7.", "7", True, True),
+    ("\\boxed{7}", "7", True, True),
+    ("Final Answer: The final answer is 7. I hope it is correct.", "7", True, True),
+    ("The answer is:\n(C)", "C", True, True),
+    ("We need 7 more\nThe answer is", "7", True, False),   # the phrase with nothing after it
+]
+NEW_ANSWERS = MINERVA + FRACTION_FALLBACK + CHOICES + NUMBER_FORMATS
+
+
+@pytest.mark.parametrize("text,gold,right", ANSWERS + NEW_ANSWERS)
 def test_is_correct_on_realistic_answers(text, gold, right):
     assert answers.is_correct(text, gold) is right
+
+
+@pytest.mark.parametrize("text,gold,right,right_strict", STRICT)
+def test_strict_needs_an_explicit_answer(text, gold, right, right_strict):
+    assert answers.is_correct(text, gold) is right
+    assert answers.is_correct(text, gold, strict=True) is right_strict
+    assert answers.row_correct(text, {"answer": gold}, strict=True) is right_strict
+
+
+def test_strict_extraction_has_no_fallback():
+    assert answers.extract_answer("2+4=6\n6-6=0\n0+7=") == "7"
+    assert answers.extract_answer("2+4=6\n6-6=0\n0+7=", strict=True) is None
+    assert answers.extract_answer("(A) or (B)", choice=True, strict=True) is None
+    assert answers.extract_answer("so \\boxed{7}", strict=True) == "7"
+
+
+def test_extraction_reads_the_answer_itself():
+    assert answers.extract_answer("Final Answer: The final answer is 7.78. I hope it is correct.") == "7.78"
+    assert answers.extract_answer("so $k = \\frac{1}{3}$") == "\\frac{1}{3}"
+    assert answers.extract_answer("\\boxed{\\text{(C)}}", choice=True) == "C"
+    assert answers.extract_answer("The answer is:\n$$\nx = 5\n$$") == "x = 5"
+    assert answers.extract_answer("The answer is 12. Then we check it.") == "12"
+    assert answers.extract_answer("Answer: 3.5") == "3.5"
+    assert answers.extract_answer("Answer:\n\n42\n", strict=True) == "42"
+    assert answers.extract_answer("Let me check the answer.\nIt is 7") == "7"  # prose, then the last number
+    assert answers.extract_answer("Let me check the answer.\nIt is 7", strict=True) is None
 
 
 def test_last_boxed_nested_and_extraction_order():
@@ -70,12 +192,15 @@ def test_last_boxed_nested_and_extraction_order():
 
 
 @pytest.mark.parametrize("s,value", [("1,000", 1000), ("0.5", 0.5), ("\\frac{1}{2}", 0.5), ("1/2", 0.5),
-                                     ("-\\frac{3}{4}", -0.75), ("\\frac12", 0.5), (".25", 0.25), ("2.5e3", 2500)])
+                                     ("-\\frac{3}{4}", -0.75), ("\\frac12", 0.5), (".25", 0.25), ("2.5e3", 2500),
+                                     ("+3", 3), ("2/(-3)", -2 / 3), ("2/-3", -2 / 3), ("\\frac{-2}{3}", -2 / 3),
+                                     ("-\\frac{-1}{4}", 0.25), ("14,916", 14916), ("-1,000.5", -1000.5)])
 def test_parse_number(s, value):
     assert float(answers.parse_number(s)) == value
 
 
-@pytest.mark.parametrize("s", ["1,00", "abc", "1/0", "\\frac{1}{0}", "(2,3)"])
+@pytest.mark.parametrize("s", ["1,00", "abc", "1/0", "\\frac{1}{0}", "(2,3)", "2/(-0)", "\\frac123",
+                               "32,3490", "1/2/3", "++3"])
 def test_parse_number_rejects(s):
     assert answers.parse_number(s) is None
 
