@@ -5,16 +5,20 @@
     answers_match    exact comparison as numbers (1/2 == 0.5 == \\frac{1}{2}) or as normalised text
     is_correct       a model output against a reference answer
     row_correct      ... against a data row (a reasoning-gym row is scored by its task's own scorer)
+    make_checker     the comparison by name: "builtin" (answers_match) or "math-verify" (optional, symbolic)
     pass_at_k        the unbiased pass@k estimator (Chen et al. 2021)
     bootstrap_ci     a bootstrap confidence interval of avg@n or pass@k, over problems or over samples
 
-Answers are parsed and compared as text and fractions; model output is never executed.
+Answers are parsed and compared as text and fractions; model output is never executed (the optional
+math-verify checker parses LaTeX into SymPy objects, see make_checker).
 No torch: the ROPD trainer (`ropd.py`: the outcome-reward baseline, train accuracy) and the
 evaluation (`eval.py`: avg@k, pass@k, the analyses) import the same functions.
 """
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Callable
 from fractions import Fraction
 
 import numpy as np
@@ -204,15 +208,18 @@ def answers_match(pred: str | None, gold: str) -> bool:
     return p.lower() == g.lower() and p != ""
 
 
+Checker = Callable[[str | None, str], bool]  # (extracted answer, reference answer) -> equal?
+
+
 def is_choice(answer) -> bool:
     """A one-letter reference answer (A-J) marks a multiple-choice question."""
     return answer is not None and bool(CHOICE_RE.match(str(answer).strip().upper()))
 
 
-def is_correct(text: str, answer: str | None, strict: bool = False) -> bool:
+def is_correct(text: str, answer: str | None, strict: bool = False, checker: Checker = answers_match) -> bool:
     """Is a model output's final answer the reference `answer`? A letter A-J is multiple choice,
-    compared as a letter; any other answer by `answers_match`. `strict`: only an explicit final
-    answer counts (see `extract_answer`)."""
+    compared as a letter; any other answer by `checker` (see `make_checker`). `strict`: only an
+    explicit final answer counts (see `extract_answer`)."""
     if answer is None:
         return False
     gold = str(answer).strip()
@@ -220,15 +227,15 @@ def is_correct(text: str, answer: str | None, strict: bool = False) -> bool:
     got = extract_answer(text, choice, strict)
     if choice:
         return got is not None and got.strip().upper() == gold.upper()
-    return answers_match(got, gold)
+    return checker(got, gold)
 
 
-def row_correct(text: str, row: dict, strict: bool = False) -> bool:
-    """Is `text` right for a data row? A reasoning-gym row is scored by its task's own scorer, given
-    the extracted answer or else the last line (with `strict`, the explicit answer only); any other
-    row by `is_correct(text, row["answer"], strict)`."""
+def row_correct(text: str, row: dict, strict: bool = False, checker: Checker = answers_match) -> bool:
+    """Is `text` right for a data row? A reasoning-gym row is scored by its task's own scorer (not
+    `checker`), given the extracted answer or else the last line (with `strict`, the explicit answer only); any other
+    row by `is_correct(text, row["answer"], strict, checker)`."""
     if "rg" not in row:
-        return is_correct(text, row.get("answer"), strict)
+        return is_correct(text, row.get("answer"), strict, checker)
     import reasoning_gym
 
     entry = row["rg"]
@@ -237,6 +244,38 @@ def row_correct(text: str, row: dict, strict: bool = False) -> bool:
     last_line = None if strict or not lines else lines[-1]
     candidates = {c for c in (extract_answer(text, strict=strict), last_line) if c}
     return any(score(c, entry) >= 1.0 for c in candidates)
+
+
+def make_checker(name: str = "builtin") -> Checker:
+    """The comparison `is_correct(..., checker=)` / `row_correct(..., checker=)` use, by name:
+    "builtin": `answers_match` (exact numbers, normalised text; nothing is executed).
+    "math-verify": also equal when the math-verify package says so (sqrt(3)/2 == \\frac{\\sqrt{3}}{2},
+    intervals, sets in any order). It reads LaTeX only (its plain-expression reader would hand model text
+    to sympy's parse_expr, which evaluates Python); words ("Paris") stay text. Each parse and comparison
+    has math-verify's 5 s time limit (a SIGALRM, so only on the main thread; none elsewhere).
+    Raises ValueError for another name, or when math-verify is not installed."""
+    if name == "builtin":
+        return answers_match
+    if name != "math-verify":
+        raise ValueError(f"unknown checker {name!r}: builtin or math-verify")
+    try:
+        from math_verify import LatexExtractionConfig, parse, verify
+    except ImportError:
+        raise ValueError("--checker math-verify needs the math-verify package (pip install math-verify)") from None
+    latex = [LatexExtractionConfig()]
+
+    def as_math(s: str, limit: int | None):
+        return parse("$" + s.strip().strip("$") + "$", extraction_config=latex, parsing_timeout=limit)
+
+    def math_verify_match(pred: str | None, gold: str) -> bool:
+        if answers_match(pred, gold):
+            return True
+        if pred is None or any(re.fullmatch(r"[A-Za-z]{2,}", normalize_answer(s)) for s in (pred, gold)):
+            return False
+        limit = 5 if threading.current_thread() is threading.main_thread() else None
+        return bool(verify(as_math(str(gold), limit), as_math(pred, limit), timeout_seconds=limit))
+
+    return math_verify_match
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """answers.py: answer extraction and comparison on the shapes real models write, pass@k and its
-bootstrap interval by hand."""
+bootstrap interval by hand, the optional math-verify checker."""
+import sys
+import threading
 from itertools import combinations
 
 import numpy as np
@@ -292,3 +294,62 @@ def test_bootstrap_ci_is_reproducible_and_covers_the_estimate():
     with pytest.raises(ValueError):
         answers.bootstrap_ci(correct, over="rows")
 
+
+# ----------------------------------------------------------------------------------------------
+# checkers
+# ----------------------------------------------------------------------------------------------
+
+def test_make_checker_builtin_and_errors(monkeypatch):
+    assert answers.make_checker("builtin") is answers.answers_match
+    with pytest.raises(ValueError, match="unknown checker"):
+        answers.make_checker("sympy")
+    monkeypatch.setitem(sys.modules, "math_verify", None)  # as if not installed: the import fails
+    with pytest.raises(ValueError, match="pip install math-verify"):
+        answers.make_checker("math-verify")
+
+
+# (extracted answer, reference, builtin's verdict, math-verify's verdict)
+SYMBOLIC = [
+    ("\\frac{\\sqrt{3}}{2}", "\\sqrt{3}/2", False, True),
+    ("\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt{2}}{2}", False, False),
+    ("2\\sqrt{2}", "\\sqrt{8}", False, True),
+    ("\\frac{\\pi}{2}", "\\pi/2", False, True),
+    ("(0, \\frac{2}{2}]", "(0, 1]", False, True),
+    ("(0, 0.5]", "\\left(0, \\frac{1}{2}\\right]", False, True),
+    ("(2,3)\\cup(0,1]", "(0,1]\\cup(2,3)", False, True),
+    ("(0, 1)", "(0, 1]", False, False),
+    ("[0, 1]", "(0, 1]", False, False),
+    ("\\{2, 1\\}", "\\{1, 2\\}", False, True),
+    ("\\{1, 3\\}", "\\{1, 2\\}", False, False),
+    ("1+x", "x+1", False, True),
+    ("1/3", "\\frac{1}{3}", True, True),
+    ("0.3333", "1/3", False, False),
+    ("pairs", "Paris", False, False),   # words stay text (math-verify would read both as p*a*r*i*s)
+    ("Paris", "\\text{Paris}", True, True),
+    (None, "1", False, False),
+]
+
+
+@pytest.mark.parametrize("pred,gold,builtin,symbolic", SYMBOLIC)
+def test_math_verify_checker(pred, gold, builtin, symbolic):
+    pytest.importorskip("math_verify", reason="math-verify is not installed (pip install math-verify)")
+    check = answers.make_checker("math-verify")
+    assert answers.answers_match(pred, gold) is builtin
+    assert check(pred, gold) is symbolic
+
+
+def test_math_verify_checker_through_is_correct_and_row_correct():
+    pytest.importorskip("math_verify", reason="math-verify is not installed (pip install math-verify)")
+    check = answers.make_checker("math-verify")
+    text = "so the height is $\\boxed{\\frac{\\sqrt{3}}{2}}$"
+    assert not answers.is_correct(text, "\\sqrt{3}/2")
+    assert answers.is_correct(text, "\\sqrt{3}/2", checker=check)
+    assert answers.row_correct(text, {"answer": "\\sqrt{3}/2"}, checker=check)
+    assert not answers.is_correct("2+4=6\n\\sqrt{3}/2", "\\sqrt{3}/2", strict=True, checker=check)
+    assert answers.is_correct("Answer: C", "C", checker=check)            # letters stay letters
+    assert not answers.is_correct("Answer: \\{1,2\\}", "C", checker=check)
+    results = []                                                          # off the main thread: no SIGALRM
+    worker = threading.Thread(target=lambda: results.append(check("\\{2, 1\\}", "\\{1, 2\\}")))
+    worker.start()
+    worker.join()
+    assert results == [True]
