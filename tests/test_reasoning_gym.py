@@ -25,6 +25,11 @@ def test_rows_from_two_tasks_and_their_scorers():
         assert answers.row_correct(f"so the result is \\boxed{{{ans}}}", r)
         assert not answers.row_correct(f"Answer: {int(ans) + 1}", r)
         assert not answers.row_correct("", r)
+        # strict (training rewards): only an explicit answer is offered to the scorer, not the last line
+        assert answers.row_correct(f"We add and subtract in order.\nAnswer: {ans}", r, strict=True)
+        assert answers.row_correct(f"so the result is \\boxed{{{ans}}}", r, strict=True)
+        assert not answers.row_correct(f"We add and subtract in order.\n{ans}", r, strict=True)
+        assert not answers.row_correct(ans, r, strict=True)
 
 
 @pytest.mark.parametrize("spec,msg", [("rg:no_such_task", "cannot make 'no_such_task'"),
