@@ -265,16 +265,16 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "none"
     """Eq. 6 (Alg. 1 line 20): A_i = s_i - mean_{j in group(i)} s_j, one advantage per rollout.
 
     scale="none" is the official ROPD code (Dr. GRPO-style: no division, so easy and hard prompts
-    keep their natural scale); scale="std" is the paper's text, (s_i - mean) / (std + eps) with the
-    unbiased group std. A group whose rewards are all equal gets zero advantage either way.
+    keep their natural scale); scale="std" is the paper's, as Alg. 1 line 20 writes it:
+    (s_i - mean) / sqrt(var + eps), the group's population variance (ddof 0), eps inside the root.
+    A group whose rewards are all equal gets zero advantage either way.
     """
     if scale not in ("none", "std"):
         raise ValueError(f"scale must be 'none' or 'std', got {scale!r}")
     r = rewards.float().view(-1, group_size)
     adv = r - r.mean(dim=1, keepdim=True)
     if scale == "std":
-        std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(r[:, :1])
-        adv = adv / (std + eps)
+        adv = adv / torch.sqrt(r.var(dim=1, unbiased=False, keepdim=True) + eps)
     return adv.view(-1)
 
 

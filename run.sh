@@ -2,8 +2,8 @@
 # run.sh - the paper's comparison in miniature: ROPD against LOPD and the black-box baselines on the
 # toy world, under the same budget of training prompts and the same seeds; then the table and plot.
 #
-#   bash run.sh            # 5 methods x 2 seeds x 60 steps: about 14 minutes on 2 CPU cores
-#   bash run.sh --quick    # 5 methods x 1 seed x 20 steps: about 2.5 minutes (plus the world's
+#   bash run.sh            # 7 methods x 2 seeds x 60 steps
+#   bash run.sh --quick    # 7 methods x 1 seed x 20 steps (plus the world's
 #                          # one-time build, 5.5 minutes, when it is not cached yet)
 #   bash run.sh --seeds "0 1 2" --out results3
 #

@@ -20,8 +20,11 @@ def test_group_advantages_no_std_is_mean_centred():
 def test_group_advantages_std_scaling():
     r = torch.tensor([1.0, 0.0, 0.5, 0.5])
     adv = grpo.group_advantages(r, group_size=4, scale="std", eps=0.0)
-    std = math.sqrt((0.25 + 0.25 + 0 + 0) / 3)  # unbiased
+    std = math.sqrt((0.25 + 0.25 + 0 + 0) / 4)  # population std (ddof 0), as Alg. 1 line 20
     assert torch.allclose(adv, torch.tensor([0.5, -0.5, 0, 0]) / std)
+    eps = 0.01  # inside the square root
+    adv = grpo.group_advantages(r, group_size=4, scale="std", eps=eps)
+    assert torch.allclose(adv, torch.tensor([0.5, -0.5, 0, 0]) / math.sqrt(0.125 + eps))
 
 
 @pytest.mark.parametrize("scale", ["none", "std"])
