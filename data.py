@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 import toy
+from answers import last_boxed
 
 
 class UserError(Exception):
@@ -39,9 +40,50 @@ class ArgumentParser(argparse.ArgumentParser):
 # Prompt rows
 # ----------------------------------------------------------------------------------------------
 
+PROMPT_KEYS = ("prompt", "question", "problem", "Question", "Problem")
+ANSWER_KEYS = ("answer", "Answer", "final_answer")
+SOLUTION_KEYS = ("solution", "Solution")  # MATH's worked solution: its last \boxed{} is the answer
+GPQA_KEYS = ("Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
+
+
+def gpqa_row(obj: dict, seed: int = 0) -> tuple[str, str]:
+    """GPQA-Diamond's question and four options -> a lettered multiple-choice prompt and its gold
+    letter. The options are shuffled by a seed fixed per question, so every run sees the same order."""
+    options = [str(obj[k]).strip() for k in GPQA_KEYS]
+    order = list(range(4))
+    random.Random(f"{seed}-{obj[next(k for k in PROMPT_KEYS if k in obj)]}").shuffle(order)
+    letters = "ABCD"
+    lines = [f"({letters[i]}) {options[j]}" for i, j in enumerate(order)]
+    question = str(obj[next(k for k in PROMPT_KEYS if k in obj)]).strip()
+    prompt = question + "\n\n" + "\n".join(lines) + "\n\nAnswer with the letter of the right option."
+    return prompt, letters[order.index(0)]
+
+
+def parse_row(obj, where: str) -> dict:
+    """One data line -> {"prompt", "answer"}: the prompt under prompt/question/problem (any case; a string or chat
+    messages), the answer under answer/Answer, else the last \boxed{} of a solution (MATH-500); a
+    GPQA line (Question, Correct Answer, Incorrect Answer 1-3) becomes lettered choices."""
+    if not isinstance(obj, dict):
+        raise UserError(f"{where}: expected a JSON object")
+    if all(k in obj for k in GPQA_KEYS) and any(k in obj for k in PROMPT_KEYS):
+        prompt, answer = gpqa_row(obj)
+        return {"prompt": prompt, "answer": answer}
+    prompt = next((obj[k] for k in PROMPT_KEYS if k in obj), None)
+    ok_chat = isinstance(prompt, list) and prompt and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in prompt)
+    if not (isinstance(prompt, str) and prompt.strip()) and not ok_chat:
+        raise UserError(f"{where}: no prompt (a non-empty string or chat messages under 'prompt', "
+                        f"'question' or 'problem')")
+    answer = next((obj[k] for k in ANSWER_KEYS if obj.get(k) is not None), None)
+    if answer is None and any(isinstance(obj.get(k), str) for k in SOLUTION_KEYS):
+        answer = last_boxed(next(obj[k] for k in SOLUTION_KEYS if isinstance(obj.get(k), str)))
+    return {"prompt": prompt, "answer": None if answer is None else str(answer)}
+
+
 def load_jsonl(path: str) -> list[dict]:
-    """Rows with a prompt (under prompt/question/problem: a string or chat messages) and an optional
-    answer. A bad line is reported with its number."""
+    """Rows of a JSONL file (see parse_row for the field names of AIME, HMMT, MATH-500 and GPQA
+    releases). A bad line is reported with its number."""
     if not Path(path).exists():
         raise UserError(f"data file not found: {path}")
     rows = []
@@ -53,18 +95,8 @@ def load_jsonl(path: str) -> list[dict]:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object")
-            prompt = next((obj[k] for k in ("prompt", "question", "problem") if k in obj), None)
-            ok_chat = isinstance(prompt, list) and prompt and all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in prompt)
-            if not (isinstance(prompt, str) and prompt.strip()) and not ok_chat:
-                raise UserError(f"{path}:{lineno}: no prompt (a non-empty string or chat messages "
-                                f"under 'prompt', 'question' or 'problem')")
-            answer = obj.get("answer")
-            rows.append({"id": str(obj.get("id", lineno)), "prompt": prompt,
-                         "answer": None if answer is None else str(answer)})
+            row = parse_row(obj, f"{path}:{lineno}")
+            rows.append({"id": str(obj.get("id", lineno)), **row})
     if not rows:
         raise UserError(f"{path}: no data rows")
     return rows

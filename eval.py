@@ -35,7 +35,8 @@ import grpo
 import rubric
 import teacher as teacher_lib
 import toy
-from answers import extract_answer, is_choice, ks_for, pass_at_k, row_correct
+from answers import (Checker, answers_match, bootstrap_ci, extract_answer, is_choice, ks_for, make_checker, pass_at_k,
+                     row_correct)
 from data import UserError
 
 # ----------------------------------------------------------------------------------------------
@@ -77,11 +78,14 @@ def group_auc(scores, labels, group_size: int) -> float:
 
 @torch.no_grad()
 def evaluate(model, tokenizer, rows: list[dict], samples: int = 16, temperature: float = 1.0,
-             top_p: float = 0.95, max_new_tokens: int = 512, batch: int = 64, seed: int = 0,
-             chat_template_kwargs: dict | None = None, progress: bool = True) -> dict:
-    """k = `samples` completions per problem (rows: {"prompt", "answer"}), scored by `is_correct`.
-    Returns overall avg@k and pass@k (k = 1, 2, 4, ..., samples) and the per-problem results.
-    `temperature=0` is greedy decoding (then one sample per problem is enough)."""
+             top_p: float = 0.95, max_new_tokens: int = 32768, batch: int = 64, seed: int = 0,
+             chat_template_kwargs: dict | None = None, progress: bool = True, checker: Checker = answers_match,
+             n_boot: int = 1000) -> dict:
+    """§3.1's Pass@1 = avg@k: k = `samples` completions per problem (rows: {"prompt", "answer"}),
+    each scored by the answer checker (answers.row_correct with `checker`). Returns overall avg@k
+    and pass@k (k = 1, 2, 4, ..., samples) with 95% bootstrap intervals (over problems, and over
+    each problem's samples; n_boot=0: none), and the per-problem results with every sample's
+    extracted answer. `temperature=0` is greedy decoding (then one sample per problem)."""
     from tqdm import tqdm
 
     n = 1 if temperature == 0 else samples
@@ -95,31 +99,49 @@ def evaluate(model, tokenizer, rows: list[dict], samples: int = 16, temperature:
                          chat_template_kwargs=chat_template_kwargs)
         for i, r in enumerate(chunk):
             texts = ro.texts[i * n:(i + 1) * n]
-            gold = r["answer"]
-            c = sum(row_correct(t, r) for t in texts)
-            problems.append({"prompt": r["prompt"], "answer": gold, "n": n, "correct": c,
+            right = [bool(row_correct(t, r, checker=checker)) for t in texts]
+            problems.append({"prompt": r["prompt"], "answer": r["answer"], "n": n, "correct": sum(right),
                              "truncated": int(ro.truncated[i * n:(i + 1) * n].sum()),
-                             "pass@k": {k: pass_at_k(n, c, k) for k in ks_for(n)},
-                             "extracted": [extract_answer(t, is_choice(gold)) for t in texts],
-                             "sample": texts[0]})
+                             "pass@k": {k: pass_at_k(n, sum(right), k) for k in ks_for(n)},
+                             "extracted": [extract_answer(t, is_choice(r["answer"])) for t in texts],
+                             "right": right, "sample": texts[0],
+                             "prompt_tokens": int(ro.prompt_mask[i * n].sum())})
         bar.update(len(chunk))
     bar.close()
     m = len(problems)
-    return {"problems_n": m, "samples": n, "temperature": temperature, "top_p": top_p,
-            "max_new_tokens": max_new_tokens,
-            f"avg@{n}": sum(p["correct"] / n for p in problems) / max(1, m),
-            "pass@k": {k: sum(p["pass@k"][k] for p in problems) / max(1, m) for k in ks_for(n)},
-            "truncated_frac": sum(p["truncated"] for p in problems) / max(1, m * n),
-            "problems": problems}
+    res = {"problems_n": m, "samples": n, "temperature": temperature, "top_p": top_p,
+           "max_new_tokens": max_new_tokens,
+           f"avg@{n}": sum(p["correct"] / n for p in problems) / max(1, m),
+           "pass@k": {k: sum(p["pass@k"][k] for p in problems) / max(1, m) for k in ks_for(n)},
+           "truncated_frac": sum(p["truncated"] for p in problems) / max(1, m * n),
+           "problems": problems}
+    if n_boot and m:
+        res["ci95"] = intervals(np.array([p["right"] for p in problems]), n_boot, seed)
+    return res
+
+
+def intervals(right: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
+    """95% bootstrap intervals of avg@n and of each pass@k, resampling problems and resampling each
+    problem's samples (answers.bootstrap_ci): {"avg@n": {"problems": [lo, hi], "samples": ...}, ...}."""
+    n = right.shape[1]
+    out = {}
+    for name, k in [(f"avg@{n}", None)] + [(f"pass@{k}", k) for k in ks_for(n)]:
+        out[name] = {over: list(bootstrap_ci(right, k, over, n_boot, seed=seed)) for over in ("problems", "samples")}
+    return out
 
 
 def format_report(res: dict) -> str:
+    """The table on screen: each score, and its 95% intervals over problems and over samples."""
     n = res["samples"]
     head = f"{res['problems_n']} problems x {n} samples (T={res['temperature']}, top-p={res['top_p']})"
     cols = [f"avg@{n}"] + [f"pass@{k}" for k in res["pass@k"]]
     vals = [res[f"avg@{n}"]] + list(res["pass@k"].values())
-    w = max(len(c) for c in cols) + 2
-    return "\n".join([head, "".join(c.rjust(w) for c in cols), "".join(f"{v:.1%}".rjust(w) for v in vals)])
+    w = max(max(len(c) for c in cols) + 2, 15)
+    lines = [head, " " * 11 + "".join(c.rjust(w) for c in cols), "score".ljust(11) + "".join(f"{v:.1%}".rjust(w) for v in vals)]
+    for over in ("problems", "samples") if "ci95" in res else ():
+        cells = [f"{lo:.1%}-{hi:.1%}" for lo, hi in (res["ci95"][c][over] for c in cols)]
+        lines.append(f"95% {over}".ljust(11) + "".join(x.rjust(w) for x in cells))
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,12 +217,12 @@ def checkpoints(run: str) -> list[tuple[int, Path]]:
 
 @torch.no_grad()
 def similarity(model, tok, teacher, rows: list[dict], samples: int, temperature: float,
-               max_new_tokens: int, seed: int) -> dict:
+               max_new_tokens: int, seed: int, top_p: float = 0.95, template_kwargs: dict | None = None) -> dict:
     """The student's own samples, scored: accuracy, the teacher's mean token log-prob of them
     (similarity to the teacher), and the student's own (its confidence)."""
     device = next(model.parameters()).device
-    ro = grpo.sample(model, tok, [r["prompt"] for r in rows], n=samples,
-                     max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    ro = grpo.sample(model, tok, [r["prompt"] for r in rows], n=samples, max_new_tokens=max_new_tokens,
+                     temperature=temperature, top_p=top_p, seed=seed, chat_template_kwargs=template_kwargs)
     correct = [row_correct(t, rows[i // samples]) for i, t in enumerate(ro.texts)]
     T = ro.completion_ids.shape[1]
     cmask = ro.completion_mask.cpu()
@@ -214,7 +236,8 @@ def similarity(model, tok, teacher, rows: list[dict], samples: int, temperature:
 
 
 def phase_analysis(run: str, teacher, rows: list[dict], samples: int, temperature: float,
-                   max_new_tokens: int, seed: int, device, load_student) -> list[dict]:
+                   max_new_tokens: int, seed: int, device, load_student, top_p: float = 0.95,
+                   template_kwargs: dict | None = None) -> list[dict]:
     """Accuracy and similarity to the teacher at each checkpoint of a run (the paper's phase
     shift: similarity rises first, then falls while accuracy keeps rising). The run's initial
     student is step 0 when it can be loaded."""
@@ -230,7 +253,8 @@ def phase_analysis(run: str, teacher, rows: list[dict], samples: int, temperatur
         model, tok = load_student(path, device)
         model.eval()
         out.append({"step": step, "checkpoint": str(path),
-                    **similarity(model, tok, teacher, rows, samples, temperature, max_new_tokens, seed)})
+                    **similarity(model, tok, teacher, rows, samples, temperature, max_new_tokens, seed,
+                                 top_p, template_kwargs)})
         del model
     return out
 
@@ -239,22 +263,34 @@ def phase_analysis(run: str, teacher, rows: list[dict], samples: int, temperatur
 # CLI
 # ----------------------------------------------------------------------------------------------
 
-def load_rows(spec: str, limit: int | None, world) -> list[dict]:
+def load_rows(spec: str, limit: int | None, world, instruction: str = "") -> list[dict]:
     """Problems with answers: the toy world's held-out set, reasoning-gym tasks (rg:TASKS, the
-    held-out seed), or a JSONL file (ropd.py's format)."""
+    held-out seed), or a JSONL file (data.parse_row: AIME, HMMT, MATH-500, GPQA field names), each
+    prompt followed by `instruction` if one is given."""
     rows = data.load_data(spec, 0, world, "test", limit)
     if any(r["answer"] is None for r in rows):
         raise UserError(f"{spec}: every row needs an 'answer' to be evaluated")
+    if instruction:
+        rows = [{**r, "prompt": r["prompt"] + "\n\n" + instruction} if isinstance(r["prompt"], str) else r
+                for r in rows]
     return rows
 
 
-def _common(ap: argparse.ArgumentParser):
+def _common(ap: argparse.ArgumentParser, command: str):
     ap.add_argument("--data", default="toy",
                     help="JSONL with prompt and answer, 'toy' (held-out toy set) or rg:TASK[,TASK...] (reasoning-gym)")
     ap.add_argument("--world", default=None, help="toy world directory (default: the cache)")
     ap.add_argument("--limit", type=int, default=None, help="first N problems (toy default: 200)")
     ap.add_argument("--max-new-tokens", type=int, default=None,
-                    help=f"(default: {toy.GENERATION['max_new_tokens']} for toy data, else 4096)")
+                    help=f"(default: {toy.GENERATION['max_new_tokens']} for toy data, else 32768, as the paper)")
+    ap.add_argument("--enable-thinking", action=argparse.BooleanOptionalAction, default=False,
+                    help="the chat template's thinking switch (Qwen3), as ropd.py's (default: off)")
+    ap.add_argument("--instruction", default="", help="text appended to every prompt after a blank line, e.g. "
+                    "'Please reason step by step, and put your final answer within \\boxed{}.'")
+    ap.add_argument("--checker", default="builtin", choices=("builtin", "math-verify"),
+                    help="answer comparison: builtin (exact numbers and text) or math-verify (symbolic; "
+                    "pip install math-verify)")
+    ap.add_argument("--top-p", type=float, default=0.95, help="sampling top-p (the paper: 0.95)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None, help="JSON results file (default runs/eval/<command>.json)")
@@ -268,7 +304,6 @@ def _signal_flags(ap: argparse.ArgumentParser):
     ap.add_argument("--rollouts", type=int, default=8, help="G, rollouts per prompt")
     ap.add_argument("--references", type=int, default=4, help="K, teacher answers per prompt")
     ap.add_argument("--temperature", type=float, default=1.0, help="rollout temperature")
-    ap.add_argument("--top-p", type=float, default=1.0, help="rollout top-p")
     ap.add_argument("--teacher-temperature", type=float, default=None,
                     help=f"(default: {g['teacher_temperature']} for toy data, else not sent)")
     ap.add_argument("--teacher-max-tokens", type=int, default=None,
@@ -286,13 +321,12 @@ def parse(argv) -> tuple[str, argparse.Namespace]:
     command = argv.pop(0) if argv and argv[0] in ("signal", "phase") else "benchmark"
     ap = data.ArgumentParser(prog=f"eval.py{'' if command == 'benchmark' else ' ' + command}",
                                  description=__doc__.split("\n\n")[0])
-    _common(ap)
+    _common(ap, command)
     if command in ("benchmark", "signal"):
         ap.add_argument("--model", default="toy", help="checkpoint path, hub name, 'toy' or 'toy-teacher'")
     if command == "benchmark":
         ap.add_argument("--samples", type=int, default=16, help="k samples per problem")
         ap.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-        ap.add_argument("--top-p", type=float, default=0.95)
         ap.add_argument("--batch", type=int, default=64, help="sequences per generate call")
     else:
         ap.add_argument("--teacher", default="toy", help=f"teacher spec ({teacher_lib.SPEC_HELP})")
@@ -311,10 +345,15 @@ def load_model(name: str, device, world):
 
 
 def run_benchmark(ns, world, device, max_new: int) -> tuple[dict, str]:
-    rows = load_rows(ns.data, ns.limit, world)
+    try:
+        checker = make_checker(ns.checker)
+    except ValueError as e:  # the optional package is not installed
+        raise UserError(str(e)) from None
+    rows = load_rows(ns.data, ns.limit, world, ns.instruction)
     model, tok = load_model(ns.model, device, world)
-    res = evaluate(model, tok, rows, ns.samples, ns.temperature, ns.top_p, max_new, ns.batch, ns.seed)
-    res["model"] = ns.model
+    res = evaluate(model, tok, rows, ns.samples, ns.temperature, ns.top_p, max_new, ns.batch, ns.seed,
+                   {"enable_thinking": ns.enable_thinking}, checker=checker)
+    res.update(model=ns.model, checker=ns.checker, enable_thinking=ns.enable_thinking)
     return res, format_report(res)
 
 
@@ -323,7 +362,7 @@ def run_signal(ns, world, device, max_new: int) -> tuple[dict, str]:
     g = toy.GENERATION if toy_data else {"teacher_temperature": None, "teacher_max_tokens": 8192,
                                          "judge_max_tokens": 8192}
     pick = lambda v, k: g[k] if v is None else v  # noqa: E731
-    rows = load_rows(ns.data, ns.prompts, world)
+    rows = load_rows(ns.data, ns.prompts, world, ns.instruction)
     model, tok = load_model(ns.model, device, world)
     teacher, judge = teacher_lib.load_teacher_and_judge(
         ns.teacher, ns.judge, cache=ns.cache or teacher_lib.default_cache_path(), concurrency=16)
@@ -333,7 +372,7 @@ def run_signal(ns, world, device, max_new: int) -> tuple[dict, str]:
                           rows, ns.rollouts, ns.references, max_new, ns.temperature, ns.top_p, ns.seed,
                           pick(ns.teacher_temperature, "teacher_temperature"),
                           pick(ns.teacher_max_tokens, "teacher_max_tokens"),
-                          rubric.JudgeSettings(retries=ns.judge_retries), {"enable_thinking": False})
+                          rubric.JudgeSettings(retries=ns.judge_retries), {"enable_thinking": ns.enable_thinking})
     res["model"], res["teacher"], res["judge"] = ns.model, ns.teacher, ns.judge or ns.teacher
     report = "\n".join([f"{res['rollouts']} rollouts of {res['prompts']} prompts, "
                         f"{res['correct_frac']:.1%} correct, {res['fallback_groups']} groups fell back",
@@ -343,12 +382,13 @@ def run_signal(ns, world, device, max_new: int) -> tuple[dict, str]:
 
 
 def run_phase(ns, world, device, max_new: int) -> tuple[dict, str]:
-    rows = load_rows(ns.data, ns.limit or 64, world)
+    rows = load_rows(ns.data, ns.limit or 64, world, ns.instruction)
     teacher = teacher_lib.load(ns.teacher)
     if not hasattr(teacher, "token_logprobs"):
         raise UserError(f"the phase analysis needs a white-box teacher (hf:PATH or toy), got {ns.teacher!r}")
     pts = phase_analysis(ns.run, teacher, rows, ns.samples, ns.temperature, max_new, ns.seed, device,
-                         lambda name, dev: load_model(name, dev, world))
+                         lambda name, dev: load_model(name, dev, world), ns.top_p,
+                         {"enable_thinking": ns.enable_thinking})
     res = {"run": ns.run, "teacher": ns.teacher, "samples": ns.samples, "problems_n": len(rows),
            "checkpoints": pts}
     report = "\n".join([f"{'step':>6}{'accuracy':>10}{'teacher logp':>14}{'student logp':>14}"]
@@ -369,7 +409,7 @@ def main(argv=None) -> int:
                        or (command == "phase" and run_args.exists()
                            and json.loads(run_args.read_text()).get("student") == "toy"))
         world = toy.build(root=ns.world) if needs_world else None
-        max_new = ns.max_new_tokens or (toy.GENERATION["max_new_tokens"] if ns.data == "toy" else 4096)
+        max_new = ns.max_new_tokens or (toy.GENERATION["max_new_tokens"] if ns.data == "toy" else 32768)
         run = {"benchmark": run_benchmark, "signal": run_signal, "phase": run_phase}[command]
         res, report = run(ns, world, data.pick_device(ns.device), max_new)
     except (UserError, teacher_lib.TeacherError, FileNotFoundError) as e:

@@ -538,7 +538,7 @@ def held_out_accuracy(model, tok, rows, a: Args, batch: int = 128) -> float:
         return float("nan")
     res = evaluation.evaluate(model, tok, rows, temperature=0.0, batch=batch, progress=False,
                               max_new_tokens=a.eval_max_new_tokens or a.max_new_tokens,
-                              chat_template_kwargs={"enable_thinking": a.enable_thinking})
+                              chat_template_kwargs={"enable_thinking": a.enable_thinking}, n_boot=0)
     return res["avg@1"]
 
 

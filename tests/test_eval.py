@@ -1,9 +1,12 @@
 """eval.py: AUC by hand, the benchmark CLI and the paper's two analyses end to end."""
 import json
 import math
+import sys
 
+import numpy as np
 import pytest
 
+import answers
 import eval as ev
 import ropd
 import toy
@@ -113,3 +116,63 @@ def test_phase_analysis_over_a_run(tiny_world, tmp_path):
     for p in pts:
         assert 0.0 <= p["accuracy"] <= 1.0
         assert p["teacher_logprob"] < 0 and p["student_logprob"] < 0
+
+
+# a chat template that thinks unless told otherwise, as Qwen3's does
+QWEN3_STYLE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
+
+
+@pytest.fixture
+def qwen3_style_model(tiny_world, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_world.student_path)
+    tok.chat_template = QWEN3_STYLE
+    path = tmp_path / "qwen3-style"
+    AutoModelForCausalLM.from_pretrained(tiny_world.student_path).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path, tok
+
+
+def test_thinking_is_off_by_default_and_on_with_the_flag(qwen3_style_model, tiny_world, tmp_path):
+    path, tok = qwen3_style_model
+    import grpo
+    off, _ = grpo.encode_prompts(tok, ["1+2"], {"enable_thinking": False})
+    on, _ = grpo.encode_prompts(tok, ["1+2"], {"enable_thinking": True})
+    assert tok.decode(off[0]).endswith("<|assistant|><think>\n\n</think>\n\n")
+    assert tok.decode(on[0]).endswith("<|assistant|>")
+    runs = {}
+    for name, flags in (("default", []), ("thinking", ["--enable-thinking"])):
+        out = tmp_path / f"{name}.json"
+        assert ev.main(["--model", str(path), "--world", str(tiny_world.root), "--limit", "2", "--samples", "1",
+                        "--temperature", "0", "--max-new-tokens", "4", "--out", str(out), *flags]) == 0
+        runs[name] = json.loads(out.read_text())
+    assert runs["default"]["enable_thinking"] is False and runs["thinking"]["enable_thinking"] is True
+    think_block = len(tok("<think>\n\n</think>\n\n", add_special_tokens=False)["input_ids"])
+    for a, b in zip(runs["default"]["problems"], runs["thinking"]["problems"]):
+        assert a["prompt_tokens"] == b["prompt_tokens"] + think_block
+
+
+def test_benchmark_reports_bootstrap_intervals(tiny_world, tmp_path):
+    out = tmp_path / "res.json"
+    assert ev.main(["--model", "toy-teacher", "--world", str(tiny_world.root), "--limit", "8",
+                    "--samples", "4", "--max-new-tokens", "12", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    right = np.array([p["right"] for p in res["problems"]])
+    assert right.shape == (8, 4) and right.sum() == sum(p["correct"] for p in res["problems"])
+    for name, k in (("avg@4", None), ("pass@2", 2)):
+        score = res["avg@4"] if k is None else res["pass@k"]["2"]
+        for over in ("problems", "samples"):
+            lo, hi = res["ci95"][name][over]
+            assert (lo, hi) == answers.bootstrap_ci(right, k, over, 1000, seed=0)
+            assert lo <= score + 1e-9 and score <= hi + 1e-9
+
+
+def test_math_verify_checker_missing_is_one_line(tiny_world, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "math_verify", None)  # as if it were not installed
+    assert ev.main(["--model", "toy-teacher", "--world", str(tiny_world.root), "--checker", "math-verify",
+                    "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --checker math-verify needs the math-verify package (pip install math-verify)"]
