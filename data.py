@@ -84,22 +84,49 @@ def parse_row(obj, where: str) -> dict:
 def load_jsonl(path: str) -> list[dict]:
     """Rows of a JSONL file (see parse_row for the field names of AIME, HMMT, MATH-500 and GPQA
     releases). A bad line is reported with its number."""
-    if not Path(path).exists():
-        raise UserError(f"data file not found: {path}")
+    check_file(path, "data file")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{where}: not UTF-8 text (byte {e.start + 1} of the line)") from None
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            row = parse_row(obj, f"{path}:{lineno}")
+                raise UserError(f"{where}: not valid JSON ({e.msg})") from None
+            except RecursionError:
+                raise UserError(f"{where}: JSON nested too deeply") from None
+            row = parse_row(obj, where)
+            if not _encodable(row["prompt"]):
+                raise UserError(f"{where}: the prompt holds a lone surrogate (\\ud800-\\udfff), not text")
             rows.append({"id": str(obj.get("id", lineno)), **row})
     if not rows:
         raise UserError(f"{path}: no data rows")
     return rows
+
+
+def check_file(path: str, what: str):
+    """A file that the run will read: there, and a file."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{what} not found: {path}")
+    if not p.is_file():
+        raise UserError(f"{what} {path} is not a file")
+
+
+def _encodable(prompt) -> bool:
+    texts = [prompt] if isinstance(prompt, str) else [m["content"] for m in prompt]
+    try:
+        for t in texts:
+            t.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def load_reasoning_gym(spec: str, seed: int, size: int = 2000) -> list[dict]:
@@ -177,10 +204,20 @@ def next_batch(rows, pos: int, size: int, seed: int) -> tuple[list[dict], int]:
 # ----------------------------------------------------------------------------------------------
 
 def pick_device(name: str) -> torch.device:
-    """'auto' is the GPU when there is one, else the CPU."""
+    """'auto' is the GPU when there is one, else the CPU; a device that is not there is refused."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {name!r} is not a device (auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no GPU is visible here (use --device cpu)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) are visible")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {name!r}: only cpu, cuda and mps are supported")
+    return device
 
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -226,11 +263,19 @@ def smollm2_path(log=print) -> Path:
     return out
 
 
+def check_model_name(name: str):
+    """A model named by a path must be there (else it would be taken for a hub id and fail with a
+    message about the hub's naming rules)."""
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
+        raise UserError(f"no model folder at {name}")
+
+
 def load_model(name: str, device: torch.device, world=None):
     """(model, tokenizer) in fp32: 'toy' (the toy world's student), 'toy-teacher', 'smollm2' (see
     smollm2_path), a local folder or a hub name. A tokenizer without a pad token pads with EOS."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_model_name(name)
     path = {"toy": lambda: world.student_path, "toy-teacher": lambda: world.teacher_path,
             "smollm2": smollm2_path}.get(name, lambda: name)()
     try:

@@ -180,8 +180,8 @@ def signal_analysis(student, tok, teacher, judge: rubric.CompleteFn, rows: list[
     correct = np.array([row_correct(t, rows[i // G]) for i, t in enumerate(ro.texts)])
     refs = teacher_lib.references(teacher, [data.as_chat(r["prompt"]) for r in rows], k, teacher_temperature,
                                   teacher_max_tokens)
-    groups = [rubric.Group(data.prompt_id(r), data.question_text(r["prompt"]), refs[i], ro.texts[i * G:(i + 1) * G])
-              for i, r in enumerate(rows)]
+    groups = [rubric.Group(data.prompt_id(r), data.question_text(r["prompt"]), [x for x in refs[i] if isinstance(x, str)],
+                           ro.texts[i * G:(i + 1) * G]) for i, r in enumerate(rows)]
     results = rubric.ropd_reward(judge, groups, settings)
     valid = np.repeat([r.fallback is None for r in results], G)
     signals = {"rubric score": np.array([x for r in results for x in r.rewards])}
@@ -245,7 +245,7 @@ def phase_analysis(run: str, teacher, rows: list[dict], samples: int, temperatur
 
     points = checkpoints(run)
     if not points:
-        raise FileNotFoundError(f"no checkpoint-* folders under {run}")
+        raise UserError(f"no checkpoint-* folders under {run}")
     args = json.loads((Path(run) / "args.json").read_text()) if (Path(run) / "args.json").exists() else {}
     todo = ([(0, args["student"])] if args.get("student") else []) + [(s, str(p)) for s, p in points]
     out = []
@@ -368,7 +368,7 @@ def run_signal(ns, world, device, max_new: int) -> tuple[dict, str]:
         ns.teacher, ns.judge, cache=ns.cache or teacher_lib.default_cache_path(), concurrency=16)
     temperatures = {"rubricator": ns.rubricator_temperature, "verifier": ns.verifier_temperature}
     res = signal_analysis(model, tok, teacher, judge.as_judge(pick(ns.judge_max_tokens, "judge_max_tokens"),
-                                                              temperatures),
+                                                              temperatures, retries=ns.judge_retries),
                           rows, ns.rollouts, ns.references, max_new, ns.temperature, ns.top_p, ns.seed,
                           pick(ns.teacher_temperature, "teacher_temperature"),
                           pick(ns.teacher_max_tokens, "teacher_max_tokens"),
@@ -412,8 +412,11 @@ def main(argv=None) -> int:
         max_new = ns.max_new_tokens or (toy.GENERATION["max_new_tokens"] if ns.data == "toy" else 32768)
         run = {"benchmark": run_benchmark, "signal": run_signal, "phase": run_phase}[command]
         res, report = run(ns, world, data.pick_device(ns.device), max_new)
-    except (UserError, teacher_lib.TeacherError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UserError, teacher_lib.TeacherError) as e:
+        print(f"error: {teacher_lib.redact(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {teacher_lib.redact(f'{e.filename or e}: {e.strerror or e}')}", file=sys.stderr)
         return 2
     out = Path(ns.out or f"runs/eval/{command}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,10 +23,11 @@ import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch.utils.checkpoint import checkpoint
+from transformers import LogitsProcessor, LogitsProcessorList
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
@@ -159,14 +160,38 @@ def decode(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor) -> list[
             for ids, m in zip(completion_ids, mask)]
 
 
+class RowSeededSampling(LogitsProcessor):
+    """Samples row i with its own generator, seeded by seeds[i] (the Gumbel-max trick: the argmax
+    of logits / temperature + Gumbel noise is a sample of softmax(logits / temperature), after the
+    top-p cut). A row's sample then depends on its seed and its own logits only, not on which
+    other rows share its batch: the same request gives the same text in any batch, on any number
+    of processes. Used with greedy decoding (generate(do_sample=False))."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, device):
+        self.gens = [torch.Generator(device=device).manual_seed(int(s) % 2 ** 63) for s in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logits = scores.float() / self.temperature
+        if self.top_p < 1.0:  # keep the smallest set of tokens whose probability reaches top_p
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            p = sorted_logits.softmax(-1)
+            drop = (p.cumsum(-1) - p) >= self.top_p  # the first token is always kept
+            logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        u = torch.stack([torch.rand(logits.shape[-1], generator=g, device=logits.device) for g in self.gens])
+        return logits - torch.log(-torch.log(u.clamp(1e-12, 1 - 1e-7)))
+
+
 @torch.no_grad()
 def sample(model, tokenizer, prompts, n: int = 8, max_new_tokens: int = 512,
            temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
-           chat_template_kwargs: dict | None = None) -> Rollouts:
+           chat_template_kwargs: dict | None = None, row_seeds: Sequence[int] | None = None) -> Rollouts:
     """§2.1 (student rollouts): sample `n` completions for each prompt.
 
-    `temperature == 0` means greedy decoding. With `seed`, sampling is reproducible and leaves the
-    global RNG untouched; without it, it draws from (and advances) the global torch RNG.
+    `temperature == 0` means greedy decoding. With `row_seeds` (one per completion, prompt-major)
+    each completion is sampled with its own seed (RowSeededSampling), whatever shares its batch.
+    Else, with `seed`, the batch is reproducible and leaves the global RNG untouched; without
+    either, it draws from (and advances) the global torch RNG.
     """
     device = next(model.parameters()).device
     ids, mask = encode_prompts(tokenizer, prompts, chat_template_kwargs)
@@ -174,10 +199,14 @@ def sample(model, tokenizer, prompts, n: int = 8, max_new_tokens: int = 512,
     eos = eos_ids(tokenizer, model)
     gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_id(tokenizer),
                       eos_token_id=eos, use_cache=True)
-    if temperature > 0:
+    if temperature > 0 and row_seeds is None:
         gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     else:
         gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if temperature > 0:
+            if len(row_seeds) != ids.shape[0]:
+                raise ValueError(f"{len(row_seeds)} row seeds for {ids.shape[0]} completions")
+            gen_kwargs["logits_processor"] = LogitsProcessorList([RowSeededSampling(row_seeds, temperature, top_p, device)])
     was_training = model.training
     model.eval()
     devices = [device] if device.type == "cuda" else []
@@ -459,6 +488,10 @@ def batched_logprobs(model, ids, attn, cmask, temperature: float, micro: int, de
     return out * cmask
 
 
+class NonFiniteError(FloatingPointError):
+    """A loss or gradient norm that is NaN or infinite: the update is not taken."""
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """Settings of the clipped objective (Eq. 8); defaults are the official code's."""
@@ -534,6 +567,10 @@ def update_policy(model, opt, batch: Batch, group_size: int, mini_batches: int, 
             opt.zero_grad(set_to_none=True)
             st = accumulate_gradient(model, batch.rows(idx), loss_fn, micro_batch, device, temperature)
             st["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+            bad = {k: v for k, v in st.items() if not math.isfinite(v)}
+            if bad:  # never step on NaN: the weights stay as they were before this mini-batch
+                opt.zero_grad(set_to_none=True)
+                raise NonFiniteError(f"the loss or gradient is not finite ({', '.join(f'{k} {v}' for k, v in bad.items())})")
             opt.step()
             n_updates += 1
             for k, v in st.items():

@@ -32,6 +32,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import math
 import logging
 import os
 import random
@@ -205,6 +206,8 @@ class Args:
     """cuda, cpu, or auto (the GPU if there is one)"""
     log_samples: int = 4
     """prompts per step written to samples.jsonl with their rubric and judgements (-1: all)"""
+    overwrite: bool = False
+    """replace the run already in --out (its logs and checkpoints); without it such a run is refused"""
 
 
 # The toy world's student is tiny: short completions, a larger learning rate with a warm-up (the
@@ -261,9 +264,10 @@ RewardFn = Callable[[list, grpo.Rollouts, "list[list[str]] | None"], Rewards]
 
 def groups_of(rows: list[dict], ro: grpo.Rollouts, references) -> list[rubric.Group]:
     """Each prompt with its references and its G rollouts, as the judge sees them."""
-    G = ro.group_size
-    return [rubric.Group(prompt_id(r), question_text(r["prompt"]), references[i] if references else [],
-                         ro.texts[i * G:(i + 1) * G]) for i, r in enumerate(rows)]
+    G, refs = ro.group_size, references or [[] for _ in rows]
+    return [rubric.Group(prompt_id(r), question_text(r["prompt"]), [x for x in refs[i] if isinstance(x, str)],
+                         ro.texts[i * G:(i + 1) * G], [f"reference: {x}" for x in refs[i] if not isinstance(x, str)])
+            for i, r in enumerate(rows)]
 
 
 def judged_reward(score_groups, rows, ro: grpo.Rollouts, references) -> Rewards:
@@ -315,7 +319,7 @@ def apply_failure_policy(fallback: list[str | None], groups, max_rate: float, wh
         reasons = sorted({fallback[i] for i in failed})
         first = next((e for i in failed for e in (groups[i].format_errors if groups else [])), "")
         raise UserError(f"{where}: {len(failed)}/{len(fallback)} groups fell back ({', '.join(reasons)}), "
-                        f"above --max-fallback-rate {max_rate}; stopping. First error: {first}")
+                        f"above --max-fallback-rate {max_rate}; stopping" + (f". First error: {first}" if first else ""))
     return len(failed)
 
 
@@ -334,7 +338,7 @@ def sft_step(model, opt, tok, prompts: list, references: list[list[str]], max_ne
              mini_batches: int, seed: int, grad_clip: float, micro_batch: int, device, template_kwargs) -> dict:
     """The SFT baseline (§3.1): off-policy, so no rollouts and no reward: one pass of token-mean
     NLL on the teacher's references, in `mini_batches` optimizer steps."""
-    pairs = [(p, x) for p, rs in zip(prompts, references) for x in rubric.dedupe(rs)]
+    pairs = [(p, x) for p, rs in zip(prompts, references) for x in rubric.dedupe([r for r in rs if isinstance(r, str)])]
     if not pairs:
         raise UserError("no teacher references at all in this step; cannot fine-tune")
     p_ids, p_mask = grpo.encode_prompts(tok, [as_chat(p) for p, _ in pairs], template_kwargs)
@@ -343,7 +347,7 @@ def sft_step(model, opt, tok, prompts: list, references: list[list[str]], max_ne
                        torch.zeros(c_mask.shape), torch.zeros(len(pairs)))
     stats = grpo.update_policy(model, opt, batch, 1, mini_batches, 1, seed, grpo.sft_loss_fn,
                                grad_clip, micro_batch, device)
-    return {**stats, "references": len(pairs), "fallbacks": sum(not rs for rs in references)}
+    return {**stats, "references": len(pairs), "fallbacks": sum(not any(isinstance(r, str) for r in rs) for rs in references)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -384,7 +388,7 @@ def train(a: Args, log=print) -> dict:
             m.update(sft_step(model, opt, tok, prompts, refs, a.max_new_tokens, a.mini_batches, step_seed,
                               a.grad_clip, a.micro_batch, device, template))
             clock.lap("update")
-            samples = [{"step": step + 1, "prompt": p, "references": rs} for p, rs in zip(prompts, refs)]
+            samples = [{"step": step + 1, "prompt": p, "references": logged(rs)} for p, rs in zip(prompts, refs)]
         else:
             ro = sample_rollouts(model, tok, prompts, a.rollouts, a.max_new_tokens, a.temperature, a.top_p,
                                  step_seed, template)
@@ -422,10 +426,70 @@ def train(a: Args, log=print) -> dict:
 # Plumbing: set-up, logs, checkpoints (nothing here is the method)
 # ----------------------------------------------------------------------------------------------
 
+POSITIVE = ("steps", "prompts_per_step", "rollouts", "references", "mini_batches", "epochs", "max_new_tokens",
+            "teacher_max_tokens", "judge_max_tokens", "save_every", "concurrency", "lr", "grad_clip",
+            "request_timeout", "temperature", "top_p", "exopd_lambda", "min_criteria")
+NON_NEGATIVE = ("micro_batch", "warmup_steps", "judge_retries", "verifier_chunk", "min_references", "keep_last",
+                "eval_every", "eval_samples", "eval_max_new_tokens", "rpm", "weight_decay", "kl_beta", "clip_low",
+                "clip_high", "clip_c", "teacher_temperature", "rubricator_temperature", "verifier_temperature",
+                "judge_temperature")
+
+
 def check_args(a: Args):
-    """Refuse settings that cannot work, before anything is loaded or paid for."""
-    if a.method not in METHODS:
-        raise UserError(f"--method must be one of {', '.join(METHODS)}")
+    """Refuse, in one line, any setting that cannot work, before anything is loaded or paid for:
+    sizes that would train nothing, maths that is undefined (a temperature of 0 divides the
+    log-probs by zero), files that are not there, a run folder that already holds a run."""
+    flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+    for name in POSITIVE + NON_NEGATIVE:
+        v = getattr(a, name)
+        if v is not None and not (math.isfinite(v) and (v > 0 if name in POSITIVE else v >= 0)):
+            raise UserError(f"{flag(name)} must be {'positive' if name in POSITIVE else 'at least 0'}, got {v}"
+                            + ("; sampling must be stochastic to be trained on" if name == "temperature" else ""))
+    checks = [
+        (a.top_p <= 1, f"--top-p must be in (0, 1], got {a.top_p}"),
+        (all(0 <= b < 1 for b in a.betas), f"--betas must be in [0, 1), got {a.betas}"),
+        (a.clip_low < 1, f"--clip-low must be below 1, got {a.clip_low}"),
+        (a.clip_c == 0 or a.clip_c > 1, f"--clip-c must be 0 (off) or above 1, got {a.clip_c}"),
+        (0 <= a.max_fallback_rate <= 1, f"--max-fallback-rate must be in [0, 1], got {a.max_fallback_rate}"),
+        (a.min_criteria <= a.max_criteria, f"--min-criteria {a.min_criteria} is above --max-criteria {a.max_criteria}"),
+        (a.log_samples >= -1, f"--log-samples must be -1 (all) or more, got {a.log_samples}"),
+        (a.rollouts >= 2 or a.method in ("lopd", "exopd", "sft"),
+         f"--rollouts {a.rollouts}: a group of one rollout has zero advantage and teaches nothing"),
+        (not (a.resume and a.overwrite), "--resume and --overwrite contradict each other"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    for spec in filter(None, (a.teacher if a.method != "grpo" else None, a.judge)):
+        teacher_lib.check_spec(spec)
+    judge_kind = teacher_lib.check_spec(a.judge or a.teacher)[0]
+    for used, name in ((a.judge_json_mode, "--judge-json-mode"), (a.judge_reasoning_effort, "--judge-reasoning-effort")):
+        if used and judge_kind != "openai":
+            raise UserError(f"{name}: the {judge_kind} backend takes no such option; leave it off (it is for "
+                            f"OpenAI and OpenAI-compatible servers)")
+    data.check_model_name(a.student)
+    for path, what in ((None if a.data == "toy" or a.data.startswith("rg:") else a.data, "--data"),
+                       (a.eval_data, "--eval-data")):
+        if path:
+            data.check_file(path, what)
+    if a.world and not (Path(a.world) / "world.json").is_file():
+        raise UserError(f"--world {a.world}: no toy world there (python toy.py --root {a.world} builds one)")
+    if a.cache and Path(a.cache).is_dir():
+        raise UserError(f"--cache {a.cache} is a directory; give it a file name")
+    data.pick_device(a.device)
+    check_out(Path(a.out), a.resume, a.overwrite)
+
+
+def check_out(out: Path, resume, overwrite: bool):
+    """The run folder: writable, and not holding another run's logs unless told (--resume continues
+    it, --overwrite replaces it)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    if not resume and not overwrite and any((out / f).exists() for f in ("metrics.jsonl", "samples.jsonl", "latest")):
+        raise UserError(f"--out {out} holds a run already: --resume {out} continues it, --overwrite replaces it")
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK):
+        raise UserError(f"--out {out}: {probe} is not writable")
 
 
 @dataclass
@@ -449,17 +513,18 @@ class Run:
 
 def setup_run(a: Args, log) -> Run:
     """Seeds, data, models, teacher and judge, optimizer, and the resumed state if any."""
-    state, ckpt = None, find_checkpoint(a.resume) if a.resume else None
+    ckpt = find_checkpoint(a.resume) if a.resume else None
+    state = load_trainer_state(ckpt) if ckpt else None
     if ckpt:
-        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
         log(f"resuming from {ckpt} (step {state['step']})")
     random.seed(a.seed)
     np.random.seed(a.seed)
     torch.manual_seed(a.seed)
     device = data.pick_device(a.device)
+    cache = None if a.method == "grpo" else teacher_lib.Cache(a.cache or teacher_lib.default_cache_path())
 
     rows = None if a.data == "toy" else data.load_data(a.data, a.seed)  # bad data fails before any build
-    world = toy.build(root=a.world, log=log) if "toy" in (a.student, a.data) else None
+    world = toy.build(root=a.world, log=log) if "toy" in (a.student, a.data) else None  # --world: checked
     rows = rows or data.load_data(a.data, a.seed, world)
     if a.eval_data:
         eval_rows = data.load_jsonl(a.eval_data)[:a.eval_samples]
@@ -480,8 +545,8 @@ def setup_run(a: Args, log) -> Run:
         ref_model.eval().requires_grad_(False)
 
     teacher, judge = (None, None) if a.method == "grpo" else teacher_lib.load_teacher_and_judge(
-        a.teacher, a.judge, cache=a.cache or teacher_lib.default_cache_path(), concurrency=a.concurrency,
-        rpm=a.rpm or None, retries=2, timeout=a.request_timeout)
+        a.teacher, a.judge, cache=cache, concurrency=a.concurrency, rpm=a.rpm or None, retries=2,
+        timeout=a.request_timeout)
     if a.method in ("lopd", "exopd"):
         check_lopd_teacher(teacher, tok, a.teacher, a.temperature)
 
@@ -491,8 +556,11 @@ def setup_run(a: Args, log) -> Run:
         set_rng_state(state["rng"])
     start = state["step"] if state else 0
     out = Path(a.out)
+    if a.overwrite:  # the user said so: the old run's logs and checkpoints go
+        for old in [out / "latest", *out.glob("checkpoint-*")]:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "args.json").write_text(json.dumps(dataclasses.asdict(a), indent=2))
+    (out / "args.json").write_text(json.dumps(teacher_lib.redact(dataclasses.asdict(a)), indent=2))
     truncate_jsonl(out / "metrics.jsonl", start)
     truncate_jsonl(out / "samples.jsonl", start)
     return Run(out, model, tok, opt, device, rows, eval_rows, teacher, judge,
@@ -507,7 +575,8 @@ def reward_function(a: Args, teacher, judge) -> RewardFn | None:
                 "grpo": outcome_reward, "sft": None}[a.method]
     complete = judge.as_judge(a.judge_max_tokens, {
         "rubricator": a.rubricator_temperature, "verifier": a.verifier_temperature,
-        "tjudge": a.judge_temperature, "ovd": a.judge_temperature}, a.judge_json_mode, a.judge_reasoning_effort)
+        "tjudge": a.judge_temperature, "ovd": a.judge_temperature}, a.judge_json_mode, a.judge_reasoning_effort,
+        a.judge_retries)
     settings = rubric.JudgeSettings(
         a.judge_retries, a.min_criteria, a.max_criteria, a.verifier_chunk or None, a.rubricator_instructions,
         a.verifier_instructions, a.rubric_prompt, a.verifier, a.min_references or a.references,
@@ -608,7 +677,7 @@ def sample_records(step: int, rows, ro: grpo.Rollouts, rewards: Rewards, refs, n
         res = rewards.groups[i] if rewards.groups else None
         out.append({
             "step": step, "prompt": rows[i]["prompt"], "answer": rows[i]["answer"],
-            "references": res.references if res and res.references else refs[i] if refs is not None else None,
+            "references": res.references if res and res.references else logged(refs[i]) if refs else None,
             "rubric": None if not res or not res.rubrics else res.rubric.to_json() if res.rubric
             else [x.to_json() for x in res.rubrics],
             "rollouts": ro.texts[i * G:(i + 1) * G],
@@ -620,12 +689,18 @@ def sample_records(step: int, rows, ro: grpo.Rollouts, rewards: Rewards, refs, n
     return out
 
 
+def logged(references: list) -> list[str]:
+    """A prompt's references as samples.jsonl shows them: the texts, and why any are missing."""
+    return [x if isinstance(x, str) else f"error: {x}" for x in references]
+
+
 def write_logs(out: Path, m: dict, samples: list[dict], bar):
+    """One metrics line per step, the step's samples; everything passes teacher.redact first."""
     with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(m) + "\n")
+        f.write(json.dumps(teacher_lib.redact(m)) + "\n")
     with open(out / "samples.jsonl", "a") as f:
         for s in samples:
-            f.write(json.dumps(s) + "\n")
+            f.write(json.dumps(teacher_lib.redact(s)) + "\n")
     shown = {"reward": m.get("reward_mean", m.get("sft_loss")), "fb": m["fallbacks"]}
     if "eval_accuracy" in m:
         shown["acc"] = m["eval_accuracy"]
@@ -646,15 +721,22 @@ def finish_run(a: Args, r: Run, acc_before: float, log) -> dict:
 
 
 def rng_state() -> dict:
-    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state in plain types (lists, ints, tensors), so that the checkpoint loads with
+    torch.load(weights_only=True), which runs no code."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    st = {"python": [version, list(mt), gauss], "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos,
+                                                        has_gauss, cached], "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
 
 
 def set_rng_state(st: dict):
-    random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
+    version, mt, gauss = st["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = st["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(st["torch"])
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
@@ -662,14 +744,15 @@ def set_rng_state(st: dict):
 
 def save_checkpoint(out: Path, step: int, model, tok, opt, data_pos: int, args: dict, keep_last: int) -> Path:
     """Write then rename: a checkpoint directory either exists whole or not at all. The student is
-    in save_pretrained format (AutoModelForCausalLM.from_pretrained loads it)."""
+    in save_pretrained format (AutoModelForCausalLM.from_pretrained loads it); trainer_state.pt holds
+    tensors and plain types only (see load_trainer_state), and no secret."""
     final = out / f"checkpoint-{step:06d}"
     tmp = out / f".tmp-checkpoint-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     torch.save({"step": step, "data_pos": data_pos, "optimizer": opt.state_dict(), "rng": rng_state(),
-                "args": args}, tmp / "trainer_state.pt")
+                "args": teacher_lib.redact(args)}, tmp / "trainer_state.pt")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     (out / "latest.tmp").write_text(final.name)
@@ -681,19 +764,42 @@ def save_checkpoint(out: Path, step: int, model, tok, opt, data_pos: int, args: 
 
 
 def find_checkpoint(path: str) -> Path:
+    """A checkpoint folder, or the one a run folder's `latest` names; refused if it is not whole."""
     p = Path(path)
-    if (p / "trainer_state.pt").exists():
-        return p
-    if (p / "latest").exists():
-        return p / (p / "latest").read_text().strip()
-    raise UserError(f"--resume {path}: no checkpoint there (no trainer_state.pt or latest)")
+    if (p / "latest").is_file():
+        p = p / (p / "latest").read_text().strip()
+    if not (p / "trainer_state.pt").is_file() or not (p / "config.json").is_file():
+        raise UserError(f"--resume {path}: no checkpoint there (it needs trainer_state.pt and the model's files)")
+    return p
+
+
+def load_trainer_state(ckpt: Path) -> dict:
+    """The optimizer, RNG and data position of a checkpoint, with weights_only=True: a crafted
+    file cannot run code; a torn or foreign one is refused in one line."""
+    try:
+        return torch.load(ckpt / "trainer_state.pt", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle, zip and weights-only refusals alike
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"--resume {ckpt}: trainer_state.pt cannot be loaded safely ({why[:200]})") from None
 
 
 def truncate_jsonl(path: Path, max_step: int):
-    """On resume, forget log lines of steps after the checkpoint (they will be redone)."""
-    if path.exists():
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= max_step]
-        path.write_text("".join(ln + "\n" for ln in keep))
+    """On resume, forget log lines of steps after the checkpoint (they will be redone). A torn last
+    line (kill -9 mid-write) is dropped; a broken line elsewhere is refused."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    keep = []
+    for i, ln in enumerate(lines):
+        try:
+            step = json.loads(ln)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            if i == len(lines) - 1:
+                break
+            raise UserError(f"{path}:{i + 1} is not a log line; the run's logs are damaged") from None
+        if step <= max_step:
+            keep.append(ln)
+    path.write_text("".join(ln + "\n" for ln in keep))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -752,9 +858,18 @@ def main(argv=None) -> int:
     hf_logging.set_verbosity_error()
     try:
         a = parse_args(argv)
-        train(a)
+        train(a, log=lambda *x: print(*map(teacher_lib.redact, x)))
     except (UserError, teacher_lib.TeacherError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {teacher_lib.redact(str(e))}", file=sys.stderr)
+        return 2
+    except grpo.NonFiniteError as e:  # the update was not taken; the last checkpoint is good
+        out = Path(a.out)
+        done = sum(1 for _ in open(out / "metrics.jsonl")) if (out / "metrics.jsonl").exists() else 0
+        latest = (out / "latest").read_text().strip() if (out / "latest").exists() else "none"
+        print(f"error: step {done + 1}: {e}; stopping (last checkpoint: {latest})", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a folder that is not writable: the last whole checkpoint stays
+        print(f"error: {teacher_lib.redact(f'{e.filename or e}: {e.strerror or e}')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)

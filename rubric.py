@@ -397,6 +397,7 @@ class Group:
     question: str
     references: list[str]
     rollouts: list[str]
+    reference_errors: list[str] = field(default_factory=list)  # why some references are missing
 
 
 @dataclass
@@ -576,7 +577,7 @@ def ropd_reward(complete: CompleteFn, groups: Sequence[Group],
         else:
             res = GroupResult([0.0] * len(g.rollouts), [rubrics[u] for u in sorted(rubrics) if u[0] == gi],
                               references=dedupe(g.references), fallback=_why_not(g, gi, rubrics, n_units, s))
-        res.format_errors = [e for k, errs in errors.items() if k[0] == gi for e in errs]
+        res.format_errors = g.reference_errors + [e for k, errs in errors.items() if k[0] == gi for e in errs]
         results.append(res)
     return results
 

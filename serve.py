@@ -46,7 +46,9 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("serve: " + fmt, *args)
 
     def _send(self, status: int, body: dict, headers: dict | None = None):
-        data = json.dumps(body).encode()
+        self._send_raw(status, json.dumps(body).encode(), headers)
+
+    def _send_raw(self, status: int, data: bytes, headers: dict | None = None):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -84,10 +86,14 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fault.get("delay", 0.0))
             if "reply" in fault:  # a well-formed response whose text is the given (bad) output
                 return self._reply(fault["reply"], body, anthropic_style)
+            if "raw" in fault:  # a 200 whose body is not what the API promised (cut off, not JSON)
+                return self._send_raw(200, fault["raw"].encode())
             if fault.get("status"):
                 hdr = {"Retry-After": fault["retry_after"]} if "retry_after" in fault else None
-                return self._error(fault["status"], f"injected fault {fault['status']}",
-                                   anthropic_style, hdr)
+                message = f"injected fault {fault['status']}"
+                if fault.get("echo_headers"):  # as some servers do: the request's headers, key included
+                    message += f"; you sent {dict(self.headers)}"
+                return self._error(fault["status"], message, anthropic_style, hdr)
         if body.get("stream"):
             return self._error(400, "streaming is not supported", anthropic_style)
         try:
@@ -170,8 +176,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 class TeacherServer(ThreadingHTTPServer):
     """Serves `teacher` on (host, port). `faults` is a list of injected responses consumed one per
-    request - {"status": 429, "retry_after": 0}, {"delay": 2.0}, {"reply": "not JSON"}, or None for
-    a normal answer - used by the tests to drive the real SDKs through rate limits, server errors,
+    request - {"status": 429, "retry_after": 0}, {"delay": 2.0}, {"reply": "not JSON"} (a
+    well-formed reply with that text), {"raw": '{"id": "cut'} (a 200 whose body is broken),
+    {"status": 400, "echo_headers": True} (an error that echoes the request's headers), or None
+    for a normal answer - used by the tests to drive the real SDKs through rate limits, server errors,
     timeouts and bad judge outputs."""
 
     daemon_threads = True

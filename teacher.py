@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -98,7 +99,8 @@ class Teacher:
 
     def complete(self, chats: list[list[dict]], n: int = 1, temperature: float | None = None,
                  max_tokens: int = 1024, role: str = "teacher", first_sample: int = 0,
-                 return_exceptions: bool = False, valid=None, options: dict | None = None) -> list[list]:
+                 return_exceptions: bool = False, valid=None, options: dict | None = None,
+                 reuse_later: int = 0) -> list[list]:
         """n texts for each chat (a list of {"role", "content"} messages).
 
         Sample j of a chat is cached under sample index first_sample + j, so asking again for the
@@ -108,6 +110,8 @@ class Teacher:
         `valid(chat_index, text) -> bool`, if given, keeps texts that fail it out of the cache (a
         judge output that does not parse), so that a rerun asks again instead of replaying it.
         `options` are extra API fields (structured output, reasoning effort; see judge_options).
+        `reuse_later`: a sample cached under one of the next `reuse_later` indices serves too (a
+        judge's re-ask that a previous run paid for, when the first answer was not worth keeping).
         """
         options = options or {}
         out = [[None] * n for _ in chats]
@@ -116,7 +120,8 @@ class Teacher:
             missing = []
             for j in range(n):
                 key = self._key(chat, temperature, max_tokens, first_sample + j, options)
-                text = self._cached(key, role)
+                text = next((t for d in range(reuse_later + 1) if (t := self._cached(
+                    self._key(chat, temperature, max_tokens, first_sample + j + d, options), role)) is not None), None)
                 if text is not None:
                     out[ci][j] = text
                 else:
@@ -146,19 +151,20 @@ class Teacher:
         return out
 
     def as_judge(self, max_tokens: int, temperatures: dict | None = None, json_mode: bool = False,
-                 reasoning_effort: str | None = None) -> rubric.CompleteFn:
+                 reasoning_effort: str | None = None, retries: int = 2) -> rubric.CompleteFn:
         """This backend as the `complete(chats, stage, attempt, valid, tag)` that rubric.py's judges
         call: one sample per chat at the stage's temperature (`temperatures`: stage -> value; a
         missing one is not sent), the stage as the usage role; a re-ask (attempt > 0) is a fresh
         sample, not the cached one, and an output that does not parse is not cached (a rerun asks
-        again). With `json_mode` the API is asked for the output's JSON schema (judge_options)."""
+        again, but first takes a re-ask already paid for: up to `retries` later samples). With
+        `json_mode` the API is asked for the output's JSON schema (judge_options)."""
         self.check_judge_options(json_mode, reasoning_effort)
 
         def complete(chats, stage, attempt, valid=None, tag=None):
             options = self.judge_options(tag if json_mode else None, reasoning_effort)
             out = self.complete(chats, n=1, temperature=(temperatures or {}).get(stage), max_tokens=max_tokens,
                                 role=stage, first_sample=attempt, return_exceptions=True, valid=valid,
-                                options=options)
+                                options=options, reuse_later=max(0, retries - attempt))
             return [o[0] for o in out]
         return complete
 
@@ -235,7 +241,7 @@ class OpenAITeacher(Teacher):
     def fingerprint(self) -> str:
         """The server is part of what identifies the outputs: two servers may serve two models
         under one name."""
-        return f"{self.kind}:{self.model}" + (f"@{self.base_url}" if self.base_url else "")
+        return served_fingerprint(self.kind, self.model, self.base_url)
 
     def judge_options(self, tag: str | None, reasoning_effort: str | None) -> dict:
         """The official code's structured output: OpenAI's API gets the output's strict JSON schema;
@@ -344,6 +350,12 @@ def parse_prompt_logprobs(entries, ids: list[int]) -> tuple[list[float], list[st
     return logprobs, decoded
 
 
+def served_fingerprint(kind: str, model: str, base_url: str | None) -> str:
+    """kind:model@server: the server is part of what identifies the outputs (two servers may serve
+    two models under one name); credentials inside the URL are not (nor may they reach the cache)."""
+    return f"{kind}:{model}" + ("@" + _URL_CREDENTIALS.sub(r"\1", base_url) if base_url else "")
+
+
 class AnthropicTeacher(Teacher):
     """anthropic:MODEL - the Anthropic messages API ($ANTHROPIC_BASE_URL for another host).
     One sample per request (the API has no `n`); temperature is not sent (see `_request`)."""
@@ -362,7 +374,7 @@ class AnthropicTeacher(Teacher):
 
     @property
     def fingerprint(self) -> str:
-        return f"{self.kind}:{self.model}" + (f"@{self.base_url}" if self.base_url else "")
+        return served_fingerprint(self.kind, self.model, self.base_url)
 
     def _request(self, chat, n, temperature, max_tokens, options):
         system = "\n\n".join(m["content"] for m in chat if m["role"] == "system")
@@ -397,18 +409,19 @@ class HFTeacher(Teacher):
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
         self.batch_size = batch_size
-        weights = sorted(Path(path).glob("*.safetensors")) or sorted(Path(path).glob("*.bin"))
-        stamp = [(w.name, w.stat().st_size, int(w.stat().st_mtime)) for w in weights]
-        self._fp = hashlib.sha1(json.dumps([str(Path(path).resolve()), stamp]).encode()).hexdigest()[:12]
+        self._fp = content_fingerprint(Path(path))
 
     @property
     def fingerprint(self) -> str:
-        return f"hf:{Path(self.model).name}:{self._fp}"
+        """By content, not by path: the same model copied elsewhere replays the same cache."""
+        return f"{self.kind}:{self._fp}"
 
     def _run(self, requests, role):
-        """All requests in a few batched `generate` calls (a local model gains nothing from threads)."""
+        """All requests in a few batched `generate` calls (a local model gains nothing from threads).
+        Each sample is seeded by its own cache key (grpo.RowSeededSampling), so it is the same text
+        whatever else shares its batch, and whether or not the cache had it."""
         # one batch never mixes temperatures: sort the samples by it
-        flat = sorted(((ri, r) for ri, r in enumerate(requests) for _ in range(r.n)),
+        flat = sorted(((ri, r, key) for ri, r in enumerate(requests) for key in r.keys),
                       key=lambda x: -1.0 if x[1].temperature is None else x[1].temperature)
         texts: list[list[str]] = [[] for _ in requests]
         tokens = [[0, 0] for _ in requests]
@@ -417,11 +430,11 @@ class HFTeacher(Teacher):
             temp = flat[s][1].temperature
             chunk = [x for x in flat[s:s + self.batch_size] if x[1].temperature == temp]
             s += len(chunk)
-            seed = int(chunk[0][1].keys[0][:8], 16)  # reproducible, even before the cache has it
-            ro = grpo.sample(self.hf_model, self.tokenizer, [r.chat for _, r in chunk], n=1,
-                             max_new_tokens=max(r.max_tokens for _, r in chunk),
-                             temperature=1.0 if temp is None else temp, seed=seed)
-            for k, (ri, r) in enumerate(chunk):
+            ro = grpo.sample(self.hf_model, self.tokenizer, [r.chat for _, r, _ in chunk], n=1,
+                             max_new_tokens=max(r.max_tokens for _, r, _ in chunk),
+                             temperature=1.0 if temp is None else temp,
+                             row_seeds=[int(key[:15], 16) for _, _, key in chunk])
+            for k, (ri, r, _) in enumerate(chunk):
                 texts[ri].append(ro.texts[k])
                 tokens[ri][0] += int(ro.prompt_mask[k].sum())
                 tokens[ri][1] += int(ro.completion_mask[k].sum())
@@ -440,6 +453,24 @@ class HFTeacher(Teacher):
             return grpo.token_logprobs(self.hf_model, input_ids.to(self.device),
                                        attention_mask.to(self.device), n_completion,
                                        temperature).float().cpu()
+
+
+def content_fingerprint(folder: Path, block: int = 1 << 20, whole_below: int = 256 << 20) -> str:
+    """A hash of a model folder's files by content (name, size, bytes): not its path or mtimes. A
+    file over `whole_below` bytes is hashed by 16 evenly spaced blocks and its size (a 60 GB
+    teacher in seconds, not minutes)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.iterdir() if p.is_file()):
+        size = f.stat().st_size
+        h.update(f"{f.name}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            if size <= whole_below:
+                h.update(fh.read())
+                continue
+            for k in range(16):
+                fh.seek(k * (size - block) // 15)
+                h.update(fh.read(block))
+    return h.hexdigest()[:16]
 
 
 class ToyTeacher(HFTeacher):
@@ -478,23 +509,33 @@ class ToyTeacher(HFTeacher):
 SPEC_HELP = "openai:MODEL, openai:MODEL@URL, anthropic:MODEL, hf:PATH, toy, toy:WORLD_DIR"
 
 
+def check_spec(spec: str) -> tuple[str, str, str | None]:
+    """A spec's (kind, model, url), refusing a bad one in one line before anything is loaded: an
+    unknown kind, no model, a toy world or a local model that is not there."""
+    kind, _, rest = spec.partition(":")
+    if kind not in ("toy", "hf", "openai", "anthropic"):
+        raise TeacherError(f"unknown teacher spec {spec!r}; expected one of: {SPEC_HELP}")
+    if kind != "toy" and not rest:
+        raise TeacherError(f"teacher spec {spec!r} names no model; expected one of: {SPEC_HELP}")
+    model, _, url = rest.partition("@") if kind in ("openai", "anthropic") else (rest, "", "")
+    if kind == "toy" and rest and not (Path(rest) / "world.json").is_file():
+        raise TeacherError(f"{spec}: no toy world at {rest} (python toy.py --root {rest} builds one)")
+    if kind == "hf" and not Path(rest).is_dir():
+        raise TeacherError(f"{spec}: no model folder at {rest}")
+    return kind, model, url or None
+
+
 def load(spec: str, **kw) -> Teacher:
     """teacher.load(spec): openai:MODEL[@URL] | anthropic:MODEL[@URL] | hf:PATH | toy[:WORLD_DIR].
 
     Keyword arguments go to the Teacher (cache, concurrency, rpm, retries, timeout, ...).
     """
-    kind, _, rest = spec.partition(":")
-    if kind not in ("toy", "hf", "openai", "anthropic"):
-        raise TeacherError(f"unknown teacher spec {spec!r}; expected one of: {SPEC_HELP}")
+    kind, model, url = check_spec(spec)
     if kind == "toy":
-        return ToyTeacher(rest or None, **kw)
-    if not rest:
-        raise TeacherError(f"teacher spec {spec!r} names no model; expected one of: {SPEC_HELP}")
+        return ToyTeacher(model or None, **kw)
     if kind in ("openai", "anthropic"):
-        model, _, url = rest.partition("@")
-        cls = OpenAITeacher if kind == "openai" else AnthropicTeacher
-        return cls(model, base_url=url or None, **kw)
-    return HFTeacher(rest, **kw)
+        return (OpenAITeacher if kind == "openai" else AnthropicTeacher)(model, base_url=url, **kw)
+    return HFTeacher(model, **kw)
 
 
 def load_teacher_and_judge(teacher: str, judge: str | None = None, **kw) -> tuple[Teacher, Teacher]:
@@ -509,7 +550,8 @@ def references(teacher: Teacher, chats: list, k: int, temperature: float | None,
     """Eq. 1: K answers of the teacher per prompt (the official code's "teacher index"). They do not
     depend on the student, so the cache makes them a one-time cost: a rerun, a resumed run or
     another method replays them. Returns every answer that came back (duplicates included; the
-    judge drops them); a request that failed for good leaves its prompt with fewer. As officially,
+    judge drops them); a request that failed for good leaves its RequestError in place of the text
+    (the group falls back, and says why). As officially,
     asking for a prompt's references with other settings than those it was indexed with is an
     error, not a silent second bill, unless `new_settings` (--new-references) says to pay again."""
     settings = {"temperature": temperature, "max_tokens": max_tokens}
@@ -526,7 +568,7 @@ def references(teacher: Teacher, chats: list, k: int, temperature: float | None,
                             return_exceptions=True)
     if teacher.cache is not None:
         teacher.cache.index_put(keys, settings)
-    return [[x for x in o if isinstance(x, str) and x.strip()] for o in outs]
+    return [[x for x in o if not isinstance(x, str) or x.strip()] for o in outs]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -544,16 +586,32 @@ class Cache:
     Thread-safe; every write is committed at once, so nothing paid for is lost if the run dies.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, wait: float = 60.0):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, text TEXT, "
-                         "input_tokens INTEGER, output_tokens INTEGER, created REAL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS reference_index (key TEXT PRIMARY KEY, settings TEXT)")
-        self._db.commit()
+        if self.path.is_dir():
+            raise TeacherError(f"--cache {self.path} is a directory; give it a file name (e.g. {self.path}/cache.sqlite)")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TeacherError(f"--cache {self.path}: cannot create its folder ({e.strerror})") from None
+        deadline = time.monotonic() + wait
+        while True:  # two processes opening one cache at the same moment: the second waits its turn
+            try:
+                self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=wait)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, text TEXT, "
+                                 "input_tokens INTEGER, output_tokens INTEGER, created REAL)")
+                self._db.execute("CREATE TABLE IF NOT EXISTS reference_index (key TEXT PRIMARY KEY, settings TEXT)")
+                self._db.commit()
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise TeacherError(f"--cache {self.path}: {e}") from None
+                time.sleep(random.uniform(0.05, 0.25))
+            except sqlite3.DatabaseError as e:
+                raise TeacherError(f"--cache {self.path} is not a teacher cache ({e}); move it away or "
+                                   f"give another --cache") from None
 
     def get(self, key: str):
         with self._lock:
@@ -616,51 +674,78 @@ class RateLimiter:
 
 
 def _retry_after(exc) -> float | None:
+    """The server's Retry-After (seconds, milliseconds or an HTTP date), or None when it gave none
+    or gave something unreadable ("soon")."""
     headers = getattr(getattr(exc, "response", None), "headers", None) or {}
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return float(ms) / 1000
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
     try:
-        return float(value)
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time()) if when else None
+        if headers.get("retry-after-ms"):
+            return float(headers["retry-after-ms"]) / 1000
+        value = headers.get("retry-after")
+        if not value:
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
+    except (ValueError, TypeError, OverflowError):
+        return None
 
 
 def classify(exc: BaseException) -> str:
     """'retry' (transient), 'fatal' (stop the run: the key or model is wrong) or 'fail' (this request
-    cannot succeed, e.g. a prompt too long; counted as a failure, the run goes on)."""
+    cannot succeed, e.g. a prompt too long; counted as a failure, the run goes on). A 200 whose
+    body is cut off or is not JSON is a hiccup of the server or the network: retried like a 5xx."""
     status = getattr(exc, "status_code", None)
     if status is not None:
         if status in (408, 409, 429) or status >= 500:
             return "retry"
         return "fatal" if status in (401, 403, 404) else "fail"
     name = type(exc).__name__
-    if isinstance(exc, (TimeoutError, ConnectionError)) or name in ("APITimeoutError", "APIConnectionError"):
+    if isinstance(exc, (TimeoutError, ConnectionError, json.JSONDecodeError)) or name in (
+            "APITimeoutError", "APIConnectionError", "APIResponseValidationError", "RemoteProtocolError"):
         return "retry"
     return "fail"
 
 
-def _redact(text: str) -> str:
-    for var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
-        key = os.environ.get(var)
-        if key and len(key) > 4:
-            text = text.replace(key, "***")
-    return text
+SECRET_ENV = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")
+_URL_CREDENTIALS = re.compile(r"(\w+://)[^\s/@:]+(?::[^\s/@]*)?@")
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
+
+
+def redact(obj):
+    """The one redaction every text passes before it reaches a file or the terminal: the API keys
+    in the environment, credentials inside URLs (http://user:KEY@host) and bearer tokens become
+    ***. Strings, and the strings inside lists, tuples and dicts (a metrics line, a config)."""
+    if isinstance(obj, str):
+        for var in SECRET_ENV:
+            key = os.environ.get(var)
+            if key and len(key) > 4:
+                obj = obj.replace(key, "***")
+        return _BEARER.sub(r"\1***", _URL_CREDENTIALS.sub(r"\1***@", obj))
+    if isinstance(obj, dict):
+        return {k: redact(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(redact(v) for v in obj)
+    return obj
 
 
 def describe(exc: BaseException) -> str:
-    """One line, no secrets."""
+    """One line, no secrets; never empty (a refused connection's message can be)."""
+    if isinstance(exc, (RequestError, TeacherError)):
+        return redact(str(exc))[:300]
     status = getattr(exc, "status_code", None)
-    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause).strip() and str(cause).strip() not in msg:
+        msg = f"{msg} ({str(cause).strip().splitlines()[0]})" if msg else str(cause).strip().splitlines()[0]
     prefix = f"HTTP {status}: " if status is not None else f"{type(exc).__name__}: "
-    return _redact(prefix + msg)[:300]
+    return redact(prefix + (msg or "no message"))[:300]
+
+
+class RequestError(RuntimeError):
+    """A request that failed for good (after its retries), with a one-line, redacted reason: what
+    reaches the caller, the logs and samples.jsonl instead of the SDK's raw exception."""
 
 
 class Transport:
@@ -730,7 +815,7 @@ class Transport:
                     self._consecutive_failures[role] = self._consecutive_failures.get(role, 0) + 1
                     if self._consecutive_failures[role] >= self.breaker_threshold:
                         self._open_until[role] = time.monotonic() + self.breaker_cooldown
-                return e
+                return RequestError(describe(e))
             self.count(role, samples=len(texts), input_tokens=tin, output_tokens=tout)
             with self.lock:
                 self._consecutive_failures[role] = 0

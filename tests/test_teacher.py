@@ -179,7 +179,7 @@ def test_circuit_breaker_opens_after_consecutive_failures(server):
     ("gpt-4o", "unknown teacher spec 'gpt-4o'"),
     ("mistral:large", "unknown teacher spec 'mistral:large'"),
     ("openai:", "names no model"),
-    ("hf:/no/such/model", "no model at '/no/such/model'"),
+    ("hf:/no/such/model", "hf:/no/such/model: no model folder at /no/such/model"),
 ])
 def test_bad_specs_give_one_clear_line(spec, message):
     with pytest.raises(teacher.TeacherError, match=message):
