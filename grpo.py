@@ -154,6 +154,23 @@ class Rollouts:
                         *(None if t is None else t[idx] for t in (self.old_logp, self.ref_logp)))
 
 
+def concat_rollouts(parts: list[Rollouts], pad: int) -> Rollouts:
+    """Rollouts of several batches as one (prompts left-padded, completions right-padded with
+    `pad` to the widest; log-probs padded with 0): the batch the ranks sampled slice by slice."""
+    if len(parts) == 1:
+        return parts[0]
+    P = max(r.prompt_ids.shape[1] for r in parts)
+    T = max(r.completion_ids.shape[1] for r in parts)
+    left = lambda t, v: torch.nn.functional.pad(t, (P - t.shape[1], 0), value=v)  # noqa: E731
+    right = lambda t, v: None if t is None else torch.nn.functional.pad(t, (0, T - t.shape[1]), value=v)  # noqa: E731
+    cat = lambda ts: None if ts[0] is None else torch.cat(ts)  # noqa: E731
+    return Rollouts(torch.cat([left(r.prompt_ids, pad) for r in parts]), torch.cat([left(r.prompt_mask, 0) for r in parts]),
+                    torch.cat([right(r.completion_ids, pad) for r in parts]),
+                    torch.cat([right(r.completion_mask, 0) for r in parts]), [t for r in parts for t in r.texts],
+                    parts[0].group_size, cat([right(r.old_logp, 0.0) for r in parts]),
+                    cat([right(r.ref_logp, 0.0) for r in parts]))
+
+
 def decode(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
     """Decode each completion's valid tokens without special tokens (EOS, pad)."""
     return [tokenizer.decode(ids[m.bool()].tolist(), skip_special_tokens=True)
@@ -270,6 +287,15 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         else:
             out.append(_chunk_logprobs(hs, ts, head, temperature, softcap))
     return torch.cat(out).view(B, T)
+
+
+def policy_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """token_logprobs of the policy: a causal LM, or a wrapper whose forward computes them
+    (dist.ShardedPolicy: under FSDP2 the call must run inside the root module's forward)."""
+    if getattr(model, "computes_logprobs", False):
+        return model(input_ids, attention_mask, n_completion, temperature)
+    return token_logprobs(model, input_ids, attention_mask, n_completion, temperature)
 
 
 def naive_token_logprobs(model, input_ids, attention_mask, n_completion, temperature=1.0):
@@ -435,7 +461,7 @@ class Batch:
     input_ids: torch.Tensor        # [N, P + T] prompt (left-padded) + completion (right-padded)
     attention_mask: torch.Tensor   # [N, P + T]
     completion_mask: torch.Tensor  # [N, T]
-    old_logp: torch.Tensor         # [N, T] log pi_theta_old, recorded at sampling time
+    old_logp: torch.Tensor | None  # [N, T] log pi_theta_old, recorded at sampling time (None: one update)
     advantages: torch.Tensor       # [N] (one per rollout) or [N, T] (per token: LOPD)
     ref_logp: torch.Tensor | None = None  # [N, T] the initial student, for the optional KL term
 
@@ -460,7 +486,7 @@ def trim(b: Batch) -> Batch:
     cut = lambda t: t[:, :keep_c]  # noqa: E731
     return Batch(b.input_ids[:, first:b.input_ids.shape[1] - T + keep_c],
                  b.attention_mask[:, first:b.attention_mask.shape[1] - T + keep_c],
-                 cut(b.completion_mask), cut(b.old_logp),
+                 cut(b.completion_mask), None if b.old_logp is None else cut(b.old_logp),
                  b.advantages if b.advantages.dim() == 1 else cut(b.advantages),
                  None if b.ref_logp is None else cut(b.ref_logp))
 
@@ -482,8 +508,8 @@ def batched_logprobs(model, ids, attn, cmask, temperature: float, micro: int, de
     for s in range(0, ids.shape[0], micro):
         T = cmask.shape[1]
         with autocast(device):
-            lp = token_logprobs(model, ids[s:s + micro].to(device), attn[s:s + micro].to(device),
-                               T, temperature)
+            lp = policy_logprobs(model, ids[s:s + micro].to(device), attn[s:s + micro].to(device),
+                                 T, temperature)
         out[s:s + micro] = lp.float().cpu()
     return out * cmask
 
@@ -519,7 +545,9 @@ def clipped_loss_fn(cfg: LossConfig) -> LossFn:
     def loss_fn(logp, mb, whole):
         n_tok = float(whole.completion_mask.sum().clamp(min=1))
         norm = n_tok if cfg.agg == "token-mean" else float(len(whole))
-        loss, st = policy_loss(logp, mb.old_logp, mb.advantages, mb.completion_mask, cfg.clip_low,
+        # one update per batch: pi_theta_old is the policy right now, so the ratio is exactly 1
+        old = logp.detach() if mb.old_logp is None else mb.old_logp
+        loss, st = policy_loss(logp, old, mb.advantages, mb.completion_mask, cfg.clip_low,
                                cfg.clip_high, cfg.agg, mb.ref_logp, cfg.kl_beta, cfg.clip_c,
                                norm=norm, max_len=cfg.max_len)
         w = float(mb.completion_mask.sum()) / n_tok  # token-weighted average of the stats
@@ -534,39 +562,54 @@ def sft_loss_fn(logp, mb, whole):
 
 
 def accumulate_gradient(model, b: Batch, loss_fn: LossFn, micro_batch: int, device,
-                        temperature: float = 1.0) -> dict:
-    """Backward of `loss_fn` over mini-batch `b`, `micro_batch` rows at a time (0: all at once).
-    Returns the mini-batch's stats (each micro-batch's share summed)."""
-    micro = micro_batch or len(b)
+                        temperature: float = 1.0, whole: Batch | None = None, scale: float = 1.0,
+                        n_micro: int | None = None) -> dict:
+    """Backward of `loss_fn` over `b`, `micro_batch` rows at a time (0: all at once), each loss
+    normalised by the `whole` mini-batch (default: `b`; with several ranks, `b` is this rank's
+    share of it) and multiplied by `scale`. Returns the stats of `b`'s share (micro-batches summed).
+    `n_micro`: run that many micro-batches, the missing ones on a row of `whole` at weight 0
+    (FSDP2's collectives need every rank to run as many forwards as the others)."""
+    whole = b if whole is None else whole
+    micro = micro_batch or max(len(b), 1)
     stats: dict[str, float] = {}
-    for s in range(0, len(b), micro):
-        mb = trim(b.rows(slice(s, s + micro))).to(device)
+    for i in range(n_micro or -(-len(b) // micro)):
+        part, weight = (b.rows(slice(i * micro, (i + 1) * micro)), scale) if i * micro < len(b) else (whole.rows(slice(0, 1)), 0.0)
+        mb = trim(part).to(device)
         with autocast(device):
-            logp = token_logprobs(model, mb.input_ids, mb.attention_mask, mb.completion_mask.shape[1],
-                                  temperature)
-        loss, st = loss_fn(logp.float(), mb, b)
-        loss.backward()
+            logp = policy_logprobs(model, mb.input_ids, mb.attention_mask, mb.completion_mask.shape[1],
+                                   temperature)
+        loss, st = loss_fn(logp.float(), mb, whole)
+        (loss * weight).backward()
         for k, v in st.items():
-            stats[k] = stats.get(k, 0.0) + v
+            stats[k] = stats.get(k, 0.0) + (v if weight else 0.0)
     return stats
 
 
 def update_policy(model, opt, batch: Batch, group_size: int, mini_batches: int, epochs: int, seed: int,
-                  loss_fn: LossFn, grad_clip: float, micro_batch: int, device,
-                  temperature: float = 1.0) -> dict:
+                  loss_fn: LossFn, grad_clip: float, micro_batch: int, device, temperature: float = 1.0,
+                  rank: int = 0, world: int = 1, sum_stats=lambda st: st) -> dict:
     """The policy update (Eq. 8): `epochs` passes over the batch, each split into `mini_batches`
     of whole groups in an order fixed by `seed`, one optimizer step (with grad-norm clipping)
-    per mini-batch. Returns each stat averaged over the optimizer steps."""
+    per mini-batch. Returns each stat averaged over the optimizer steps.
+
+    With `world` ranks (FSDP2, dist.py), every rank holds the whole batch, takes its share of
+    each mini-batch's groups and normalises by the whole mini-batch; FSDP2 averages the gradients
+    over the ranks, so each loss is multiplied by `world`: the gradient is the one-process one.
+    `sum_stats` adds up the ranks' shares of the statistics. No step is taken on a NaN."""
     model.train()
     g = torch.Generator().manual_seed(seed)
     totals: dict[str, float] = {}
     n_updates = 0
     for _ in range(epochs):
         for groups in torch.randperm(len(batch) // group_size, generator=g).chunk(mini_batches):
-            idx = (groups[:, None] * group_size + torch.arange(group_size)).flatten()
+            rows = lambda gs: (gs[:, None] * group_size + torch.arange(group_size)).flatten()  # noqa: E731
+            shares = [len(groups[k::world]) * group_size for k in range(world)]
+            n_micro = -(-max(shares) // (micro_batch or max(shares)))  # the same number on every rank
             opt.zero_grad(set_to_none=True)
-            st = accumulate_gradient(model, batch.rows(idx), loss_fn, micro_batch, device, temperature)
-            st["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+            st = sum_stats(accumulate_gradient(model, batch.rows(rows(groups[rank::world])), loss_fn, micro_batch,
+                                               device, temperature, batch.rows(rows(groups)), world, n_micro))
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            st["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
             bad = {k: v for k, v in st.items() if not math.isfinite(v)}
             if bad:  # never step on NaN: the weights stay as they were before this mini-batch
                 opt.zero_grad(set_to_none=True)

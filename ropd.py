@@ -30,6 +30,7 @@ import argparse
 import ast
 import dataclasses
 import functools
+import hashlib
 import inspect
 import json
 import math
@@ -49,6 +50,7 @@ import torch
 
 import answers
 import data
+import dist
 import eval as evaluation
 import grpo
 import rubric
@@ -221,16 +223,28 @@ TOY_PRESET = dict(steps=60, prompts_per_step=16, mini_batches=2, lr=1e-4, warmup
 # Algorithm 1, one function per step
 # ----------------------------------------------------------------------------------------------
 
-def sample_rollouts(model, tok, prompts: list, G: int, max_new_tokens: int, temperature: float,
-                    top_p: float, seed: int, template_kwargs: dict) -> grpo.Rollouts:
-    """§2.1: G rollouts y_i ~ pi_theta_old(. | x) per prompt, seeded by the step (so a resumed
-    run samples the same), kept on the CPU between the phases of the step."""
-    ro = grpo.sample(model, tok, [as_chat(p) for p in prompts], n=G, max_new_tokens=max_new_tokens,
-                     temperature=temperature, top_p=top_p, seed=seed,
-                     chat_template_kwargs=template_kwargs)
-    return dataclasses.replace(ro, prompt_ids=ro.prompt_ids.cpu(), prompt_mask=ro.prompt_mask.cpu(),
-                               completion_ids=ro.completion_ids.cpu(),
-                               completion_mask=ro.completion_mask.cpu())
+def sample_rollouts(model, tok, prompts: list, G: int, max_new_tokens: int, temperature: float, top_p: float,
+                    seed: int, step: int, template_kwargs: dict, world: dist.World = dist.World(),
+                    ref_model=None, need_old: bool = True, micro_batch: int = 0) -> grpo.Rollouts:
+    """§2.1: G rollouts y_i ~ pi_theta_old(. | x) per prompt, and their log-probs under
+    pi_theta_old (Eq. 7's denominator) and under the initial student (KL, ExOPD). Each rank samples
+    its slice of the prompts; every rollout has its own seed (seed, step, prompt, j), so it is the
+    same on any number of ranks and after a resume. Returns the whole step's batch on every rank."""
+    mine = dist.my_slice(len(prompts), world)
+    seeds = [rollout_seed(seed, step, i, j) for i in range(len(prompts))[mine] for j in range(G)]
+    ro = grpo.sample(model, tok, [as_chat(p) for p in prompts[mine]], n=G, max_new_tokens=max_new_tokens,
+                     temperature=temperature, top_p=top_p, chat_template_kwargs=template_kwargs, row_seeds=seeds)
+    ro = dataclasses.replace(ro, prompt_ids=ro.prompt_ids.cpu(), prompt_mask=ro.prompt_mask.cpu(),
+                             completion_ids=ro.completion_ids.cpu(), completion_mask=ro.completion_mask.cpu())
+    ro = dataclasses.replace(ro, old_logp=old_logprobs(model, ro, temperature, micro_batch, world.device) if need_old
+                             else None, ref_logp=None if ref_model is None else old_logprobs(
+                                 ref_model, ro, temperature, micro_batch, world.device))
+    return grpo.concat_rollouts(dist.gather(ro, world), grpo.pad_id(tok))
+
+
+def rollout_seed(seed: int, step: int, prompt: int, j: int) -> int:
+    """Rollout j of the step's prompt number `prompt`: its own sampling seed."""
+    return int(hashlib.sha256(f"{seed}/{step}/{prompt}/{j}".encode()).hexdigest()[:15], 16)
 
 
 def old_logprobs(model, ro: grpo.Rollouts, temperature: float, micro_batch: int, device) -> torch.Tensor:
@@ -335,7 +349,8 @@ def compute_advantages(rewards: Rewards, G: int, scale: str) -> torch.Tensor:
 
 
 def sft_step(model, opt, tok, prompts: list, references: list[list[str]], max_new_tokens: int,
-             mini_batches: int, seed: int, grad_clip: float, micro_batch: int, device, template_kwargs) -> dict:
+             mini_batches: int, seed: int, grad_clip: float, micro_batch: int, world: dist.World,
+             template_kwargs) -> dict:
     """The SFT baseline (§3.1): off-policy, so no rollouts and no reward: one pass of token-mean
     NLL on the teacher's references, in `mini_batches` optimizer steps."""
     pairs = [(p, x) for p, rs in zip(prompts, references) for x in rubric.dedupe([r for r in rs if isinstance(r, str)])]
@@ -345,8 +360,8 @@ def sft_step(model, opt, tok, prompts: list, references: list[list[str]], max_ne
     c_ids, c_mask = grpo.encode_completions(tok, [x for _, x in pairs], max_new_tokens)
     batch = grpo.Batch(torch.cat([p_ids, c_ids], 1), torch.cat([p_mask, c_mask], 1), c_mask,
                        torch.zeros(c_mask.shape), torch.zeros(len(pairs)))
-    stats = grpo.update_policy(model, opt, batch, 1, mini_batches, 1, seed, grpo.sft_loss_fn,
-                               grad_clip, micro_batch, device)
+    stats = grpo.update_policy(model, opt, batch, 1, mini_batches, 1, seed, grpo.sft_loss_fn, grad_clip, micro_batch,
+                               world.device, 1.0, world.rank, world.size, functools.partial(dist.sum_stats, world=world))
     return {**stats, "references": len(pairs), "fallbacks": sum(not any(isinstance(r, str) for r in rs) for rs in references)}
 
 
@@ -357,18 +372,20 @@ def sft_step(model, opt, tok, prompts: list, references: list[list[str]], max_ne
 def train(a: Args, log=print) -> dict:
     """Algorithm 1: for each step, a batch of prompts -> rollouts -> references -> rewards ->
     advantages -> clipped updates; then logs, held-out accuracy and checkpoints. Returns the
-    run's summary (accuracy before/after, paths)."""
+    run's summary (accuracy before/after, paths). Under torchrun the same loop runs on every
+    rank (dist.py: FSDP2; the teacher and the judge on rank 0)."""
     check_args(a)
     r = setup_run(a, log)
-    model, tok, opt, device = r.model, r.tok, r.opt, r.device
+    model, tok, opt, world, log = r.model, r.tok, r.opt, r.world, log if r.world.main else (lambda *x: None)
     template = {"enable_thinking": a.enable_thinking}
     loss = grpo.LossConfig(a.clip_low, a.clip_high, a.clip_c or None, a.agg, a.kl_beta, a.temperature,
                            a.max_new_tokens)
-    acc_before = held_out_accuracy(model, tok, r.eval_rows, a)
+    one_update = a.mini_batches == 1 and a.epochs == 1 and a.method not in ("lopd", "exopd")
+    acc_before = held_out_accuracy(model, tok, r.eval_rows, a, world)
     log(f"{a.method}: student {a.student}, " + (f"teacher {a.teacher}, " if r.teacher else "")
-        + f"{len(r.rows)} prompts, {a.prompts_per_step} x {a.rollouts} rollouts/step, device {device.type}"
-        + (f"; held-out accuracy {acc_before:.1%}" if r.eval_rows else ""))
-    bar = progress(a.method, r.start_step, a.steps)
+        + f"{len(r.rows)} prompts, {a.prompts_per_step} x {a.rollouts} rollouts/step, device {world.device.type}"
+        + (f" x {world.size} processes" if world.size > 1 else "") + (f"; held-out accuracy {acc_before:.1%}" if r.eval_rows else ""))
+    bar = progress(a.method, r.start_step, a.steps, world.main)
     for step in bar:
         clock = Clock()
         lr = grpo.learning_rate(step, a.steps, a.lr, a.schedule, a.warmup_steps)
@@ -376,48 +393,44 @@ def train(a: Args, log=print) -> dict:
             g["lr"] = lr
         rows, r.data_pos = data.next_batch(r.rows, r.data_pos, a.prompts_per_step, a.seed)
         prompts = [row["prompt"] for row in rows]
-        step_seed = a.seed * 1_000_003 + step  # sampling is a function of (seed, step): exact resume
+        step_seed = a.seed * 1_000_003 + step  # the update order is a function of (seed, step): exact resume
         usage_before = usage_of(r.teacher, r.judge)
         m: dict = {"step": step + 1, "lr": lr}
         refs = None
         if a.method in USES_REFERENCES:
-            refs = get_references(r.teacher, prompts, a.references, a.teacher_temperature, a.teacher_max_tokens,
-                                  a.new_references)
+            refs = dist.on_main(lambda: get_references(r.teacher, prompts, a.references, a.teacher_temperature,
+                                                       a.teacher_max_tokens, a.new_references), world)
             clock.lap("references")
         if a.method == "sft":  # the off-policy baseline: the references are its training data
             m.update(sft_step(model, opt, tok, prompts, refs, a.max_new_tokens, a.mini_batches, step_seed,
-                              a.grad_clip, a.micro_batch, device, template))
+                              a.grad_clip, a.micro_batch, world, template))
             clock.lap("update")
             samples = [{"step": step + 1, "prompt": p, "references": logged(rs)} for p, rs in zip(prompts, refs)]
         else:
-            ro = sample_rollouts(model, tok, prompts, a.rollouts, a.max_new_tokens, a.temperature, a.top_p,
-                                 step_seed, template)
+            ro = sample_rollouts(model, tok, prompts, a.rollouts, a.max_new_tokens, a.temperature, a.top_p, a.seed,
+                                 step, template, world, r.ref_model, not one_update, a.micro_batch)
             clock.lap("rollouts")
-            ro = dataclasses.replace(ro, old_logp=old_logprobs(model, ro, a.temperature, a.micro_batch, device),
-                                     ref_logp=None if r.ref_model is None else old_logprobs(
-                                         r.ref_model, ro, a.temperature, a.micro_batch, device))
-            clock.lap("logprobs")
-            rewards = r.reward(rows, ro, refs)
+            rewards = dist.on_main(lambda: r.reward(rows, ro, refs), world)
             clock.lap("judge")
             m["fallbacks"] = apply_failure_policy(rewards.fallback, rewards.groups, a.max_fallback_rate,
                                                   f"step {step + 1} (last checkpoint: {r.last_ckpt or 'none'})")
             adv = compute_advantages(rewards, a.rollouts, a.adv_scale)
             batch = grpo.Batch(ro.input_ids, ro.attention_mask, ro.completion_mask, ro.old_logp, adv, ro.ref_logp)
             m.update(grpo.update_policy(model, opt, batch, a.rollouts, a.mini_batches, a.epochs, step_seed,
-                                        grpo.clipped_loss_fn(loss), a.grad_clip, a.micro_batch, device,
-                                        a.temperature))
+                                        grpo.clipped_loss_fn(loss), a.grad_clip, a.micro_batch, world.device,
+                                        a.temperature, world.rank, world.size, functools.partial(dist.sum_stats, world=world)))
             clock.lap("update")
-            m.update(rollout_metrics(rows, ro, rewards, refs, with_accuracy=a.method != "lopd"))
+            m.update(rollout_metrics(rows, ro, rewards, refs, with_accuracy=a.method not in ("lopd", "exopd")))
             samples = sample_records(step + 1, rows, ro, rewards, refs, a.log_samples)
         m["seconds"] = clock.seconds()
         if r.teacher is not None:
             m["usage"] = usage_delta(usage_before, usage_of(r.teacher, r.judge))
         if a.eval_every and (step + 1) % a.eval_every == 0 and r.eval_rows and step + 1 < a.steps:
-            m["eval_accuracy"] = held_out_accuracy(model, tok, r.eval_rows, a)
-        write_logs(r.out, m, samples, bar)
+            m["eval_accuracy"] = held_out_accuracy(model, tok, r.eval_rows, a, world)
+        write_logs(r.out, m, samples, bar) if world.main else None
         if (step + 1) % a.save_every == 0 or step + 1 == a.steps:
             r.last_ckpt = save_checkpoint(r.out, step + 1, model, tok, opt, r.data_pos, dataclasses.asdict(a),
-                                          a.keep_last)
+                                          a.keep_last, world)
     bar.close()
     return finish_run(a, r, acc_before, log)
 
@@ -499,10 +512,10 @@ class Run:
     model: torch.nn.Module
     tok: object
     opt: torch.optim.Optimizer
-    device: torch.device
+    world: dist.World
     rows: list[dict]
     eval_rows: list[dict]
-    teacher: teacher_lib.Teacher | None
+    teacher: teacher_lib.Teacher | None  # rank 0 only
     judge: teacher_lib.Teacher | None
     reward: RewardFn | None
     ref_model: torch.nn.Module | None = None
@@ -512,7 +525,11 @@ class Run:
 
 
 def setup_run(a: Args, log) -> Run:
-    """Seeds, data, models, teacher and judge, optimizer, and the resumed state if any."""
+    """The process group (if torchrun started several), seeds, data, models, teacher and judge
+    (rank 0), optimizer, and the resumed state if any."""
+    world = dist.setup(a.device)
+    world = dataclasses.replace(world, device=world.device if world.size > 1 else data.pick_device(a.device))
+    log = log if world.main else (lambda *x: None)
     ckpt = find_checkpoint(a.resume) if a.resume else None
     state = load_trainer_state(ckpt) if ckpt else None
     if ckpt:
@@ -520,51 +537,70 @@ def setup_run(a: Args, log) -> Run:
     random.seed(a.seed)
     np.random.seed(a.seed)
     torch.manual_seed(a.seed)
-    device = data.pick_device(a.device)
-    cache = None if a.method == "grpo" else teacher_lib.Cache(a.cache or teacher_lib.default_cache_path())
 
     rows = None if a.data == "toy" else data.load_data(a.data, a.seed)  # bad data fails before any build
-    world = toy.build(root=a.world, log=log) if "toy" in (a.student, a.data) else None  # --world: checked
-    rows = rows or data.load_data(a.data, a.seed, world)
+    toy_world = dist.on_main(lambda: toy.build(root=a.world, log=log), world) if "toy" in (a.student, a.data) \
+        else None  # --world was checked: no build at a typo's path
+    rows = rows or data.load_data(a.data, a.seed, toy_world)
     if a.eval_data:
         eval_rows = data.load_jsonl(a.eval_data)[:a.eval_samples]
     elif a.data == "toy" or a.data.startswith("rg:"):
-        eval_rows = data.load_data(a.data, a.seed, world, "test", a.eval_samples)
+        eval_rows = data.load_data(a.data, a.seed, toy_world, "test", a.eval_samples)
     else:
         eval_rows = []
     if a.method == "grpo" and any(row["answer"] is None for row in rows):
         raise UserError("--method grpo needs an 'answer' on every data row")
 
-    model, tok = data.load_model(str(ckpt) if ckpt else a.student, device, world)
-    if a.grad_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = True  # generation still uses the KV cache
+    model, tok = load_policy(str(ckpt) if ckpt else a.student, a.grad_checkpointing, world, toy_world)
     ref_model = None
     if a.kl_beta > 0 or a.method == "exopd":  # pi_ref, the initial student
-        ref_model, _ = data.load_model(a.student, device, world)
+        ref_model, _ = load_policy(a.student, False, world, toy_world)
         ref_model.eval().requires_grad_(False)
-
-    teacher, judge = (None, None) if a.method == "grpo" else teacher_lib.load_teacher_and_judge(
-        a.teacher, a.judge, cache=cache, concurrency=a.concurrency, rpm=a.rpm or None, retries=2,
-        timeout=a.request_timeout)
-    if a.method in ("lopd", "exopd"):
-        check_lopd_teacher(teacher, tok, a.teacher, a.temperature)
+    teacher, judge, reward = (None, None, outcome_reward) if a.method == "grpo" else \
+        dist.on_main(lambda: load_judges(a, tok), world, share=False) or (None, None, None)
 
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay)
     if state:
-        opt.load_state_dict(state["optimizer"])
+        dist.load_optimizer(model, opt, ckpt / "optimizer", state["optimizer"], world)
         set_rng_state(state["rng"])
     start = state["step"] if state else 0
     out = Path(a.out)
-    if a.overwrite:  # the user said so: the old run's logs and checkpoints go
+    if world.main:
+        start_logs(out, a, start)
+    dist.barrier(world)
+    return Run(out, model, tok, opt, world, rows, eval_rows, teacher, judge, reward, ref_model, start,
+               state["data_pos"] if state else 0, ckpt)
+
+
+def load_policy(name: str, grad_checkpointing: bool, world: dist.World, toy_world):
+    """The student (or the initial student, pi_ref), sharded with FSDP2 when there are several ranks."""
+    model, tok = data.load_model(name, world.device, toy_world)
+    if grad_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = True  # generation still uses the KV cache
+    return (dist.shard(model, world) if world.size > 1 else model), tok
+
+
+def load_judges(a: Args, tok):
+    """(teacher, judge, reward function) on rank 0, with the run's cache and transport settings."""
+    cache = teacher_lib.Cache(a.cache or teacher_lib.default_cache_path())
+    teacher, judge = teacher_lib.load_teacher_and_judge(a.teacher, a.judge, cache=cache, concurrency=a.concurrency,
+                                                        rpm=a.rpm or None, retries=2, timeout=a.request_timeout)
+    if a.method in ("lopd", "exopd"):
+        check_lopd_teacher(teacher, tok, a.teacher, a.temperature)
+    return teacher, judge, reward_function(a, teacher, judge)
+
+
+def start_logs(out: Path, a: Args, start: int):
+    """The run folder: args.json, and the logs cut back to the resumed step (or emptied, with
+    --overwrite, which also removes the old checkpoints)."""
+    if a.overwrite:
         for old in [out / "latest", *out.glob("checkpoint-*")]:
             shutil.rmtree(old) if old.is_dir() else old.unlink()
     out.mkdir(parents=True, exist_ok=True)
     (out / "args.json").write_text(json.dumps(teacher_lib.redact(dataclasses.asdict(a)), indent=2))
     truncate_jsonl(out / "metrics.jsonl", start)
     truncate_jsonl(out / "samples.jsonl", start)
-    return Run(out, model, tok, opt, device, rows, eval_rows, teacher, judge,
-               reward_function(a, teacher, judge), ref_model, start, state["data_pos"] if state else 0, ckpt)
 
 
 def reward_function(a: Args, teacher, judge) -> RewardFn | None:
@@ -600,15 +636,16 @@ def check_lopd_teacher(teacher, tok, spec: str, temperature: float):
         raise UserError(f"--method lopd: {e}") from None
 
 
-def held_out_accuracy(model, tok, rows, a: Args, batch: int = 128) -> float:
-    """Greedy accuracy on rows with answers (the toy held-out set by default), by eval.evaluate;
-    eval.py reports the paper's sampled avg@k and pass@k."""
+def held_out_accuracy(model, tok, rows, a: Args, world: dist.World = dist.World(), batch: int = 128) -> float:
+    """Greedy accuracy on rows with answers (the toy held-out set by default), by eval.evaluate on
+    rank 0 (with the weights gathered there); eval.py reports the paper's sampled avg@k and pass@k."""
     if not rows:
         return float("nan")
-    res = evaluation.evaluate(model, tok, rows, temperature=0.0, batch=batch, progress=False,
-                              max_new_tokens=a.eval_max_new_tokens or a.max_new_tokens,
-                              chat_template_kwargs={"enable_thinking": a.enable_thinking}, n_boot=0)
-    return res["avg@1"]
+    with dist.gathered(model):
+        return dist.on_main(lambda: evaluation.evaluate(
+            model, tok, rows, temperature=0.0, batch=batch, progress=False,
+            max_new_tokens=a.eval_max_new_tokens or a.max_new_tokens,
+            chat_template_kwargs={"enable_thinking": a.enable_thinking}, n_boot=0)["avg@1"], world)
 
 
 class Clock:
@@ -627,9 +664,10 @@ class Clock:
         return {**self.laps, "total": round(time.time() - self.start, 3)}
 
 
-def progress(desc: str, start: int, total: int):
+def progress(desc: str, start: int, total: int, show: bool = True):
     from tqdm import tqdm
-    return tqdm(range(start, total), initial=start, total=total, desc=desc, dynamic_ncols=True, disable=None)
+    return tqdm(range(start, total), initial=start, total=total, desc=desc, dynamic_ncols=True,
+                disable=None if show else True)
 
 
 def usage_of(teacher, judge) -> dict:
@@ -708,12 +746,14 @@ def write_logs(out: Path, m: dict, samples: list[dict], bar):
 
 
 def finish_run(a: Args, r: Run, acc_before: float, log) -> dict:
-    acc_after = held_out_accuracy(r.model, r.tok, r.eval_rows, a)
+    acc_after = held_out_accuracy(r.model, r.tok, r.eval_rows, a, r.world)
     summary = {"method": a.method, "steps": a.steps, "accuracy_before": acc_before,
                "accuracy_after": acc_after, "out": str(r.out),
                "checkpoint": str(r.last_ckpt) if r.last_ckpt else None,
                "usage": None if r.teacher is None else usage_of(r.teacher, r.judge)}
-    (r.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if r.world.main:
+        (r.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    dist.close(r.world)
     if r.eval_rows:
         log(f"held-out accuracy: {acc_before:.1%} -> {acc_after:.1%} ({len(r.eval_rows)} problems)")
     log(f"checkpoint: {r.last_ckpt}; metrics: {r.out / 'metrics.jsonl'}; samples: {r.out / 'samples.jsonl'}")
@@ -742,24 +782,32 @@ def set_rng_state(st: dict):
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def save_checkpoint(out: Path, step: int, model, tok, opt, data_pos: int, args: dict, keep_last: int) -> Path:
+def save_checkpoint(out: Path, step: int, model, tok, opt, data_pos: int, args: dict, keep_last: int,
+                    world: dist.World = dist.World()) -> Path:
     """Write then rename: a checkpoint directory either exists whole or not at all. The student is
-    in save_pretrained format (AutoModelForCausalLM.from_pretrained loads it); trainer_state.pt holds
+    in save_pretrained format (AutoModelForCausalLM.from_pretrained loads it), written by rank 0;
+    the optimizer state is sharded (dist.save_optimizer, every rank); trainer_state.pt holds
     tensors and plain types only (see load_trainer_state), and no secret."""
     final = out / f"checkpoint-{step:06d}"
     tmp = out / f".tmp-checkpoint-{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    torch.save({"step": step, "data_pos": data_pos, "optimizer": opt.state_dict(), "rng": rng_state(),
-                "args": teacher_lib.redact(args)}, tmp / "trainer_state.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    (out / "latest.tmp").write_text(final.name)
-    os.replace(out / "latest.tmp", out / "latest")
-    if keep_last > 0:
-        for old in sorted(out.glob("checkpoint-*"))[:-keep_last]:
+    if world.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    dist.barrier(world)
+    weights = dist.full_state_dict(model, world)
+    if world.main:
+        dist.unwrap(model).save_pretrained(tmp, state_dict=weights)
+        tok.save_pretrained(tmp)
+    rest = dist.save_optimizer(model, opt, tmp / "optimizer", world)
+    if world.main:
+        torch.save({"step": step, "data_pos": data_pos, "optimizer": rest, "rng": rng_state(),
+                    "args": teacher_lib.redact(args), "world_size": world.size}, tmp / "trainer_state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        (out / "latest.tmp").write_text(final.name)
+        os.replace(out / "latest.tmp", out / "latest")
+        for old in sorted(out.glob("checkpoint-*"))[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
+    dist.barrier(world)
     return final
 
 

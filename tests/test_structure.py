@@ -101,8 +101,8 @@ def test_train_reads_like_algorithm_1():
     assert fn.end_lineno - fn.lineno + 1 <= 70
     called = {n.func.id if isinstance(n.func, ast.Name) else n.func.attr
               for n in ast.walk(fn) if isinstance(n, ast.Call)}
-    assert {"sample_rollouts", "old_logprobs", "get_references", "apply_failure_policy",
-            "compute_advantages", "update_policy"} <= called
+    assert {"sample_rollouts", "get_references", "apply_failure_policy", "compute_advantages",
+            "update_policy"} <= called
 
 
 def test_nothing_cites_a_file_the_repository_lacks():
