@@ -242,8 +242,8 @@ class _TiledLogProb(torch.autograd.Function):
                         _logits_tile(z, hc, w, b, 1.0 / softcap).tanh_().mul_(softcap / temperature)
                     else:
                         _logits_tile(z, hc, w, b, 1.0 / temperature)
-                    rows, cols = _hits(tc, v0, v)
-                    picked[s + rows] = z[rows, cols]
+                    cols, hit = _target_columns(tc, v0, v)
+                    picked[s:s + n] = torch.where(hit, z.gather(1, cols[:, None]).squeeze(1), picked[s:s + n])
                     m = run_max[s:s + n]
                     new_m = torch.maximum(m, z.amax(dim=1))
                     run_sum[s:s + n].mul_(torch.exp(m - new_m)).add_(z.sub_(new_m[:, None]).exp_().sum(dim=1))
@@ -286,8 +286,8 @@ class _TiledLogProb(torch.autograd.Function):
                     else:
                         _logits_tile(z, hc, w, b, 1.0 / temperature)
                     dz = z.sub_(lse[s:s + n, None]).exp_().mul_(-coef[s:s + n, None])  # -g p
-                    rows, cols = _hits(tc, v0, v)
-                    dz[rows, cols] += coef[s + rows]  # + g onehot(target)
+                    cols, hit = _target_columns(tc, v0, v)
+                    dz.scatter_add_(1, cols[:, None], torch.where(hit, coef[s:s + n], 0.0)[:, None])  # + g onehot
                     if softcap:  # d(softcap tanh(z / softcap) / temperature)/dz = (1 - tanh^2) / temperature
                         dz.mul_(t.square_().sub_(1).mul_(-1.0 / temperature))
                     if need_h:
@@ -302,11 +302,11 @@ class _TiledLogProb(torch.autograd.Function):
                 None if grad_b is None else grad_b.to(bias.dtype), None, None, None, None, None)
 
 
-def _hits(targets: torch.Tensor, v0: int, v: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, columns) in a tile covering vocabulary ids [v0, v0 + v) of the targets it holds."""
+def _target_columns(targets: torch.Tensor, v0: int, v: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each target's column in the tile of vocabulary ids [v0, v0 + v) (clamped into it) and
+    whether the target is in that tile; masks rather than indices, so a GPU never waits on a sync."""
     local = targets - v0
-    rows = ((local >= 0) & (local < v)).nonzero().squeeze(1)
-    return rows, local[rows]
+    return local.clamp(0, v - 1), (local >= 0) & (local < v)
 
 
 def head_logprobs(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
