@@ -5,6 +5,7 @@ chunked kernel and, optionally, against grpo.py as it was at another git revisio
     python bench/logprobs.py                             # CPU: lengths 1k-8k, batch 1
     python bench/logprobs.py --lengths 1024 4096 --device cuda
     python bench/logprobs.py --baseline 862efa7          # adds "prev": token_logprobs at that commit
+    python bench/logprobs.py --interleave --repeat 5 --methods ropd prev --baseline 862efa7  # time only
 
 Every measurement runs in a fresh subprocess, so peaks do not leak between methods. The model is
 a 1-layer Qwen2 (hidden 256, vocabulary 151,936: Qwen's), so the output head dominates, as it does
@@ -12,7 +13,8 @@ for the log-prob step of a real model. Peak memory is what the step adds on top 
 inputs: RSS high-water mark on CPU (the first call, cold), torch.cuda.max_memory_allocated on GPU
 (after an untimed call that compiles kernels). The model body's activations are inside that figure
 for every method alike. Time: the fastest of --repeat calls (on CPU the first one is also the
-memory measurement).
+memory measurement). On a shared machine whose load changes, --interleave compares times better:
+all methods in one process, call after call, medians (no memory figures).
 TRL's path: the model body once, then trl.kernels.ChunkedLogProbFunction over the hidden states
 (vocabulary tiles with an online logsumexp; what GRPOTrainer uses when its chunked log-prob
 option is on). Needs `pip install trl==1.16.0` (benchmark only); without it, that column is skipped.
@@ -60,15 +62,14 @@ def grpo_at(rev: str):
     return module
 
 
-def one(method: str, T: int, batch: int, device: str, backward: bool, repeat: int,
-        baseline: str | None) -> dict:
-    """Build the model, run the log-probs (and their backward) once, report time and added peak."""
+def setup(T: int, batch: int, device: str, baseline: str | None):
+    """The 1-layer Qwen2 at Qwen's vocabulary, random ids, and log_probs(method, backward)."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     import grpo
 
-    prev = grpo_at(baseline) if method == "prev" else None
+    prev = grpo_at(baseline) if baseline else None
     torch.manual_seed(0)
     cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=256, intermediate_size=768, num_hidden_layers=1,
                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=T + 16,
@@ -78,7 +79,7 @@ def one(method: str, T: int, batch: int, device: str, backward: bool, repeat: in
     attn = torch.ones_like(ids)
     n_completion = T - 16  # a 16-token prompt, the rest is the completion
 
-    def logprobs():
+    def logprobs(method):
         if method == "naive":
             return grpo.naive_token_logprobs(model, ids, attn, n_completion)
         if method == "ropd":
@@ -92,9 +93,9 @@ def one(method: str, T: int, batch: int, device: str, backward: bool, repeat: in
         out = ChunkedLogProbFunction.apply(h, model.lm_head.weight, None, targets, 1.0, 8192)
         return out[0].view(batch, n_completion)
 
-    def run():
+    def run(method, backward):
         with torch.set_grad_enabled(backward):
-            logp = logprobs()
+            logp = logprobs(method)
             if backward:
                 logp.mean().backward()
                 model.zero_grad(set_to_none=True)
@@ -102,8 +103,17 @@ def one(method: str, T: int, batch: int, device: str, backward: bool, repeat: in
             torch.cuda.synchronize()
         return logp
 
+    return run
+
+
+def one(method: str, T: int, batch: int, device: str, backward: bool, repeat: int,
+        baseline: str | None) -> dict:
+    """Build the model, run the log-probs (and their backward), report time and added peak."""
+    import torch
+
+    run = setup(T, batch, device, baseline if method == "prev" else None)
     if device == "cuda":  # one untimed call first: kernel compilation (TRL's Triton) and allocator warm-up
-        run()
+        run(method, backward)
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:  # on CPU the RSS high-water mark cannot be reset, so the first call is the measured one
@@ -111,7 +121,7 @@ def one(method: str, T: int, batch: int, device: str, backward: bool, repeat: in
     times = []
     for i in range(repeat):
         t0 = time.perf_counter()
-        logp = run()
+        logp = run(method, backward)
         times.append(time.perf_counter() - t0)
         if i == 0:
             peak = ((torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda"
@@ -119,6 +129,32 @@ def one(method: str, T: int, batch: int, device: str, backward: bool, repeat: in
     return {"method": method, "T": T, "batch": batch, "device": device,
             "pass": "fwd+bwd" if backward else "fwd", "seconds": round(min(times), 3),
             "peak_mb": round(peak, 1), "checksum": float(logp.detach().float().sum())}
+
+
+def interleaved(a) -> None:
+    """Time only, in this one process: after an untimed call of each method, each of --repeat
+    rounds calls every method once, in turn, so a machine whose load drifts (a shared CPU) slows
+    all methods alike; prints each method's median and the ratios of the medians."""
+    import statistics
+
+    print(f"batch {a.batch}, vocabulary {VOCAB:,}, device {a.device}; median of {a.repeat} interleaved calls")
+    for p in a.passes:
+        print(f"\n{p}\n{'T':>6} | " + " | ".join(f"{m + ' s':>9}" for m in a.methods)
+              + "".join(f" | {x}/{y} s" for x, y in (("ropd", "prev"), ("ropd", "trl"))
+                        if x in a.methods and y in a.methods))
+        for T in a.lengths:
+            run = setup(T, a.batch, a.device, a.baseline)
+            times = {m: [] for m in a.methods}
+            for r in range(a.repeat + 1):
+                for m in a.methods:
+                    t0 = time.perf_counter()
+                    run(m, p == "fwd+bwd")
+                    if r:  # round 0 warms up
+                        times[m].append(time.perf_counter() - t0)
+            med = {m: statistics.median(ts) for m, ts in times.items()}
+            print(f"{T:>6} | " + " | ".join(f"{med[m]:>9.2f}" for m in a.methods)
+                  + "".join(f" | {med[x] / med[y]:>{len(x + y) + 3}.2f}" for x, y in (("ropd", "prev"), ("ropd", "trl"))
+                            if x in a.methods and y in a.methods), flush=True)
 
 
 def main():
@@ -131,6 +167,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=1, help="calls per measurement; time = the fastest")
     ap.add_argument("--baseline", metavar="REV",
                     help='also measure token_logprobs from grpo.py at this git revision (method "prev")')
+    ap.add_argument("--interleave", action="store_true",
+                    help="time only: all methods in one process, alternating call by call (for a shared, noisy CPU)")
     ap.add_argument("--one", nargs=3, metavar=("METHOD", "T", "PASS"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
@@ -144,6 +182,9 @@ def main():
     except ImportError:
         print("trl not installed: its column is skipped (pip install trl==1.16.0)")
         a.methods = [m for m in a.methods if m != "trl"]
+    if a.interleave:
+        interleaved(a)
+        return
     rows = []
     for p in a.passes:
         for T in a.lengths:
