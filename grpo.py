@@ -3,7 +3,7 @@
 Everything here works on plain tensors and any Hugging Face causal LM:
 
     sample            §2.1: G rollouts per prompt, left-padded prompts, EOS-aware completion mask
-    token_logprobs    log pi(y_t | x, y_<t) of given completion ids, chunked over the sequence
+    token_logprobs    log pi(y_t | x, y_<t) of given completion ids, tiled over positions and vocabulary
     group_advantages  Eq. 6: A_i = s_i - mean(group)   (optionally / std, the paper's text)
     policy_loss       Eqs. 7-8: PPO-clip with asymmetric + dual clip, three loss aggregations, k3 KL
     update_policy     Eq. 8 optimised: mini-batches of whole groups, micro-batches, grad-norm clip
@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-from torch.utils.checkpoint import checkpoint
 from transformers import LogitsProcessor, LogitsProcessorList
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
@@ -244,27 +243,150 @@ def sample(model, tokenizer, prompts, n: int = 8, max_new_tokens: int = 512,
 # Per-token log-probabilities, without ever materialising [B, T, V]
 # ----------------------------------------------------------------------------------------------
 
-def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head, temperature: float,
-                    softcap: float | None) -> torch.Tensor:
-    """log softmax(head(h) / temperature)[target] for one chunk of positions [N, H] -> [N]."""
-    logits = head(hidden).float()
-    if softcap:  # e.g. Gemma's final_logit_softcapping
-        logits = torch.tanh(logits / softcap) * softcap
-    logits = logits / temperature
-    # gather - logsumexp is log_softmax[target] without a second [N, V] tensor
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+def _logits_tile(out: torch.Tensor, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+                 scale: float) -> torch.Tensor:
+    """out <- scale * (h @ w.T + b): one [n, v] tile of logits, written into a reused buffer."""
+    if b is None:
+        return out.addmm_(h, w.t(), beta=0, alpha=scale)  # beta=0: out's old contents are ignored
+    return torch.addmm(b, h, w.t(), beta=scale, alpha=scale, out=out)
+
+
+class _TiledLogProb(torch.autograd.Function):
+    """log softmax(softcap(h @ W.T + b) / temperature)[target] for N positions [N, H] -> [N], tiled
+    over the positions (`chunk_tokens`) *and* the vocabulary (`chunk_vocab`): in forward and in
+    backward at most one [chunk_tokens, chunk_vocab] tile of logits exists at a time (two with a
+    softcap, in backward), never [N, V].
+
+    Forward: for each vocabulary tile (outer loop, so a low-precision W is upcast one tile at a
+    time) and each chunk of positions, the tile's logits; a running max and sum of exponentials per
+    position (online logsumexp) across tiles; each target's logit picked from the tile that holds
+    it. Saved for backward: h, W, b, the targets and the per-position logsumexp - O(N) besides the
+    inputs. Backward recomputes each tile, p = exp(logit / temperature - lse), and with g the
+    incoming gradient and z = h @ W.T + b,
+        dL/dz = g (onehot(target) - p) / temperature  * (1 - tanh(z / softcap)^2 with a softcap),
+    then grad_h += dL/dz @ W_tile, grad_W_tile += dL/dz^T @ h_chunk, grad_b_tile += sum_rows dL/dz.
+    Arithmetic is float32 (float64 for float64 inputs, for gradcheck), also under autocast;
+    gradients come back in the inputs' dtypes, and only for the inputs that require them.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, targets, temperature, softcap, chunk_tokens, chunk_vocab):
+        acc = torch.float64 if torch.float64 in (h.dtype, weight.dtype) else torch.float32
+        (N, _), V = h.shape, weight.shape[0]
+        run_max = torch.full((N,), -math.inf, dtype=acc, device=h.device)
+        run_sum = torch.zeros(N, dtype=acc, device=h.device)
+        picked = torch.zeros(N, dtype=acc, device=h.device)
+        buf = torch.empty(min(N, chunk_tokens) * min(V, chunk_vocab), dtype=acc, device=h.device)
+        with torch.autocast(h.device.type, enabled=False):
+            for v0 in range(0, V, chunk_vocab):
+                w = weight[v0:v0 + chunk_vocab].to(acc)
+                b = None if bias is None else bias[v0:v0 + chunk_vocab].to(acc)
+                for s in range(0, N, chunk_tokens):
+                    hc, tc = h[s:s + chunk_tokens].to(acc), targets[s:s + chunk_tokens]
+                    (n, _), v = hc.shape, w.shape[0]
+                    z = buf[:n * v].view(n, v)
+                    if softcap:
+                        _logits_tile(z, hc, w, b, 1.0 / softcap).tanh_().mul_(softcap / temperature)
+                    else:
+                        _logits_tile(z, hc, w, b, 1.0 / temperature)
+                    cols, hit = _target_columns(tc, v0, v)
+                    picked[s:s + n] = torch.where(hit, z.gather(1, cols[:, None]).squeeze(1), picked[s:s + n])
+                    m = run_max[s:s + n]
+                    new_m = torch.maximum(m, z.amax(dim=1))
+                    run_sum[s:s + n].mul_(torch.exp(m - new_m)).add_(z.sub_(new_m[:, None]).exp_().sum(dim=1))
+                    m.copy_(new_m)
+        lse = run_max + torch.log(run_sum)
+        ctx.save_for_backward(h, weight, bias, targets, lse)
+        ctx.settings = temperature, softcap, chunk_tokens, chunk_vocab
+        return picked - lse
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, weight, bias, targets, lse = ctx.saved_tensors
+        temperature, softcap, chunk_tokens, chunk_vocab = ctx.settings
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        acc, (N, H), V = lse.dtype, h.shape, weight.shape[0]
+        # with a softcap the temperature goes into the tanh factor, without one into the coefficient
+        coef = grad.to(acc) if softcap else grad.to(acc) / temperature
+        grad_h = torch.zeros(N, H, dtype=acc, device=h.device) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros(V, dtype=acc, device=h.device) if need_b else None
+        direct = weight.dtype == acc  # else W's grad is summed in float32 one tile at a time
+        size = min(N, chunk_tokens) * min(V, chunk_vocab)
+        buf = torch.empty(size, dtype=acc, device=h.device)
+        buf2 = torch.empty(size, dtype=acc, device=h.device) if softcap else None
+        with torch.autocast(h.device.type, enabled=False):
+            for v0 in range(0, V, chunk_vocab):
+                w = weight[v0:v0 + chunk_vocab].to(acc)
+                b = None if bias is None else bias[v0:v0 + chunk_vocab].to(acc)
+                v = w.shape[0]
+                gw = None  # this tile's rows of grad W, summed over the position chunks
+                if need_w:
+                    gw = grad_w[v0:v0 + v] if direct else torch.zeros(v, H, dtype=acc, device=h.device)
+                for s in range(0, N, chunk_tokens):
+                    hc, tc = h[s:s + chunk_tokens].to(acc), targets[s:s + chunk_tokens]
+                    n = hc.shape[0]
+                    z = buf[:n * v].view(n, v)
+                    if softcap:
+                        t = _logits_tile(buf2[:n * v].view(n, v), hc, w, b, 1.0 / softcap).tanh_()
+                        torch.mul(t, softcap / temperature, out=z)
+                    else:
+                        _logits_tile(z, hc, w, b, 1.0 / temperature)
+                    dz = z.sub_(lse[s:s + n, None]).exp_().mul_(-coef[s:s + n, None])  # -g p
+                    cols, hit = _target_columns(tc, v0, v)
+                    dz.scatter_add_(1, cols[:, None], torch.where(hit, coef[s:s + n], 0.0)[:, None])  # + g onehot
+                    if softcap:  # d(softcap tanh(z / softcap) / temperature)/dz = (1 - tanh^2) / temperature
+                        dz.mul_(t.square_().sub_(1).mul_(-1.0 / temperature))
+                    if need_h:
+                        grad_h[s:s + n].addmm_(dz, w)
+                    if need_w:
+                        gw.addmm_(dz.t(), hc)
+                    if need_b:
+                        grad_b[v0:v0 + v] += dz.sum(dim=0)
+                if need_w and not direct:
+                    grad_w[v0:v0 + v].copy_(gw)
+        return (None if grad_h is None else grad_h.to(h.dtype), grad_w,
+                None if grad_b is None else grad_b.to(bias.dtype), None, None, None, None, None)
+
+
+def _target_columns(targets: torch.Tensor, v0: int, v: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each target's column in the tile of vocabulary ids [v0, v0 + v) (clamped into it) and
+    whether the target is in that tile; masks rather than indices, so a GPU never waits on a sync."""
+    local = targets - v0
+    return local.clamp(0, v - 1), (local >= 0) & (local < v)
+
+
+def head_logprobs(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
+                  bias: torch.Tensor | None = None, temperature: float = 1.0,
+                  softcap: float | None = None, chunk_tokens: int = 1024,
+                  chunk_vocab: int = 8192) -> torch.Tensor:
+    """log softmax(softcap(hidden @ weight.T + bias) / temperature)[targets]: hidden [N, H],
+    targets [N], weight [V, H] (the output head's, or the tied embedding's) -> float32 [N].
+    Differentiable in hidden, weight and bias; tiled over positions and the vocabulary, so neither
+    forward nor backward holds more than one [chunk_tokens, chunk_vocab] tile of logits
+    (see _TiledLogProb)."""
+    if hidden.dim() != 2 or targets.shape != hidden.shape[:1] or weight.shape[1] != hidden.shape[1]:
+        raise ValueError(f"shapes: hidden {tuple(hidden.shape)}, targets {tuple(targets.shape)}, "
+                         f"weight {tuple(weight.shape)}; want [N, H], [N], [V, H]")
+    if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= weight.shape[0]):
+        raise ValueError(f"target ids must lie in [0, {weight.shape[0]})")
+    if chunk_tokens < 1 or chunk_vocab < 1:
+        raise ValueError("chunk_tokens and chunk_vocab must be positive")
+    return _TiledLogProb.apply(hidden, weight, bias, targets, float(temperature),
+                               float(softcap) if softcap else None, chunk_tokens, chunk_vocab)
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int,
-                   temperature: float = 1.0, chunk_tokens: int = 1024) -> torch.Tensor:
+                   temperature: float = 1.0, chunk_tokens: int = 1024,
+                   chunk_vocab: int = 8192) -> torch.Tensor:
     """log pi(y_t | x, y_<t) (Eq. 7) for the last `n_completion` tokens of `input_ids`, [B, n_completion].
 
     The logits are divided by the sampling temperature, so these are the log-probs of the policy
     that actually produced the samples (otherwise the importance ratio is not 1 on-policy).
-    Memory: the model body runs once; the output head and log-softmax then run over at most
-    `chunk_tokens` positions at a time, and under autograd each chunk is recomputed in backward
-    (activation checkpointing), so neither pass ever holds [B, T, V] logits - with a 150k vocabulary
-    that tensor alone is 4.8 GB for 8 x 1k tokens in fp32.
+    Memory: the model body runs once; the output head and log-softmax then run tile by tile, at
+    most `chunk_tokens` positions x `chunk_vocab` vocabulary entries at a time, in forward and in
+    backward (`head_logprobs`), so neither pass holds [B, T, V] logits (4.8 GB for 8 x 1k tokens
+    at a 150k vocabulary in fp32) nor even [chunk_tokens, V].
     Position ids come from the attention mask, exactly as `generate` builds them for left-padded
     prompts; without this, the log-probs of left-padded rows differ from the sampler's.
     """
@@ -274,19 +396,11 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   use_cache=False).last_hidden_state
     # the hidden state at position t predicts token t+1
     h = hidden[:, -n_completion - 1:-1, :]
-    targets = input_ids[:, -n_completion:]
     B, T, H = h.shape
-    h, targets = h.reshape(B * T, H), targets.reshape(B * T)
     softcap = getattr(model.config, "final_logit_softcapping", None)
-    out = []
-    for s in range(0, B * T, chunk_tokens):
-        hs, ts = h[s:s + chunk_tokens], targets[s:s + chunk_tokens]
-        if torch.is_grad_enabled() and hs.requires_grad:
-            out.append(checkpoint(_chunk_logprobs, hs, ts, head, temperature, softcap,
-                                  use_reentrant=False))
-        else:
-            out.append(_chunk_logprobs(hs, ts, head, temperature, softcap))
-    return torch.cat(out).view(B, T)
+    logp = head_logprobs(h.reshape(B * T, H), input_ids[:, -n_completion:].reshape(B * T), head.weight,
+                         getattr(head, "bias", None), temperature, softcap, chunk_tokens, chunk_vocab)
+    return logp.view(B, T)
 
 
 def policy_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int,

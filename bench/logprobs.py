@@ -1,14 +1,20 @@
-"""Peak memory and time of per-token log-probs (forward + backward) at a 151k vocabulary:
-grpo.token_logprobs against the naive full log-softmax and against TRL 1.16's chunked path.
+"""Peak memory and time of per-token log-probs at a 151k vocabulary, forward alone (no grad) and
+forward + backward: grpo.token_logprobs against the naive full log-softmax, against TRL 1.16's
+chunked kernel and, optionally, against grpo.py as it was at another git revision.
 
-    python bench/logprobs.py                       # CPU: lengths 1k-8k, batch 1
+    python bench/logprobs.py                             # CPU: lengths 1k-8k, batch 1
     python bench/logprobs.py --lengths 1024 4096 --device cuda
+    python bench/logprobs.py --baseline 862efa7          # adds "prev": token_logprobs at that commit
+    python bench/logprobs.py --interleave --repeat 5 --methods ropd prev --baseline 862efa7  # time only
 
 Every measurement runs in a fresh subprocess, so peaks do not leak between methods. The model is
 a 1-layer Qwen2 (hidden 256, vocabulary 151,936: Qwen's), so the output head dominates, as it does
 for the log-prob step of a real model. Peak memory is what the step adds on top of the model and
-inputs: RSS high-water mark on CPU (one call, cold), torch.cuda.max_memory_allocated on GPU (the
-second call, after an untimed one that compiles kernels).
+inputs: RSS high-water mark on CPU (the first call, cold), torch.cuda.max_memory_allocated on GPU
+(after an untimed call that compiles kernels). The model body's activations are inside that figure
+for every method alike. Time: the fastest of --repeat calls (on CPU the first one is also the
+memory measurement). On a shared machine whose load changes, --interleave compares times better:
+all methods in one process, call after call, medians (no memory figures).
 TRL's path: the model body once, then trl.kernels.ChunkedLogProbFunction over the hidden states
 (vocabulary tiles with an online logsumexp; what GRPOTrainer uses when its chunked log-prob
 option is on). Needs `pip install trl==1.16.0` (benchmark only); without it, that column is skipped.
@@ -16,18 +22,22 @@ option is on). Needs `pip install trl==1.16.0` (benchmark only); without it, tha
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 VOCAB = 151_936
 METHODS = ("naive", "ropd", "trl")
+PASSES = ("fwd", "fwd+bwd")
 
 
 def rss_mb() -> float:
@@ -39,13 +49,27 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def one(method: str, T: int, batch: int, device: str) -> dict:
-    """Build the model, run forward + backward of the log-probs once, report time and added peak."""
+def grpo_at(rev: str):
+    """grpo.py as it was at git revision `rev`, imported as module grpo_at_rev."""
+    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:grpo.py"], capture_output=True,
+                         text=True, check=True).stdout
+    path = Path(tempfile.mkdtemp()) / "grpo_at_rev.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("grpo_at_rev", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["grpo_at_rev"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def setup(T: int, batch: int, device: str, baseline: str | None):
+    """The 1-layer Qwen2 at Qwen's vocabulary, random ids, and log_probs(method, backward)."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     import grpo
 
+    prev = grpo_at(baseline) if baseline else None
     torch.manual_seed(0)
     cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=256, intermediate_size=768, num_hidden_layers=1,
                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=T + 16,
@@ -55,11 +79,13 @@ def one(method: str, T: int, batch: int, device: str) -> dict:
     attn = torch.ones_like(ids)
     n_completion = T - 16  # a 16-token prompt, the rest is the completion
 
-    def run():
+    def logprobs(method):
         if method == "naive":
             return grpo.naive_token_logprobs(model, ids, attn, n_completion)
         if method == "ropd":
             return grpo.token_logprobs(model, ids, attn, n_completion)
+        if method == "prev":
+            return prev.token_logprobs(model, ids, attn, n_completion)
         from trl.kernels import ChunkedLogProbFunction
         hidden = model.model(input_ids=ids, attention_mask=attn).last_hidden_state
         h = hidden[:, -n_completion - 1:-1].reshape(-1, hidden.shape[-1])
@@ -67,25 +93,68 @@ def one(method: str, T: int, batch: int, device: str) -> dict:
         out = ChunkedLogProbFunction.apply(h, model.lm_head.weight, None, targets, 1.0, 8192)
         return out[0].view(batch, n_completion)
 
+    def run(method, backward):
+        with torch.set_grad_enabled(backward):
+            logp = logprobs(method)
+            if backward:
+                logp.mean().backward()
+                model.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return logp
+
+    return run
+
+
+def one(method: str, T: int, batch: int, device: str, backward: bool, repeat: int,
+        baseline: str | None) -> dict:
+    """Build the model, run the log-probs (and their backward), report time and added peak."""
+    import torch
+
+    run = setup(T, batch, device, baseline if method == "prev" else None)
     if device == "cuda":  # one untimed call first: kernel compilation (TRL's Triton) and allocator warm-up
-        run().mean().backward()
-        model.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
+        run(method, backward)
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    else:  # on CPU the RSS high-water mark cannot be reset, so the one call is the measured one
+    else:  # on CPU the RSS high-water mark cannot be reset, so the first call is the measured one
         base = rss_mb()
-    t0 = time.perf_counter()
-    logp = run()
-    logp.mean().backward()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        peak = peak_rss_mb() - base
+    times = []
+    for i in range(repeat):
+        t0 = time.perf_counter()
+        logp = run(method, backward)
+        times.append(time.perf_counter() - t0)
+        if i == 0:
+            peak = ((torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda"
+                    else peak_rss_mb() - base)
     return {"method": method, "T": T, "batch": batch, "device": device,
-            "seconds": round(time.perf_counter() - t0, 3), "peak_mb": round(peak, 1),
-            "checksum": float(logp.detach().float().sum())}
+            "pass": "fwd+bwd" if backward else "fwd", "seconds": round(min(times), 3),
+            "peak_mb": round(peak, 1), "checksum": float(logp.detach().float().sum())}
+
+
+def interleaved(a) -> None:
+    """Time only, in this one process: after an untimed call of each method, each of --repeat
+    rounds calls every method once, in turn, so a machine whose load drifts (a shared CPU) slows
+    all methods alike; prints each method's median and the ratios of the medians."""
+    import statistics
+
+    print(f"batch {a.batch}, vocabulary {VOCAB:,}, device {a.device}; median of {a.repeat} interleaved calls")
+    for p in a.passes:
+        print(f"\n{p}\n{'T':>6} | " + " | ".join(f"{m + ' s':>9}" for m in a.methods)
+              + "".join(f" | {x}/{y} s" for x, y in (("ropd", "prev"), ("ropd", "trl"))
+                        if x in a.methods and y in a.methods))
+        for T in a.lengths:
+            run = setup(T, a.batch, a.device, a.baseline)
+            times = {m: [] for m in a.methods}
+            for r in range(a.repeat + 1):
+                for m in a.methods:
+                    t0 = time.perf_counter()
+                    run(m, p == "fwd+bwd")
+                    if r:  # round 0 warms up
+                        times[m].append(time.perf_counter() - t0)
+            med = {m: statistics.median(ts) for m, ts in times.items()}
+            print(f"{T:>6} | " + " | ".join(f"{med[m]:>9.2f}" for m in a.methods)
+                  + "".join(f" | {med[x] / med[y]:>{len(x + y) + 3}.2f}" for x, y in (("ropd", "prev"), ("ropd", "trl"))
+                            if x in a.methods and y in a.methods), flush=True)
 
 
 def main():
@@ -94,44 +163,74 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
-    ap.add_argument("--one", nargs=2, metavar=("METHOD", "T"), help=argparse.SUPPRESS)
+    ap.add_argument("--passes", nargs="+", default=list(PASSES), choices=PASSES)
+    ap.add_argument("--repeat", type=int, default=1, help="calls per measurement; time = the fastest")
+    ap.add_argument("--baseline", metavar="REV",
+                    help='also measure token_logprobs from grpo.py at this git revision (method "prev")')
+    ap.add_argument("--interleave", action="store_true",
+                    help="time only: all methods in one process, alternating call by call (for a shared, noisy CPU)")
+    ap.add_argument("--one", nargs=3, metavar=("METHOD", "T", "PASS"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        print(json.dumps(one(a.one[0], int(a.one[1]), a.batch, a.device)))
+        m, T, p = a.one
+        print(json.dumps(one(m, int(T), a.batch, a.device, p == "fwd+bwd", a.repeat, a.baseline)))
         return
+    if a.baseline and "prev" not in a.methods:
+        a.methods.append("prev")
     try:
         import trl  # noqa: F401
     except ImportError:
         print("trl not installed: its column is skipped (pip install trl==1.16.0)")
         a.methods = [m for m in a.methods if m != "trl"]
+    if a.interleave:
+        interleaved(a)
+        return
     rows = []
-    for T in a.lengths:
-        for m in a.methods:
-            p = subprocess.run([sys.executable, __file__, "--one", m, str(T), "--batch", str(a.batch),
-                                "--device", a.device], capture_output=True, text=True)
-            if p.returncode != 0:
-                err = (p.stderr.strip().splitlines() or ["killed (out of memory?)"])[-1]
-                rows.append({"method": m, "T": T, "error": err[:120]})
-            else:
-                rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
-            r = rows[-1]
-            print(f"  {m:>6} T={T:>5}: " + (f"{r['seconds']:7.2f} s  {r['peak_mb']:9.1f} MB" if "error" not in r
-                                            else r["error"]), flush=True)
-    print(f"\nbatch {a.batch}, vocabulary {VOCAB:,}, device {a.device}; forward + backward; peak = added memory")
-    print(f"{'T':>6} | " + " | ".join(f"{m + ' s':>9} {m + ' MB':>10}" for m in a.methods)
-          + " | naive/ropd MB | trl/ropd MB")
-    for T in a.lengths:
-        by = {r["method"]: r for r in rows if r["T"] == T}
-        cells = [f"{by[m]['seconds']:>9.2f} {by[m]['peak_mb']:>10.0f}" if "peak_mb" in by.get(m, {})
-                 else f"{'-':>9} {'-':>10}" for m in a.methods]
+    for p in a.passes:
+        for T in a.lengths:
+            for m in a.methods:
+                cmd = [sys.executable, __file__, "--one", m, str(T), p, "--batch", str(a.batch),
+                       "--device", a.device, "--repeat", str(a.repeat)]
+                proc = subprocess.run(cmd + (["--baseline", a.baseline] if a.baseline else []),
+                                      capture_output=True, text=True)
+                if proc.returncode != 0:
+                    err = (proc.stderr.strip().splitlines() or ["killed (out of memory?)"])[-1]
+                    rows.append({"method": m, "T": T, "pass": p, "error": err[:120]})
+                else:
+                    rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                r = rows[-1]
+                print(f"  {p:>7} {m:>6} T={T:>5}: " + (f"{r['seconds']:7.2f} s  {r['peak_mb']:9.1f} MB"
+                                                       if "error" not in r else r["error"]), flush=True)
+    report(rows, a)
 
-        def ratio(x):
-            return (f"{by[x]['peak_mb'] / by['ropd']['peak_mb']:.2f}"
-                    if "peak_mb" in by.get(x, {}) and "peak_mb" in by.get("ropd", {}) else "-")
-        print(f"{T:>6} | " + " | ".join(cells) + f" | {ratio('naive'):>13} | {ratio('trl'):>11}")
-    same = {T: {r["method"]: round(r["checksum"], 1) for r in rows if r["T"] == T and "checksum" in r}
-            for T in a.lengths}
-    print("sum of log-probs per method (should agree):", json.dumps(same))
+
+def report(rows: list[dict], a) -> None:
+    ms = a.methods
+    print(f"\nbatch {a.batch}, vocabulary {VOCAB:,}, device {a.device}; peak = memory added on top of "
+          f"the model and inputs; time = fastest of {a.repeat}")
+    for p in a.passes:
+        by_T = {T: {r["method"]: r for r in rows if r["T"] == T and r["pass"] == p and "error" not in r}
+                for T in a.lengths}
+
+        def ratio(by, x, y, key):
+            return f"{by[x][key] / by[y][key]:.2f}" if x in by and y in by and by[y][key] else "-"
+
+        pairs = [("ropd", "trl"), ("naive", "ropd"), ("ropd", "prev")]
+        pairs = [(x, y) for x, y in pairs if x in ms and y in ms]
+        print(f"\n{p}")
+        print(f"{'T':>6} | " + " | ".join(f"{m + ' s':>9} {m + ' MB':>10}" for m in ms) + " | "
+              + " | ".join(f"{x}/{y} MB, s" for x, y in pairs))
+        for T, by in by_T.items():
+            cells = [f"{by[m]['seconds']:>9.2f} {by[m]['peak_mb']:>10.0f}" if m in by else f"{'-':>9} {'-':>10}"
+                     for m in ms]
+            ratios = [f"{ratio(by, x, y, 'peak_mb'):>{len(x + y) + 4}}, {ratio(by, x, y, 'seconds')}"
+                      for x, y in pairs]
+            print(f"{T:>6} | " + " | ".join(cells) + " | " + " | ".join(ratios))
+        same = {T: {m: round(r["checksum"], 1) for m, r in by.items()} for T, by in by_T.items()}
+        print("sum of log-probs per method (should agree):", json.dumps(same))
+    failed = [r for r in rows if "error" in r]
+    for r in failed:
+        print(f"failed: {r['pass']} {r['method']} T={r['T']}: {r['error']}")
 
 
 if __name__ == "__main__":

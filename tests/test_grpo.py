@@ -209,28 +209,162 @@ def test_sample_groups_shapes_and_seed(tiny):
     assert a.texts == grpo.decode(tok, a.completion_ids, a.completion_mask)
 
 
-def test_chunked_logprobs_equal_naive(tiny):
+def test_token_logprobs_equal_naive(tiny):
     model, tok = tiny
     r = grpo.sample(model, tok, ["1+2", "((3*4)-5)+6"], n=3, max_new_tokens=16, seed=0)
     T = r.completion_ids.shape[1]
     for temp in (1.0, 0.7):
         naive = grpo.naive_token_logprobs(model, r.input_ids, r.attention_mask, T, temp)
-        for chunk in (1, 7, 10_000):
-            fast = grpo.token_logprobs(model, r.input_ids, r.attention_mask, T, temp, chunk_tokens=chunk)
+        # one tile, tiles that divide neither the positions nor the vocabulary (102), single rows
+        for chunk, vocab in ((10_000, 10_000), (7, 17), (1, 64)):
+            fast = grpo.token_logprobs(model, r.input_ids, r.attention_mask, T, temp, chunk_tokens=chunk,
+                                       chunk_vocab=vocab)
+            assert fast.dtype == torch.float32
             assert torch.allclose(fast, naive, atol=1e-5)
 
 
-def test_chunked_logprobs_gradient_equals_naive(tiny):
+def _model_grads(model, fn, mask):
+    model.zero_grad()
+    (fn() * mask).sum().backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def test_token_logprobs_gradient_equals_naive_tied_embeddings(tiny):
     model, tok = tiny
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied
     r = grpo.sample(model, tok, ["1+2", "9*9"], n=2, max_new_tokens=10, seed=1)
     T = r.completion_ids.shape[1]
-    grads = []
-    for fn in (lambda: grpo.token_logprobs(model, r.input_ids, r.attention_mask, T, chunk_tokens=5),
-               lambda: grpo.naive_token_logprobs(model, r.input_ids, r.attention_mask, T)):
-        model.zero_grad()
-        (fn() * r.completion_mask).sum().backward()
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+    fast = _model_grads(model, lambda: grpo.token_logprobs(model, r.input_ids, r.attention_mask, T, 0.8,
+                                                           chunk_tokens=5, chunk_vocab=7), r.completion_mask)
+    naive = _model_grads(model, lambda: grpo.naive_token_logprobs(model, r.input_ids, r.attention_mask, T, 0.8),
+                         r.completion_mask)
+    assert torch.allclose(fast, naive, atol=1e-5)
+
+
+def test_token_logprobs_untied_head_with_bias():
+    """A model whose output head is its own Linear with a bias: the bias enters the logits and
+    gets its gradient; every parameter's gradient equals the naive formula's."""
+    tok = toy.build_tokenizer()
+    model = toy.build_model(tok, hidden=32, layers=1, heads=2, seed=0)
+    torch.manual_seed(1)
+    head = torch.nn.Linear(32, len(tok), bias=True)
+    torch.nn.init.normal_(head.bias, std=2.0)
+    model.set_output_embeddings(head)
+    model.config.tie_word_embeddings = False
+    assert model.get_output_embeddings().weight is not model.get_input_embeddings().weight
+    ids = torch.randint(3, len(tok), (2, 14))
+    attn = torch.ones_like(ids)
+    attn[1, :3] = 0  # a left-padded row
+    mask = torch.ones(2, 9)
+    naive = lambda: grpo.naive_token_logprobs(model, ids, attn, 9, 0.7)  # noqa: E731
+    fast = lambda: grpo.token_logprobs(model, ids, attn, 9, 0.7, chunk_tokens=4, chunk_vocab=30)  # noqa: E731
+    assert torch.allclose(fast(), naive(), atol=1e-5)
+    assert torch.allclose(_model_grads(model, fast, mask), _model_grads(model, naive, mask), atol=1e-5)
+    assert head.bias.grad.abs().sum() > 0
+
+
+def test_token_logprobs_final_logit_softcap_matches_gemma2():
+    """Gemma 2 caps its logits in its own forward (tanh(logits / c) * c): our tiles apply the cap
+    from the config and give the log-softmax of the model's own logits, values and gradients."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Gemma2Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                       num_attention_heads=2, num_key_value_heads=1, head_dim=16, final_logit_softcapping=2.0,
+                       attn_implementation="eager")
+    model = Gemma2ForCausalLM(cfg)
+    ids = torch.randint(0, 50, (2, 12))
+    attn = torch.ones_like(ids)
+
+    def reference():  # the model's own (capped) logits, log-softmax at temperature 0.9
+        logits = model(input_ids=ids, attention_mask=attn).logits.float()[:, -8:-1] / 0.9
+        return torch.log_softmax(logits, -1).gather(-1, ids[:, -7:, None]).squeeze(-1)
+
+    fast = lambda: grpo.token_logprobs(model, ids, attn, 7, 0.9, chunk_tokens=3, chunk_vocab=16)  # noqa: E731
+    assert torch.allclose(fast(), reference(), atol=1e-5)
+    mask = torch.ones(2, 7)
+    assert torch.allclose(_model_grads(model, fast, mask), _model_grads(model, reference, mask), atol=1e-5)
+
+
+def _head_reference(h, targets, w, b, temperature, softcap):
+    """The textbook formula in float64: full [N, V] logits, log-softmax, gather."""
+    z = h.double() @ w.double().T + (0 if b is None else b.double())
+    if softcap:
+        z = torch.tanh(z / softcap) * softcap
+    return torch.log_softmax(z / temperature, -1).gather(-1, targets[:, None]).squeeze(-1)
+
+
+@pytest.mark.parametrize("temperature,softcap,bias,chunk,vocab", [
+    (1.0, None, False, 16, 32),      # tiles that divide neither N = 37 nor V = 101
+    (0.6, None, True, 37, 101),      # one tile
+    (1.3, 4.0, False, 5, 8),         # softcap and temperature
+    (0.8, 2.0, True, 1, 1),          # one position x one vocabulary entry per tile
+    (1.0, 3.0, True, 100, 7),
+])
+def test_head_logprobs_values_and_gradients(temperature, softcap, bias, chunk, vocab):
+    torch.manual_seed(0)
+    N, H, V = 37, 16, 101
+    h = torch.randn(N, H, requires_grad=True)
+    w = torch.randn(V, H, requires_grad=True)
+    b = torch.randn(V, requires_grad=True) if bias else None
+    targets = torch.randint(0, V, (N,))
+    targets[:3] = torch.tensor([0, V - 1, vocab % V])  # the first and last ids, and a tile's first
+    g = torch.randn(N)  # an arbitrary upstream gradient
+    inputs = [x for x in (h, w, b) if x is not None]
+    out = grpo.head_logprobs(h, targets, w, b, temperature, softcap, chunk, vocab)
+    ref = _head_reference(h, targets, w, b, temperature, softcap)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out.double(), ref, atol=1e-5)
+    grads = torch.autograd.grad((out * g).sum(), inputs)
+    ref_grads = torch.autograd.grad((ref * g.double()).sum(), inputs)
+    for got, want in zip(grads, ref_grads):
+        assert got.dtype == torch.float32
+        assert torch.allclose(got.double(), want.double(), atol=1e-5)
+
+
+@pytest.mark.parametrize("softcap,bias", [(None, False), (2.5, True)])
+def test_head_logprobs_gradcheck(softcap, bias):
+    torch.manual_seed(0)
+    h = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(13, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(13, dtype=torch.float64, requires_grad=True) if bias else None
+    targets = torch.tensor([0, 12, 4, 5, 4, 9, 3])
+    fn = lambda h, w, b=None: grpo.head_logprobs(h, targets, w, b, 0.8, softcap, 3, 5)  # noqa: E731
+    assert fn(h, w, b).dtype == torch.float64  # float64 in, float64 arithmetic
+    assert torch.autograd.gradcheck(fn, (h, w) if b is None else (h, w, b))
+
+
+def test_head_logprobs_low_precision_frozen_head_and_autocast():
+    torch.manual_seed(0)
+    h = torch.randn(9, 8).bfloat16().requires_grad_()
+    w = torch.randn(30, 8).bfloat16().requires_grad_()
+    targets = torch.randint(0, 30, (9,))
+    out = grpo.head_logprobs(h, targets, w, chunk_tokens=4, chunk_vocab=8)
+    out.sum().backward()
+    # float32 arithmetic on the bf16 values, float32 out; gradients in the inputs' dtype
+    ref = _head_reference(h.detach(), targets, w.detach(), None, 1.0, None)
+    assert out.dtype == torch.float32 and torch.allclose(out.double(), ref, atol=1e-5)
+    assert h.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.bfloat16
+    hr, wr = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    _head_reference(hr, targets, wr, None, 1.0, None).sum().backward()
+    assert torch.allclose(w.grad.double(), wr.grad, atol=1e-2) and torch.allclose(h.grad.double(), hr.grad, atol=1e-2)
+    # a frozen head: no gradient for it, the right one for the hidden states
+    h32 = h.detach().float().requires_grad_()
+    out = grpo.head_logprobs(h32, targets, w.detach().float(), chunk_tokens=4, chunk_vocab=8)
+    out.sum().backward()
+    assert torch.allclose(h32.grad.double(), hr.grad, atol=1e-5)
+    # autocast does not push the tiles' matmuls down to bf16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = grpo.head_logprobs(h32.detach(), targets, w.detach().float(), chunk_tokens=4, chunk_vocab=8)
+    assert out.dtype == torch.float32 and torch.allclose(out.double(), ref, atol=1e-5)
+
+
+def test_head_logprobs_rejects_bad_input():
+    h, w = torch.randn(3, 4), torch.randn(10, 4)
+    with pytest.raises(ValueError, match="target ids"):
+        grpo.head_logprobs(h, torch.tensor([0, 10, 2]), w)
+    with pytest.raises(ValueError, match="shapes"):
+        grpo.head_logprobs(h, torch.tensor([0, 1]), w)
 
 
 def test_importance_ratio_is_one_on_first_update(tiny):
