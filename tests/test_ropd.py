@@ -62,7 +62,7 @@ def test_each_method_end_to_end(method, tiny_world, tmp_path):
                 "clip_frac", "approx_kl", "completion_len_mean", "seconds"} <= set(m)
     if method == "grpo":
         for s in samples:
-            assert s["rewards"] == [float(answers.is_correct(r, s["answer"])) for r in s["rollouts"]]
+            assert s["rewards"] == [float(answers.is_correct(r, s["answer"], strict=True)) for r in s["rollouts"]]
     if method == "lopd":
         assert all(m["reward_mean"] <= 0.5 for m in ms)  # mean teacher-student log-ratio per token
 
