@@ -427,7 +427,7 @@ def train(a: Args, log=print) -> dict:
                                         a.temperature, world.rank, world.size, functools.partial(dist.sum_stats, world=world)))
             clock.lap("update")
             m.update(rollout_metrics(rows, ro, rewards, refs, with_accuracy=a.method not in ("lopd", "exopd")))
-            samples = sample_records(step + 1, rows, ro, rewards, refs, a.log_samples)
+            samples = sample_records(step + 1, rows, ro, rewards, refs, a.log_samples, adv)
         m["seconds"] = clock.seconds()
         if r.teacher is not None:
             m["usage"] = usage_delta(usage_before, usage_of(r.teacher, r.judge))
@@ -720,8 +720,10 @@ def rollout_metrics(rows, ro: grpo.Rollouts, rewards: Rewards, refs, with_accura
     return m
 
 
-def sample_records(step: int, rows, ro: grpo.Rollouts, rewards: Rewards, refs, n: int) -> list[dict]:
-    """samples.jsonl: the first n prompts of the step (-1: all), with what the judge did."""
+def sample_records(step: int, rows, ro: grpo.Rollouts, rewards: Rewards, refs, n: int,
+                   advantages: torch.Tensor | None = None) -> list[dict]:
+    """samples.jsonl: the first n prompts of the step (-1: all), with what the judge did and the
+    advantage each rollout got (per token, LOPD: its mean over the rollout)."""
     G = ro.group_size
     out = []
     for i in range(len(rows) if n < 0 else min(n, len(rows))):
@@ -734,6 +736,8 @@ def sample_records(step: int, rows, ro: grpo.Rollouts, rewards: Rewards, refs, n
             "rollouts": ro.texts[i * G:(i + 1) * G],
             "judgements": res.judgements if res else None,
             "rewards": [round(float(x), 4) for x in rewards.scores[i * G:(i + 1) * G]],
+            "advantages": None if advantages is None else [round(float(x), 4) for x in (
+                advantages if advantages.dim() == 1 else advantages.sum(1) / ro.lengths.clamp(min=1))[i * G:(i + 1) * G]],
             "reference_scores": res.reference_scores if res else None,
             "fallback": res.fallback if res else None,
             "format_errors": res.format_errors if res else None})

@@ -81,6 +81,10 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError:
             return self._error(400, "request body is not JSON", anthropic_style)
         self.server.count(body)
+        with self.server.in_flight():
+            self._handle(body, anthropic_style)
+
+    def _handle(self, body: dict, anthropic_style: bool):
         fault = self.server.next_fault()
         if fault:
             time.sleep(fault.get("delay", 0.0))
@@ -185,13 +189,15 @@ class TeacherServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, teacher: Teacher, host: str = "127.0.0.1", port: int = 0, model_name: str | None = None,
-                 faults: list[dict] | None = None):
+                 faults: list[dict] | None = None, transform=None):
         super().__init__((host, port), _Handler)
         self.teacher = teacher
+        self.transform = transform  # (text, chat) -> the text served instead: a judge that lies, for tests
         self.model_name = model_name or teacher.model
         self.faults = list(faults or [])
         self.requests = 0
         self.bodies: list[dict] = []  # every request body received, for tests to inspect
+        self.busy = self.max_busy = 0  # requests being answered now, and at most at once
         self._lock = threading.Lock()
         # a local model is not thread-safe: its requests are served one at a time
         self._serial = threading.Lock() if isinstance(teacher, HFTeacher) else contextlib.nullcontext()
@@ -203,7 +209,8 @@ class TeacherServer(ThreadingHTTPServer):
 
     def complete(self, chats, **kw):
         with self._serial:
-            return self.teacher.complete(chats, role="serve", **kw)
+            out = self.teacher.complete(chats, role="serve", **kw)
+        return [[self.transform(t, c) for t in texts] for c, texts in zip(chats, out)] if self.transform else out
 
     def prompt_logprobs(self, prompts: list[list[int]]) -> list[list]:
         """vLLM's prompt_logprobs=0 format: per prompt, None then one {"<id>": {"logprob", "rank",
@@ -220,6 +227,18 @@ class TeacherServer(ThreadingHTTPServer):
                                      for t, lp, r in zip(ids[1:], chosen.tolist(), rank.tolist())])
         return out
 
+    @contextlib.contextmanager
+    def in_flight(self):
+        """Counts the requests being answered at once (the tests check concurrency by it, not by time)."""
+        with self._lock:
+            self.busy += 1
+            self.max_busy = max(self.max_busy, self.busy)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.busy -= 1
+
     def count(self, body: dict):
         with self._lock:
             self.requests += 1
@@ -235,7 +254,8 @@ class TeacherServer(ThreadingHTTPServer):
         return sum(count(m["content"]) for m in chat), sum(count(t) for t in texts)
 
     def start(self) -> "TeacherServer":
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        # a short poll: stop() returns within 20 ms (the default 0.5 s cost the tests ~12 s of teardown)
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
         return self
 
     def stop(self):

@@ -1,7 +1,14 @@
-"""Shared fixtures: a tiny toy world built once per test session (seconds, not the full build)."""
+"""Shared fixtures: toy worlds built once per test session (seconds, not the full build).
+
+With ROPD_REQUIRE_EXTRAS=1 (set by .ci/run, where every optional extra is installed) a skipped
+test is a failure: a test that silently skips tests nothing."""
+import os
+
 import pytest
 
 import toy
+
+STRICT = os.environ.get("ROPD_REQUIRE_EXTRAS") == "1"
 
 
 def pytest_configure(config):
@@ -9,6 +16,39 @@ def pytest_configure(config):
                                        "minutes the first time; deselect with -m 'not integration'")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if STRICT and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"skipped where ROPD_REQUIRE_EXTRAS=1 (every extra is installed): {report.longrepr}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    if STRICT and report.skipped:  # a module skipped whole (importorskip at its top)
+        report.outcome = "failed"
+        report.longrepr = f"skipped where ROPD_REQUIRE_EXTRAS=1 (every extra is installed): {report.longrepr}"
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
+    """A world whose models are barely trained: fast, but its student writes garbage (rewards 0)."""
     return toy.build(toy.TEST_CONFIG, tmp_path_factory.mktemp("world") / "w", log=None)
+
+
+SMALL = toy.ToyConfig(steps=(2,), max_operand=3, max_value=20, n_train=3000, n_test=64,
+                      teacher=dict(hidden=64, layers=2, heads=4),
+                      teacher_sft=dict(steps=500, batch=64, lr=3e-3),
+                      student=dict(hidden=64, layers=2, heads=4),
+                      student_sft=dict(steps=200, batch=64, lr=3e-3))
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    """A world whose teacher is accurate (about 97%) and whose student is right about half the time
+    (about 48%), so that rewards vary within groups: 2-step problems, operands 1-3; ~30 s."""
+    return toy.build(SMALL, tmp_path_factory.mktemp("small") / "w", log=None)

@@ -9,7 +9,6 @@ import pytest
 import answers
 import eval as ev
 import ropd
-import toy
 
 
 def test_roc_auc_hand_examples_with_ties():
@@ -58,17 +57,6 @@ def test_benchmark_rejects_rows_without_answers(tmp_path, capsys):
     data.write_text('{"prompt": "2+2"}\n')
     assert ev.main(["--model", "nowhere", "--data", str(data)]) == 2
     assert "needs an 'answer'" in capsys.readouterr().err
-
-
-@pytest.fixture(scope="session")
-def small_world(tmp_path_factory):
-    """A world small enough to train an accurate teacher in ~40 s: 2-step problems, operands 1-3."""
-    cfg = toy.ToyConfig(steps=(2,), max_operand=3, max_value=20, n_train=3000, n_test=64,
-                        teacher=dict(hidden=64, layers=2, heads=4),
-                        teacher_sft=dict(steps=500, batch=64, lr=3e-3),
-                        student=dict(hidden=64, layers=2, heads=4),
-                        student_sft=dict(steps=200, batch=64, lr=3e-3))
-    return toy.build(cfg, tmp_path_factory.mktemp("small") / "w", log=None)
 
 
 def test_toy_teacher_is_accurate_end_to_end(small_world, tmp_path):

@@ -114,10 +114,8 @@ def test_500_storm_exhausts_retries_with_a_clear_error(kind, server):
 def test_slow_server_timeout_is_honoured(kind, server):
     server.faults = [{"delay": 3.0}]
     c = client(kind, server, timeout=0.5, retries=0)
-    t0 = time.monotonic()
-    with pytest.raises(teacher.TeacherError, match="(?i)timeout|timed out"):
+    with pytest.raises(teacher.TeacherError, match="(?i)timeout|timed out"):  # not the 3 s answer
         c.complete([CHAT], max_tokens=8)
-    assert time.monotonic() - t0 < 2.5
     server.faults = [{"delay": 3.0}]
     c = client(kind, server, timeout=0.5, retries=1)  # the retry finds a fast server
     assert isinstance(c.complete([CHAT], max_tokens=8)[0][0], str)
@@ -151,9 +149,8 @@ def test_requests_run_concurrently(server):
     server.faults = [{"delay": 0.3}] * 8
     c = client("openai", server, concurrency=8)
     chats = [[{"role": "user", "content": f"{k}+1"}] for k in range(8)]
-    t0 = time.monotonic()
     c.complete(chats, max_tokens=8)
-    assert time.monotonic() - t0 < 8 * 0.3  # serial would take at least 2.4 s
+    assert server.max_busy >= 4  # answered side by side (serial would be 1), whatever the machine's load
 
 
 def test_rate_limiter_blocks_beyond_rpm():
@@ -340,3 +337,18 @@ def test_changed_reference_settings_are_an_error_not_a_second_bill(server, tmp_p
     assert server.requests == 2  # nothing was paid
     teacher.references(c, chats, 2, 0.5, 24, new_settings=True)
     assert server.requests == 4
+
+
+def test_the_cache_key_holds_every_setting_that_changes_the_answer(server, tmp_path):
+    """A cached answer is replayed only for the same chat, temperature, length, sample index and
+    API options; any other setting asks again."""
+    c = client("openai", server, tmp_path)
+    c.complete([CHAT], n=1, temperature=1.0, max_tokens=24)
+    asked = server.requests
+    c.complete([CHAT], n=1, temperature=1.0, max_tokens=24)
+    assert server.requests == asked  # replayed
+    for kw in (dict(temperature=0.5), dict(max_tokens=12), dict(first_sample=1),
+               dict(options={"response_format": {"type": "json_object"}})):
+        before = server.requests
+        c.complete([CHAT], n=1, **{"temperature": 1.0, "max_tokens": 24, **kw})
+        assert server.requests == before + 1, kw
