@@ -431,3 +431,27 @@ def test_one_update_per_batch_needs_no_old_logprob_pass(tiny):
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert st["ratio_mean"] == 1.0 and st["clip_frac"] == 0.0
     assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[1].abs().sum() > 0
+
+
+def test_row_seeded_sampling_draws_from_the_softmax(tiny):
+    """The Gumbel-max trick samples softmax(logits / T), and top-p keeps the smallest set of tokens
+    whose probability reaches p: 4,000 one-token samples against the model's own probabilities."""
+    model, tok = tiny
+    ids, mask = grpo.encode_prompts(tok, ["1+"])
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits[0, -1].float()
+    probs = (logits / 2.0).softmax(-1)
+    r = grpo.sample(model, tok, ["1+"], n=4000, max_new_tokens=1, temperature=2.0, row_seeds=range(4000))
+    freq = torch.bincount(r.completion_ids[:, 0], minlength=len(probs)).float() / 4000
+    assert (freq - probs).abs().max() < 4 * (probs * (1 - probs) / 4000).sqrt().max() + 1e-3
+    order = probs.argsort(descending=True)
+    nucleus = order[:int((probs[order].cumsum(0) < 0.5).sum()) + 1]
+    r = grpo.sample(model, tok, ["1+"], n=500, max_new_tokens=1, temperature=2.0, top_p=0.5, row_seeds=range(500))
+    assert set(r.completion_ids[:, 0].tolist()) <= set(nucleus.tolist())
+
+
+def test_a_row_seeded_sample_does_not_depend_on_its_batch(tiny):
+    model, tok = tiny
+    a = grpo.sample(model, tok, ["1+2", "(9-1)*2"], n=2, max_new_tokens=12, row_seeds=[11, 12, 13, 14])
+    b = grpo.sample(model, tok, ["(9-1)*2", "7-3", "1+2"], n=2, max_new_tokens=12, row_seeds=[13, 14, 1, 2, 11, 12])
+    assert a.texts == b.texts[4:] + b.texts[:2]
