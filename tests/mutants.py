@@ -1,0 +1,361 @@
+"""tests/mutants.py - a small mutation harness for the ROPD core (a tool, not a test: pytest does not
+collect it, CI does not run it).
+
+Each mutant below plants one semantic bug - a flipped advantage sign, a clip range swapped, a cache
+key that forgets the temperature - by replacing an exact snippet of one file (it must occur exactly
+once; a mutant may replace several) in a scratch copy of the repository (the files `git ls-files`
+lists; the working tree is never touched), then runs the tests a careful reader would expect to
+catch that bug:
+
+    python tests/mutants.py                          # every mutant, one at a time (5-15 min, 2 cores)
+    python tests/mutants.py --list                   # the mutants: file, bug, tests, snippet ok?
+    python tests/mutants.py --only adv_sign,clip_swapped --jobs 2
+
+First the unmutated copy must pass the union of the selected tests (else a "killed" would mean
+nothing); then each mutant runs `python -m pytest -q -x -p no:cacheprovider TESTS` with a timeout.
+One line per mutant as it finishes, then the table in the order below (name, result, seconds, and
+the test that killed it / the bug that survived / why it is invalid) and the score, killed/total:
+
+    killed    a selected test failed (or the run timed out): the tests notice this bug
+    survived  every selected test passed with the bug in place: a test is missing (see its
+              description for what it breaks), unless the bug is harmless by construction
+    invalid   the snippet did not occur exactly once (the code moved: update the mutant), the
+              mutated file does not compile, or pytest could not import / collect it
+
+The exit status is 0 when every mutant is killed, 1 otherwise (2: the unmutated copy fails).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# no .pyc files in the copies; no transformers progress bars: test_hardening's
+# test_nan_is_never_trained_on reads stderr including its own from_pretrained, and passes alone only so
+ENV = {"PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str
+    bug: str                     # what the planted bug does, in one line
+    old: str | tuple[str, ...]   # the exact snippet(s) to replace; each must occur exactly once
+    new: str | tuple[str, ...]   # the replacement(s)
+    tests: tuple[str, ...]       # pytest node ids or test files that should catch it
+    k: str | None = None         # an optional -k expression, applied to all of `tests`
+    timeout: int = 900           # seconds
+
+    def edits(self) -> list[tuple[str, str]]:
+        if isinstance(self.old, str):
+            return [(self.old, self.new)]
+        return list(zip(self.old, self.new))
+
+    def pytest_args(self) -> list[str]:
+        return [*self.tests, *(["-k", self.k] if self.k else [])]
+
+
+G, R, RU, T, H = ("tests/test_grpo.py::", "tests/test_ropd.py::", "tests/test_rubric.py::", "tests/test_teacher.py::",
+                  "tests/test_hardening.py::")
+P, A = "tests/test_prompts.py::", "tests/test_answers.py::"
+E2E = R + "test_each_method_end_to_end"
+CLIP = (G + "test_clipping_both_sides", G + "test_dual_clip_caps_negative_advantage_loss",
+        G + "test_aggregations_on_unequal_lengths", G + "test_padding_and_post_eos_tokens_get_no_gradient")
+CACHE = (T + "test_local_sampling_is_reproducible_and_cached", T + "test_second_identical_run_is_served_from_the_cache",
+         T + "test_changed_reference_settings_are_an_error_not_a_second_bill",
+         T + "test_two_servers_with_one_model_name_do_not_share_cache_entries",
+         H + "test_a_paid_judge_reask_is_reused_on_rerun", R + "test_resume_gives_the_same_weights_and_repays_nothing")
+
+MUTANTS = [
+    # ------------------------------------------------------------ grpo.py: advantages (Eq. 6)
+    Mutant("adv_sign", "grpo.py", "group advantage mean - s_i: the better rollouts of a group are pushed down",
+           "adv = r - r.mean(dim=1, keepdim=True)", "adv = r.mean(dim=1, keepdim=True) - r",
+           (G + "test_group_advantages_no_std_is_mean_centred", G + "test_group_advantages_std_scaling")),
+    Mutant("mean_not_subtracted", "grpo.py", "advantage = raw reward: the group mean is not subtracted",
+           "adv = r - r.mean(dim=1, keepdim=True)", "adv = r.clone()",
+           (G + "test_group_advantages_no_std_is_mean_centred", G + "test_identical_rewards_give_zero_advantage",
+            G + "test_rewards_stay_aligned_with_prompts")),
+    Mutant("std_ddof1", "grpo.py", "--adv-scale std divides by the sample std (ddof 1), not the population std",
+           "r.var(dim=1, unbiased=False, keepdim=True)", "r.var(dim=1, unbiased=True, keepdim=True)",
+           (G + "test_group_advantages_std_scaling",)),
+    Mutant("std_eps_outside_root", "grpo.py", "--adv-scale std: (s - mean) / (sqrt(var) + eps), eps outside the root",
+           "adv / torch.sqrt(r.var(dim=1, unbiased=False, keepdim=True) + eps)",
+           "adv / (torch.sqrt(r.var(dim=1, unbiased=False, keepdim=True)) + eps)",
+           (G + "test_group_advantages_std_scaling",)),
+    # ------------------------------------------------------------ grpo.py: the clipped loss (Eqs. 7-8)
+    Mutant("loss_adv_sign", "grpo.py", "policy_loss negates the advantages: gradient ascent on bad rollouts",
+           "adv = adv.to(logp.dtype).expand_as(logp)", "adv = -adv.to(logp.dtype).expand_as(logp)", CLIP),
+    Mutant("ratio_sign", "grpo.py", "importance ratio exp(old - new) instead of exp(new - old)",
+           "log_ratio = logp - old_logp", "log_ratio = old_logp - logp",
+           (*CLIP, G + "test_importance_ratio_is_one_on_first_update")),
+    Mutant("clip_swapped", "grpo.py", "clip range [1 - clip_high, 1 + clip_low]: epsilon_low and epsilon_high swapped",
+           "torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)", "torch.clamp(ratio, 1.0 - clip_high, 1.0 + clip_low)",
+           CLIP),
+    Mutant("clip_disabled", "grpo.py", "no clipping: the loss is the unclipped -A * ratio",
+           "pg = torch.maximum(pg_unclipped, pg_clipped)", "pg = pg_unclipped", CLIP),
+    Mutant("dual_clip_inverted", "grpo.py", "dual clip caps the losses below clip_c * |A| instead of above",
+           "dual = (adv < 0) & (pg > -adv * clip_c)", "dual = (adv < 0) & (pg < -adv * clip_c)", CLIP),
+    Mutant("old_logp_ignored", "grpo.py", "the recorded log pi_theta_old is ignored: the ratio is 1, nothing clipped",
+           "old = logp.detach() if mb.old_logp is None else mb.old_logp", "old = logp.detach()",
+           (R + "test_gradient_does_not_depend_on_micro_batch_size",
+            G + "test_one_update_per_batch_needs_no_old_logprob_pass")),
+    Mutant("micro_batch_norm", "grpo.py", "loss normalised per micro-batch, not by the whole mini-batch's token count",
+           'norm = n_tok if cfg.agg == "token-mean" else float(len(whole))', "norm = None",
+           (R + "test_gradient_does_not_depend_on_micro_batch_size",)),
+    # ------------------------------------------------------------ grpo.py: masks and log-probs
+    Mutant("eos_not_in_mask", "grpo.py", "the completion mask stops before the first EOS: it never learns to stop",
+           "return (eos_before == 0).long()", "return ((eos_before == 0) & ~is_eos).long()",
+           (G + "test_completion_mask_keeps_first_eos_only", G + "test_eos_counts_in_loss_when_pad_equals_eos")),
+    Mutant("temperature_ignored", "grpo.py", "token_logprobs ignores the sampling temperature (log-probs at T = 1)",
+           'getattr(head, "bias", None), temperature, softcap, chunk_tokens, chunk_vocab)',
+           'getattr(head, "bias", None), 1.0, softcap, chunk_tokens, chunk_vocab)',
+           (G + "test_token_logprobs_equal_naive", G + "test_importance_ratio_is_one_on_first_update",
+            T + "test_hf_teacher_logprobs_match_the_student_side")),
+    # ------------------------------------------------------------ grpo.py: LOPD / ExOPD
+    Mutant("lopd_sign", "grpo.py", "LOPD advantage log pi_old - log pi_T: the student moves away from the teacher",
+           "return ((teacher_logp - student_logp) * mask).detach()",
+           "return ((student_logp - teacher_logp) * mask).detach()",
+           (G + "test_lopd_advantages", E2E + "[lopd]")),
+    Mutant("exopd_lambda_ignored", "grpo.py", "ExOPD drops lambda: it is LOPD whatever --exopd-lambda says",
+           "return ((lam * (teacher_logp - ref_logp) - (student_logp - ref_logp)) * mask).detach()",
+           "return (((teacher_logp - ref_logp) - (student_logp - ref_logp)) * mask).detach()",
+           (R + "test_exopd_with_lambda_one_is_lopd", E2E + "[exopd]")),
+    # ------------------------------------------------------------ grpo.py: the update
+    Mutant("grad_clip_skipped", "grpo.py", "no grad-norm clipping (the norm is still measured and logged)",
+           "norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)",
+           'norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))',
+           (E2E, R + "test_exopd_with_lambda_one_is_lopd", H + "test_update_policy_takes_no_step_on_nan")),
+    Mutant("nan_guard_removed", "grpo.py", "the optimizer steps on a NaN loss / gradient norm",
+           "if bad:  # never step on NaN", "if False:  # never step on NaN",
+           (H + "test_update_policy_takes_no_step_on_nan", H + "test_nan_is_never_trained_on")),
+    # ------------------------------------------------------------ ropd.py: rewards -> advantages -> update
+    Mutant("reward_shift", "ropd.py", "judged rewards rotated by one group: prompt i gets prompt i+1's rewards",
+           "return Rewards(torch.tensor([x for res in results for x in res.rewards]),",
+           "return Rewards(torch.tensor([x for res in results[1:] + results[:1] for x in res.rewards]),",
+           (E2E + "[ropd]", E2E + "[tjudge]", G + "test_rewards_stay_aligned_with_prompts")),
+    Mutant("adv_shift", "ropd.py", "advantages rotated by one group before the update: misaligned with their prompts",
+           "adv = grpo.group_advantages(rewards.scores, G, scale).view(-1, G)",
+           "adv = grpo.group_advantages(rewards.scores.roll(G), G, scale).view(-1, G)",
+           (E2E, G + "test_rewards_stay_aligned_with_prompts", R + "test_partial_failures_are_counted_and_tolerated")),
+    Mutant("adv_zeroed", "ropd.py",
+           "the update gets zero advantages: nothing is learned (AdamW's decay still moves the weights)",
+           "ro.completion_mask, ro.old_logp, adv, ro.ref_logp)",
+           "ro.completion_mask, ro.old_logp, adv * 0, ro.ref_logp)",
+           ("tests/test_ropd.py",), k="end_to_end or exopd or failure or resume"),
+    Mutant("fallback_nonzero", "ropd.py", "a fallback group gets advantage -(batch mean reward) instead of 0",
+           "dtype=torch.bool)] = 0.0", "dtype=torch.bool)] = -float(rewards.scores.mean())",
+           (R + "test_failure_policy_stops_above_the_rate", R + "test_partial_failures_are_counted_and_tolerated")),
+    Mutant("failure_policy_removed", "ropd.py", "the --max-fallback-rate check is gone: a broken judge trains on noise",
+           "if len(failed) > max_rate * len(fallback):", "if False:",
+           (R + "test_failure_policy_stops_above_the_rate",)),
+    Mutant("failure_policy_inverted", "ropd.py", "the --max-fallback-rate check inverted: stops when few groups fail",
+           "if len(failed) > max_rate * len(fallback):", "if len(failed) < max_rate * len(fallback):",
+           (R + "test_failure_policy_stops_above_the_rate", R + "test_partial_failures_are_counted_and_tolerated")),
+    Mutant("outcome_lenient", "ropd.py", "grpo's outcome reward is not strict: a truncated '0+7=' earns 1 for answer 7",
+           "scores = [float(answers.row_correct(x, rows[i // G], strict=True))",
+           "scores = [float(answers.row_correct(x, rows[i // G], strict=False))",
+           (E2E + "[grpo]", "tests/test_toy.py::test_a_few_grpo_steps_with_the_checker_as_reward")),
+    # ------------------------------------------------------------ ropd.py / data.py: resume and data order
+    Mutant("optimizer_not_restored", "ropd.py", "--resume loads the weights but not the AdamW state",
+           '        dist.load_optimizer(model, opt, ckpt / "optimizer", state["optimizer"], world)\n', "",
+           (R + "test_resume_gives_the_same_weights_and_repays_nothing",)),
+    Mutant("resume_data_pos_lost", "ropd.py", "--resume restarts the data at position 0 (it re-sees the first prompts)",
+           'state["data_pos"] if state else 0, ckpt)', "0, ckpt)",
+           (R + "test_resume_gives_the_same_weights_and_repays_nothing",)),
+    Mutant("data_order_not_per_epoch", "data.py",
+           "every epoch visits the prompts in the same order (the epoch is not in the seed)",
+           'random.Random(f"{seed}-{epoch}").shuffle(order)', 'random.Random(f"{seed}").shuffle(order)',
+           ("tests/test_data.py", R + "test_resume_gives_the_same_weights_and_repays_nothing")),
+    # ------------------------------------------------------------ rubric.py: the reward (Eqs. 3-4)
+    Mutant("points_ignored", "rubric.py", "score = fraction of criteria met: the rubric's points (weights) are ignored",
+           "return sum(c.points for c, v in zip(rubric.criteria, judgement) if v) / total if total else 0.0",
+           "return sum(1 for c, v in zip(rubric.criteria, judgement) if v) / len(judgement) if total else 0.0",
+           (RU + "test_score_is_weighted_pass_rate_recomputed_from_booleans",
+            RU + "test_toy_rubric_rewards_showing_the_work",
+            E2E + "[ropd]")),
+    Mutant("final_score_trusted", "rubric.py",
+           "the reward is the judge's own final_score / maximum score, not recomputed from the booleans",
+           (('        out[idx - 1] = _judgement(r.get("judgement", r.get("judgements", r.get("judgment"))), rubric,\n'
+             '                                  f"answer {idx}")\n'),
+            "res.rewards[i], res.judgements[i] = score(rub, judgement), judgement"),
+           (('        out[idx - 1] = type("Verdict", (list,), {})(_judgement(r.get("judgement", r.get("judgements",\n'
+             '                                  r.get("judgment"))), rubric, f"answer {idx}"))\n'
+             '        out[idx - 1].final_score = r.get("final_score")\n'),
+            ('res.rewards[i], res.judgements[i] = (float(judgement.final_score) / rub.maximum_score if getattr(\n'
+             '                    judgement, "final_score", None) is not None else score(rub, judgement)), judgement')),
+           ("tests/test_rubric.py", E2E + "[ropd]")),
+    Mutant("pool_unshuffled", "rubric.py", "the blind pool is not shuffled: the references always come first, in order",
+           "    tagged.sort(key=key)\n", "",
+           (RU + "test_blind_pool_is_deterministic_shuffled_and_restorable",
+            RU + "test_default_is_one_shared_rubric_and_one_blind_verifier_call_per_group")),
+    Mutant("verifier_sighted", "rubric.py",
+           "the verifier is always told which answers are the teacher's (author= labels)",
+           "sources[i:i + size] if s.sighted_verifier else None", "sources[i:i + size]",
+           (RU + "test_sighted_verifier_labels_the_teachers_answers",
+            RU + "test_default_is_one_shared_rubric_and_one_blind_verifier_call_per_group",
+            P + "test_verifier_renders_the_rubric_with_categories_and_stays_blind")),
+    # ------------------------------------------------------------ prompts.py: untrusted text
+    Mutant("quote_not_defused", "prompts.py", "tag-like text inside a block ('</answer>') is left as it is",
+           "{_TAG_LIKE.sub(lambda m: '‹' + m.group(1), text)}", "{text}",
+           (P + "test_a_rollout_cannot_close_its_block_or_forge_a_reference",
+            P + "test_block_keys_cannot_be_predicted_from_inside")),
+    Mutant("block_key_constant", "prompts.py", "every prompt's block key is the same: a rollout can close its block",
+           r'return hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:12]', 'return "0" * 12',
+           (P + "test_a_rollout_cannot_close_its_block_or_forge_a_reference",
+            P + "test_block_keys_cannot_be_predicted_from_inside", P + "test_prompts_label_and_strip")),
+    # ------------------------------------------------------------ teacher.py: the cache and secrets
+    Mutant("cache_key_no_temperature", "teacher.py", "the cache key leaves out the sampling temperature",
+           "fields = [self.fingerprint, chat, temperature, max_tokens, index]",
+           "fields = [self.fingerprint, chat, max_tokens, index]",
+           CACHE),
+    Mutant("cache_key_no_index", "teacher.py", "the cache key leaves out the sample index: K references are one text",
+           "fields = [self.fingerprint, chat, temperature, max_tokens, index]",
+           "fields = [self.fingerprint, chat, temperature, max_tokens]",
+           CACHE),
+    Mutant("redact_removed", "teacher.py", "redact() returns strings as they are: keys reach logs and the terminal",
+           "    if isinstance(obj, str):\n        for var in SECRET_ENV:",
+           "    if isinstance(obj, str):\n        return obj\n        for var in SECRET_ENV:",
+           (H + "test_redact", H + "test_secrets_stay_out_of_files_and_the_terminal",
+            T + "test_fatal_errors_stop_at_once_without_leaking_the_key")),
+    # ------------------------------------------------------------ answers.py
+    Mutant("strict_fallback", "answers.py", "strict extraction falls back to the last number: truncated answers count",
+           "    if strict:\n        return None\n    if choice:", "    if choice:",
+           (A + "test_strict_needs_an_explicit_answer", A + "test_strict_extraction_has_no_fallback", E2E + "[grpo]")),
+]
+
+
+# ---------------------------------------------------------------------------------------------- harness
+
+def copy_tracked(dest: Path) -> Path:
+    """The files git tracks (as they are in the working tree) copied into `dest`."""
+    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for f in filter(None, out.decode().split("\0")):
+        if (ROOT / f).is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dest / f)
+    return dest
+
+
+def apply(m: Mutant, repo: Path) -> str | None:
+    """Plant the mutant in `repo`; the reason it is invalid, or None."""
+    text = (repo / m.file).read_text()
+    for old, new in m.edits():
+        if (n := text.count(old)) != 1:
+            return f"snippet occurs {n} times: {old.strip().splitlines()[0][:60]!r}"
+        text = text.replace(old, new)
+    try:
+        compile(text, m.file, "exec")
+    except SyntaxError as e:
+        return f"does not compile: {e}"
+    (repo / m.file).write_text(text)
+    return None
+
+
+def pytest(repo: Path, args: list[str], timeout: int, collect: bool = False) -> tuple[int | None, str]:
+    """Run pytest in `repo` (its own basetemp beside it); (exit code or None on timeout, output)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={repo.parent / 'tmp'}",
+           *(["--collect-only"] if collect else ["-x", "-rfE"]), *args]
+    proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **ENV}, start_new_session=True)
+    try:
+        out = proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # pytest and anything it started
+        proc.communicate()
+        return None, ""
+    return proc.returncode, out
+
+
+def run_mutant(m: Mutant, pristine: Path, work: Path) -> tuple[str, float, str]:
+    """(killed | survived | invalid, seconds, the test that failed or why it is invalid)."""
+    start, repo = time.time(), work / m.name / "repo"
+    try:
+        shutil.copytree(pristine, repo)
+        if why := apply(m, repo):
+            return "invalid", time.time() - start, why
+        rc, out = pytest(repo, m.pytest_args(), m.timeout)
+    finally:
+        shutil.rmtree(work / m.name, ignore_errors=True)
+    secs = time.time() - start
+    failed = re.findall(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", out, re.MULTILINE)
+    if rc is None:
+        return "killed", secs, f"timeout after {m.timeout} s"
+    if rc == 1:  # a test failed (2: collection / import error, 4: usage error, 5: nothing selected)
+        return "killed", secs, failed[0] if failed else "a test failed"
+    if rc == 0:
+        return "survived", secs, ""
+    return "invalid", secs, f"pytest exit {rc}: {out.strip().splitlines()[-1] if out.strip() else ''}"
+
+
+def baseline(mutants: list[Mutant], pristine: Path) -> bool:
+    """The unmutated copy must pass the union of the selections (a -k selection is collected first)."""
+    ids: set[str] = set()
+    for m in mutants:
+        if m.k:
+            out = pytest(pristine, m.pytest_args(), 600, collect=True)[1]
+            ids |= {ln.strip() for ln in out.splitlines() if ln.startswith("tests/") and "::" in ln}
+        else:
+            ids |= set(m.tests)
+    ids = {i for i in ids if "::" not in i or i.split("::")[0] not in ids}  # a whole file covers its tests
+    start = time.time()
+    rc, out = pytest(pristine, sorted(ids), 3600)
+    summary = out.strip().splitlines()[-1] if out.strip() else "timeout"
+    print(f"baseline: the unmutated copy, {len(ids)} selections: {summary} ({time.time() - start:.0f} s)", flush=True)
+    if rc != 0:
+        print(out[-4000:])
+    return rc == 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", help="NAME[,NAME...]: run these mutants only")
+    ap.add_argument("--list", action="store_true", help="list the mutants (and whether each snippet matches) and exit")
+    ap.add_argument("--jobs", type=int, default=1, help="mutants run in parallel (default 1)")
+    a = ap.parse_args(argv)
+    names = [m.name for m in MUTANTS]
+    assert len(set(names)) == len(names), "duplicate mutant names"
+    chosen = a.only.split(",") if a.only else names
+    if unknown := [n for n in chosen if n not in names]:
+        ap.error(f"unknown mutant(s) {', '.join(unknown)}; --list shows them")
+    mutants = [m for m in MUTANTS if m.name in chosen]
+    if a.list:
+        for m in mutants:
+            text = (ROOT / m.file).read_text()
+            ok = all(text.count(old) == 1 for old, _ in m.edits())
+            print(f"{m.name:<26} {m.file:<11} {'' if ok else '[SNIPPET DOES NOT MATCH ONCE] '}{m.bug}\n"
+                  f"{'':<38}{' '.join(m.pytest_args())}")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="ropd-mutants-") as tmp:
+        work, start = Path(tmp), time.time()
+        pristine = copy_tracked(work / "pristine" / "repo")
+        if not baseline(mutants, pristine):
+            return 2
+        results = {}
+        with ThreadPoolExecutor(max(1, a.jobs)) as pool:
+            futures = {pool.submit(run_mutant, m, pristine, work): m for m in mutants}
+            for f in as_completed(futures):
+                results[futures[f].name] = r = f.result()
+                print(f"  {futures[f].name:<26} {r[0]:<9} {r[1]:6.1f} s  {r[2]}", flush=True)
+    print(f"\n{'mutant':<26} {'result':<9} {'seconds':>7}  caught by (killed) / the bug (survived) / why (invalid)")
+    for m in mutants:
+        result, secs, detail = results[m.name]
+        print(f"{m.name:<26} {result:<9} {secs:7.1f}  {m.bug if result == 'survived' else detail}")
+    killed = sum(r[0] == "killed" for r in results.values())
+    counts = {k: sum(r[0] == k for r in results.values()) for k in ("survived", "invalid")}
+    print(f"\nscore: {killed}/{len(mutants)} killed ({counts['survived']} survived, {counts['invalid']} invalid) "
+          f"in {time.time() - start:.0f} s")
+    return 0 if killed == len(mutants) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
