@@ -489,15 +489,8 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         l_t = min(l_t, clip_c * |A|)       where A < 0, if clip_c is set   (dual clip)
         l_t += beta * k3(ref, logp),  k3 = exp(ref - logp) - (ref - logp) - 1
     `advantages` is [B] (one per rollout, broadcast to its tokens) or [B, T] (per token: LOPD).
-
-    Aggregation ("normalisation", the classic source of silent bugs):
-        token-mean              sum_i sum_t l / (number of valid tokens)       DAPO, official ROPD
-        seq-mean-token-mean     sum_i (sum_t l / |y_i|) / (number of rollouts)   original GRPO
-        seq-mean-token-sum-norm sum_i (sum_t l / max_len) / (number of rollouts) Dr. GRPO
-    `norm` overrides the denominator (valid tokens, or rollouts): with gradient accumulation pass
-    the whole mini-batch's count, so the gradient does not depend on the micro-batch size.
-    `max_len` is Dr. GRPO's constant (default: this batch's padded length).
-    Returns (loss, stats); stats are floats over valid tokens.
+    The per-token losses are summed and normalised by `aggregate` (`agg`, `norm`, `max_len`: see
+    there). Returns (loss, stats); stats are floats over valid tokens.
     """
     if agg not in AGGREGATIONS:
         raise ValueError(f"agg must be one of {AGGREGATIONS}, got {agg!r}")
@@ -514,42 +507,50 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         # for A < 0 a huge ratio would give an unbounded loss; cap it at clip_c * |A|
         dual = (adv < 0) & (pg > -adv * clip_c)
         pg = torch.where(dual, -adv * clip_c, pg)
-    per_token = pg
     kl = None
     if ref_logp is not None and beta != 0.0:
         d = ref_logp - logp
         kl = torch.exp(d) - d - 1.0  # k3: unbiased, always >= 0
-        per_token = per_token + beta * kl
+    loss = aggregate(pg if kl is None else pg + beta * kl, mask, agg, norm, max_len)
+    return loss, _loss_stats(mask, ratio, log_ratio, pg, pg_clipped > pg_unclipped, dual, kl)
 
-    n_tok = mask.sum().clamp(min=1.0)
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, agg: str = "token-mean",
+              norm: float | None = None, max_len: int | None = None) -> torch.Tensor:
+    """The loss's normalisation (the classic source of silent bugs), over the valid tokens:
+        token-mean              sum_i sum_t l / (number of valid tokens)       DAPO, official ROPD
+        seq-mean-token-mean     sum_i (sum_t l / |y_i|) / (number of rollouts)   original GRPO
+        seq-mean-token-sum-norm sum_i (sum_t l / max_len) / (number of rollouts) Dr. GRPO
+    `norm` overrides the denominator (valid tokens, or rollouts): with gradient accumulation pass
+    the whole mini-batch's count, so the gradient does not depend on the micro-batch size.
+    `max_len` is Dr. GRPO's constant (default: this batch's padded length)."""
     if agg == "token-mean":
-        num = (per_token * mask).sum()
-        den = n_tok if norm is None else norm
-    elif agg == "seq-mean-token-mean":
-        num = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum()
-        den = mask.shape[0] if norm is None else norm
+        return (per_token * mask).sum() / (mask.sum().clamp(min=1.0) if norm is None else norm)
+    if agg == "seq-mean-token-mean":
+        per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
     else:
-        L = max_len if max_len is not None else mask.shape[1]
-        num = ((per_token * mask).sum(-1) / L).sum()
-        den = mask.shape[0] if norm is None else norm
-    loss = num / den
+        per_seq = (per_token * mask).sum(-1) / (max_len if max_len is not None else mask.shape[1])
+    return per_seq.sum() / (mask.shape[0] if norm is None else norm)
 
-    with torch.no_grad():
-        m = mask.bool()
-        clipped = (pg_clipped > pg_unclipped) & m
-        stats = {
-            "clip_frac": (clipped.sum() / n_tok).item(),
-            "clip_frac_low": ((clipped & (ratio < 1.0)).sum() / n_tok).item(),
-            "clip_frac_high": ((clipped & (ratio > 1.0)).sum() / n_tok).item(),
-            "dual_clip_frac": ((dual & m).sum() / n_tok).item(),
-            "ratio_mean": (ratio * mask).sum().div(n_tok).item(),
-            # k3 estimate of KL(pi_old || pi_theta) over the sampled tokens
-            "approx_kl": ((torch.exp(log_ratio) - 1 - log_ratio) * mask).sum().div(n_tok).item(),
-            "pg_loss": (pg * mask).sum().div(n_tok).item(),
-        }
-        if kl is not None:
-            stats["kl_ref"] = (kl * mask).sum().div(n_tok).item()
-    return loss, stats
+
+@torch.no_grad()
+def _loss_stats(mask, ratio, log_ratio, pg, clipped, dual, kl) -> dict:
+    """policy_loss's diagnostics, as floats averaged over the valid tokens."""
+    m, n_tok = mask.bool(), mask.sum().clamp(min=1.0)
+    clipped = clipped & m
+    mean = lambda x: (x * mask).sum().div(n_tok).item()  # noqa: E731
+    stats = {
+        "clip_frac": (clipped.sum() / n_tok).item(),
+        "clip_frac_low": ((clipped & (ratio < 1.0)).sum() / n_tok).item(),
+        "clip_frac_high": ((clipped & (ratio > 1.0)).sum() / n_tok).item(),
+        "dual_clip_frac": ((dual & m).sum() / n_tok).item(),
+        "ratio_mean": mean(ratio),
+        "approx_kl": mean(torch.exp(log_ratio) - 1 - log_ratio),  # k3 estimate of KL(pi_old || pi_theta)
+        "pg_loss": mean(pg),
+    }
+    if kl is not None:
+        stats["kl_ref"] = mean(kl)
+    return stats
 
 
 def sft_loss(logp: torch.Tensor, mask: torch.Tensor, norm: float | None = None) -> torch.Tensor:
@@ -648,7 +649,7 @@ class LossConfig:
     clip_low: float = 0.2          # epsilon_low
     clip_high: float = 0.28        # epsilon_high (DAPO's clip-higher)
     clip_c: float | None = 3.0     # dual clip for negative advantages (None: off)
-    agg: str = "token-mean"        # see policy_loss
+    agg: str = "token-mean"        # see aggregate
     kl_beta: float = 0.0           # k3 KL to the initial student (paper text; 0 in the code)
     temperature: float = 1.0       # the sampling temperature: log-probs of the policy that sampled
     max_len: int | None = None     # Dr. GRPO's constant length

@@ -40,9 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# no .pyc files in the copies; no transformers progress bars: test_hardening's
-# test_nan_is_never_trained_on reads stderr including its own from_pretrained, and passes alone only so
-ENV = {"PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+# no .pyc files in the scratch copies
+ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,10 @@ class Mutant:
 
 G, R, RU, T, H = ("tests/test_grpo.py::", "tests/test_ropd.py::", "tests/test_rubric.py::", "tests/test_teacher.py::",
                   "tests/test_hardening.py::")
-P, A = "tests/test_prompts.py::", "tests/test_answers.py::"
+P, A, M = "tests/test_prompts.py::", "tests/test_answers.py::", "tests/test_methods.py::"
+FAVOURS = M + "test_the_update_favours_rollouts_above_their_group_mean"
+BLIND = M + "test_the_judge_is_blind_and_its_arithmetic_is_not_trusted"
+FELL = (M + "test_a_group_that_fell_back_gets_zero_advantage", M + "test_a_fallen_group_gets_zero_advantage_whatever_its_scores")
 E2E = R + "test_each_method_end_to_end"
 CLIP = (G + "test_clipping_both_sides", G + "test_dual_clip_caps_negative_advantage_loss",
         G + "test_aggregations_on_unequal_lengths", G + "test_padding_and_post_eos_tokens_get_no_gradient")
@@ -134,7 +136,7 @@ MUTANTS = [
     Mutant("grad_clip_skipped", "grpo.py", "no grad-norm clipping (the norm is still measured and logged)",
            "norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)",
            'norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))',
-           (E2E, R + "test_exopd_with_lambda_one_is_lopd", H + "test_update_policy_takes_no_step_on_nan")),
+           (G + "test_the_update_clips_the_gradient_norm",)),
     Mutant("nan_guard_removed", "grpo.py", "the optimizer steps on a NaN loss / gradient norm",
            "if bad:  # never step on NaN", "if False:  # never step on NaN",
            (H + "test_update_policy_takes_no_step_on_nan", H + "test_nan_is_never_trained_on")),
@@ -142,19 +144,19 @@ MUTANTS = [
     Mutant("reward_shift", "ropd.py", "judged rewards rotated by one group: prompt i gets prompt i+1's rewards",
            "return Rewards(torch.tensor([x for res in results for x in res.rewards]),",
            "return Rewards(torch.tensor([x for res in results[1:] + results[:1] for x in res.rewards]),",
-           (E2E + "[ropd]", E2E + "[tjudge]", G + "test_rewards_stay_aligned_with_prompts")),
+           (E2E + "[ropd]", E2E + "[tjudge]", G + "test_rewards_stay_aligned_with_prompts", BLIND, FAVOURS + "[ropd]")),
     Mutant("adv_shift", "ropd.py", "advantages rotated by one group before the update: misaligned with their prompts",
            "adv = grpo.group_advantages(rewards.scores, G, scale).view(-1, G)",
            "adv = grpo.group_advantages(rewards.scores.roll(G), G, scale).view(-1, G)",
-           (E2E, G + "test_rewards_stay_aligned_with_prompts", R + "test_partial_failures_are_counted_and_tolerated")),
+           (*FELL, FAVOURS + "[grpo]", G + "test_rewards_stay_aligned_with_prompts")),
     Mutant("adv_zeroed", "ropd.py",
            "the update gets zero advantages: nothing is learned (AdamW's decay still moves the weights)",
            "ro.completion_mask, ro.old_logp, adv, ro.ref_logp)",
            "ro.completion_mask, ro.old_logp, adv * 0, ro.ref_logp)",
-           ("tests/test_ropd.py",), k="end_to_end or exopd or failure or resume"),
+           (FAVOURS + "[grpo]", FAVOURS + "[ropd]")),
     Mutant("fallback_nonzero", "ropd.py", "a fallback group gets advantage -(batch mean reward) instead of 0",
            "dtype=torch.bool)] = 0.0", "dtype=torch.bool)] = -float(rewards.scores.mean())",
-           (R + "test_failure_policy_stops_above_the_rate", R + "test_partial_failures_are_counted_and_tolerated")),
+           (*FELL, R + "test_failure_policy_stops_above_the_rate")),
     Mutant("failure_policy_removed", "ropd.py", "the --max-fallback-rate check is gone: a broken judge trains on noise",
            "if len(failed) > max_rate * len(fallback):", "if False:",
            (R + "test_failure_policy_stops_above_the_rate",)),
@@ -164,18 +166,18 @@ MUTANTS = [
     Mutant("outcome_lenient", "ropd.py", "grpo's outcome reward is not strict: a truncated '0+7=' earns 1 for answer 7",
            "scores = [float(answers.row_correct(x, rows[i // G], strict=True))",
            "scores = [float(answers.row_correct(x, rows[i // G], strict=False))",
-           (E2E + "[grpo]", "tests/test_toy.py::test_a_few_grpo_steps_with_the_checker_as_reward")),
+           (M + "test_a_truncated_rollout_earns_no_outcome_reward", E2E + "[grpo]")),
     # ------------------------------------------------------------ ropd.py / data.py: resume and data order
     Mutant("optimizer_not_restored", "ropd.py", "--resume loads the weights but not the AdamW state",
            '        dist.load_optimizer(model, opt, ckpt / "optimizer", state["optimizer"], world)\n', "",
-           (R + "test_resume_gives_the_same_weights_and_repays_nothing",)),
+           (M + "test_resume_restores_the_optimizer_state",)),
     Mutant("resume_data_pos_lost", "ropd.py", "--resume restarts the data at position 0 (it re-sees the first prompts)",
            'state["data_pos"] if state else 0, ckpt)', "0, ckpt)",
-           (R + "test_resume_gives_the_same_weights_and_repays_nothing",)),
+           (M + "test_resume_restores_the_optimizer_state", R + "test_resume_gives_the_same_weights_and_repays_nothing")),
     Mutant("data_order_not_per_epoch", "data.py",
            "every epoch visits the prompts in the same order (the epoch is not in the seed)",
            'random.Random(f"{seed}-{epoch}").shuffle(order)', 'random.Random(f"{seed}").shuffle(order)',
-           ("tests/test_data.py", R + "test_resume_gives_the_same_weights_and_repays_nothing")),
+           ("tests/test_data.py::test_each_epoch_has_its_own_order_and_the_position_says_where",)),
     # ------------------------------------------------------------ rubric.py: the reward (Eqs. 3-4)
     Mutant("points_ignored", "rubric.py", "score = fraction of criteria met: the rubric's points (weights) are ignored",
            "return sum(c.points for c, v in zip(rubric.criteria, judgement) if v) / total if total else 0.0",
@@ -193,7 +195,7 @@ MUTANTS = [
              '        out[idx - 1].final_score = r.get("final_score")\n'),
             ('res.rewards[i], res.judgements[i] = (float(judgement.final_score) / rub.maximum_score if getattr(\n'
              '                    judgement, "final_score", None) is not None else score(rub, judgement)), judgement')),
-           ("tests/test_rubric.py", E2E + "[ropd]")),
+           (BLIND, "tests/test_rubric.py")),
     Mutant("pool_unshuffled", "rubric.py", "the blind pool is not shuffled: the references always come first, in order",
            "    tagged.sort(key=key)\n", "",
            (RU + "test_blind_pool_is_deterministic_shuffled_and_restorable",
@@ -261,12 +263,15 @@ def apply(m: Mutant, repo: Path) -> str | None:
     return None
 
 
-def pytest(repo: Path, args: list[str], timeout: int, collect: bool = False) -> tuple[int | None, str]:
-    """Run pytest in `repo` (its own basetemp beside it); (exit code or None on timeout, output)."""
+def pytest(repo: Path, args: list[str], timeout: int, collect: bool = False, threads: int = 0) -> tuple[int | None, str]:
+    """Run pytest in `repo` (its own basetemp beside it); (exit code or None on timeout, output).
+    `threads` > 0 caps torch's threads: parallel jobs that each use every core slow down by far more
+    than their number (measured: a 30 s world build still unfinished after 10 minutes at --jobs 2)."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={repo.parent / 'tmp'}",
            *(["--collect-only"] if collect else ["-x", "-rfE"]), *args]
     proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **ENV}, start_new_session=True)
+                            env={**os.environ, **ENV, **({"OMP_NUM_THREADS": str(threads)} if threads else {})},
+                            start_new_session=True)
     try:
         out = proc.communicate(timeout=timeout)[0]
     except subprocess.TimeoutExpired:
@@ -276,14 +281,14 @@ def pytest(repo: Path, args: list[str], timeout: int, collect: bool = False) -> 
     return proc.returncode, out
 
 
-def run_mutant(m: Mutant, pristine: Path, work: Path) -> tuple[str, float, str]:
+def run_mutant(m: Mutant, pristine: Path, work: Path, threads: int = 0) -> tuple[str, float, str]:
     """(killed | survived | invalid, seconds, the test that failed or why it is invalid)."""
     start, repo = time.time(), work / m.name / "repo"
     try:
         shutil.copytree(pristine, repo)
         if why := apply(m, repo):
             return "invalid", time.time() - start, why
-        rc, out = pytest(repo, m.pytest_args(), m.timeout)
+        rc, out = pytest(repo, m.pytest_args(), m.timeout, threads=threads)
     finally:
         shutil.rmtree(work / m.name, ignore_errors=True)
     secs = time.time() - start
@@ -342,7 +347,8 @@ def main(argv=None) -> int:
             return 2
         results = {}
         with ThreadPoolExecutor(max(1, a.jobs)) as pool:
-            futures = {pool.submit(run_mutant, m, pristine, work): m for m in mutants}
+            threads = max(1, (os.cpu_count() or 1) // a.jobs) if a.jobs > 1 else 0
+            futures = {pool.submit(run_mutant, m, pristine, work, threads): m for m in mutants}
             for f in as_completed(futures):
                 results[futures[f].name] = r = f.result()
                 print(f"  {futures[f].name:<26} {r[0]:<9} {r[1]:6.1f} s  {r[2]}", flush=True)

@@ -47,3 +47,18 @@ def test_gpqa_options_are_shuffled_into_lettered_choices_with_a_fixed_seed(tmp_p
 def test_bad_lines_are_named(tmp_path):
     with pytest.raises(data.UserError, match=r"bench.jsonl:2: no prompt"):
         data.load_jsonl(_write(tmp_path, {"problem": "x", "answer": 1}, {"text": "y"}))
+
+
+def test_each_epoch_has_its_own_order_and_the_position_says_where():
+    """The order is a permutation per (seed, epoch): epochs differ, a seed repeats, and next_batch
+    from a saved position continues exactly where an unbroken run would be."""
+    orders = [data.batch_order(20, 0, e) for e in range(3)]
+    assert all(sorted(o) == list(range(20)) for o in orders)
+    assert orders[0] != orders[1] != orders[2] and orders[0] == data.batch_order(20, 0, 0)
+    assert data.batch_order(20, 1, 0) != orders[0]
+    rows = [{"i": i} for i in range(20)]
+    whole, pos = data.next_batch(rows, 0, 50, seed=0)
+    first, mid = data.next_batch(rows, 0, 27, seed=0)
+    rest, end = data.next_batch(rows, mid, 23, seed=0)
+    assert (mid, end, pos) == (27, 50, 50) and first + rest == whole
+    assert [r["i"] for r in whole[20:40]] == orders[1]

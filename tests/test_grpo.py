@@ -1,4 +1,5 @@
 """grpo.py: the math pinned by independently computed values, and the classic GRPO pitfalls."""
+import copy
 import math
 
 import pytest
@@ -455,3 +456,19 @@ def test_a_row_seeded_sample_does_not_depend_on_its_batch(tiny):
     a = grpo.sample(model, tok, ["1+2", "(9-1)*2"], n=2, max_new_tokens=12, row_seeds=[11, 12, 13, 14])
     b = grpo.sample(model, tok, ["(9-1)*2", "7-3", "1+2"], n=2, max_new_tokens=12, row_seeds=[13, 14, 1, 2, 11, 12])
     assert a.texts == b.texts[4:] + b.texts[:2]
+
+
+def test_the_update_clips_the_gradient_norm(tiny):
+    """With plain SGD at lr 1, one step moves the weights by exactly the clipped gradient: its
+    norm is `grad_clip`, while the logged grad_norm is the norm before clipping."""
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    ro = grpo.sample(model, tok, ["1+2", "3*4"], n=2, max_new_tokens=8, row_seeds=[5, 6, 7, 8])
+    batch = grpo.Batch(ro.input_ids, ro.attention_mask, ro.completion_mask, None, torch.tensor([1.0, -1.0, 0.5, -0.5]))
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    st = grpo.update_policy(model, opt, batch, 2, 1, 1, 0, grpo.clipped_loss_fn(grpo.LossConfig()), 0.01, 0,
+                            torch.device("cpu"))
+    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)]).norm().item()
+    assert st["grad_norm"] > 0.05  # the raw gradient is larger than the clip
+    assert moved == pytest.approx(0.01, rel=1e-3)
