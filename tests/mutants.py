@@ -7,7 +7,7 @@ once; a mutant may replace several) in a scratch copy of the repository (the fil
 lists; the working tree is never touched), then runs the tests a careful reader would expect to
 catch that bug:
 
-    python tests/mutants.py                          # every mutant, one at a time (5-15 min, 2 cores)
+    python tests/mutants.py --jobs 2                 # every mutant, two at a time (about 6 min, 2 cores)
     python tests/mutants.py --list                   # the mutants: file, bug, tests, snippet ok?
     python tests/mutants.py --only adv_sign,clip_swapped --jobs 2
 
