@@ -105,6 +105,13 @@ def test_phase_analysis_over_a_run(tiny_world, tmp_path):
     for p in pts:
         assert 0.0 <= p["accuracy"] <= 1.0
         assert p["teacher_logprob"] < 0 and p["student_logprob"] < 0
+    # with the initial student as its own teacher, step 0's similarity is its own log-prob exactly
+    assert ev.main(["phase", "--run", str(tmp_path / "run"), "--teacher", f"hf:{tiny_world.student_path}",
+                    "--world", str(tiny_world.root), "--limit", "4", "--samples", "2",
+                    "--max-new-tokens", "12", "--out", str(out)]) == 0
+    same = json.loads(out.read_text())["checkpoints"]
+    assert same[0]["teacher_logprob"] == pytest.approx(same[0]["student_logprob"], abs=1e-5)
+    assert [p["accuracy"] for p in same] == [p["accuracy"] for p in pts]  # the samples are seeded
 
 
 # a chat template that thinks unless told otherwise, as Qwen3's does
