@@ -423,14 +423,12 @@ def policy_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
 
 def naive_token_logprobs(model, input_ids, attention_mask, n_completion, temperature=1.0):
-    """The textbook formula (full [B, T, V] log-softmax): the reference that tests and the memory
-    benchmark compare `token_logprobs` against. Do not use it for training."""
+    """The textbook formula (full [B, T, V] log-softmax of the model's own logits, final-logit
+    softcap included where the model applies one, as Gemma 2's forward does): the reference that
+    tests and the memory benchmark compare `token_logprobs` against. Do not use it for training."""
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                    use_cache=False).logits.float()
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
     logp = torch.log_softmax(logits[:, -n_completion - 1:-1] / temperature, dim=-1)
     return logp.gather(-1, input_ids[:, -n_completion:].unsqueeze(-1)).squeeze(-1)
 

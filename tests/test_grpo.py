@@ -283,6 +283,8 @@ def test_token_logprobs_final_logit_softcap_matches_gemma2():
 
     fast = lambda: grpo.token_logprobs(model, ids, attn, 7, 0.9, chunk_tokens=3, chunk_vocab=16)  # noqa: E731
     assert torch.allclose(fast(), reference(), atol=1e-5)
+    # the benchmark's and the tests' naive reference caps once, in the model's forward, not twice
+    assert torch.allclose(grpo.naive_token_logprobs(model, ids, attn, 7, 0.9), reference(), atol=1e-5)
     mask = torch.ones(2, 7)
     assert torch.allclose(_model_grads(model, fast, mask), _model_grads(model, reference, mask), atol=1e-5)
 
