@@ -316,10 +316,10 @@ def bootstrap_ci(correct: np.ndarray, k: int | None = None, over: str = "problem
     # a problem's score depends only on its number of right samples c = 0..n
     score_of = np.arange(n + 1) / n if k is None else np.array([pass_at_k(n, c, k) for c in range(n + 1)])
     rng = np.random.default_rng(seed)
-    scores = np.empty(n_boot)
+    scores, per_problem = np.empty(n_boot), correct.sum(axis=1)
     for b in range(n_boot):
         if over == "problems":
-            counts = correct.sum(axis=1)[rng.integers(0, problems, problems)]
+            counts = per_problem[rng.integers(0, problems, problems)]
         else:
             counts = np.take_along_axis(correct, rng.integers(0, n, (problems, n)), axis=1).sum(axis=1)
         scores[b] = score_of[counts].mean()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+import rubric
 import toy
 from answers import last_boxed
 
@@ -182,6 +183,15 @@ def prompt_id(row: dict) -> str:
     return hashlib.sha1(json.dumps(row["prompt"], sort_keys=True).encode()).hexdigest()[:16]
 
 
+def judge_groups(rows: list[dict], texts: list[str], G: int, references) -> list[rubric.Group]:
+    """Each prompt with its teacher references and its G rollouts (`texts`, group by group), as
+    the judge sees them; a reference that failed (not a string) is noted, not shown."""
+    refs = references or [[] for _ in rows]
+    return [rubric.Group(prompt_id(r), question_text(r["prompt"]), [x for x in refs[i] if isinstance(x, str)],
+                         texts[i * G:(i + 1) * G], [f"reference: {x}" for x in refs[i] if not isinstance(x, str)])
+            for i, r in enumerate(rows)]
+
+
 def batch_order(n_rows: int, seed: int, epoch: int) -> list[int]:
     """The data order of one epoch: a permutation fixed by (seed, epoch), so resume is exact."""
     order = list(range(n_rows))
@@ -191,10 +201,12 @@ def batch_order(n_rows: int, seed: int, epoch: int) -> list[int]:
 
 def next_batch(rows, pos: int, size: int, seed: int) -> tuple[list[dict], int]:
     """`size` rows starting at global position `pos` (epochs follow each other)."""
-    out = []
+    out, epoch, order = [], None, []
     while len(out) < size:
-        epoch, i = divmod(pos, len(rows))
-        out.append(rows[batch_order(len(rows), seed, epoch)[i]])
+        if pos // len(rows) != epoch:  # each epoch's order is shuffled once
+            epoch = pos // len(rows)
+            order = batch_order(len(rows), seed, epoch)
+        out.append(rows[order[pos % len(rows)]])
         pos += 1
     return out, pos
 

@@ -180,9 +180,7 @@ def signal_analysis(student, tok, teacher, judge: rubric.CompleteFn, rows: list[
     correct = np.array([row_correct(t, rows[i // G]) for i, t in enumerate(ro.texts)])
     refs = teacher_lib.references(teacher, [data.as_chat(r["prompt"]) for r in rows], k, teacher_temperature,
                                   teacher_max_tokens)
-    groups = [rubric.Group(data.prompt_id(r), data.question_text(r["prompt"]), [x for x in refs[i] if isinstance(x, str)],
-                           ro.texts[i * G:(i + 1) * G]) for i, r in enumerate(rows)]
-    results = rubric.ropd_reward(judge, groups, settings)
+    results = rubric.ropd_reward(judge, data.judge_groups(rows, ro.texts, G, refs), settings)
     valid = np.repeat([r.fallback is None for r in results], G)
     signals = {"rubric score": np.array([x for r in results for x in r.rewards])}
     if _scores_student_tokens(teacher, tok):
@@ -276,7 +274,7 @@ def load_rows(spec: str, limit: int | None, world, instruction: str = "") -> lis
     return rows
 
 
-def _common(ap: argparse.ArgumentParser, command: str):
+def _common(ap: argparse.ArgumentParser):
     ap.add_argument("--data", default="toy",
                     help="JSONL with prompt and answer, 'toy' (held-out toy set) or rg:TASK[,TASK...] (reasoning-gym)")
     ap.add_argument("--world", default=None, help="toy world directory (default: the cache)")
@@ -321,7 +319,7 @@ def parse(argv) -> tuple[str, argparse.Namespace]:
     command = argv.pop(0) if argv and argv[0] in ("signal", "phase") else "benchmark"
     ap = data.ArgumentParser(prog=f"eval.py{'' if command == 'benchmark' else ' ' + command}",
                                  description=__doc__.split("\n\n")[0])
-    _common(ap, command)
+    _common(ap)
     if command in ("benchmark", "signal"):
         ap.add_argument("--model", default="toy", help="checkpoint path, hub name, 'toy' or 'toy-teacher'")
     if command == "benchmark":

@@ -145,13 +145,6 @@ class Rollouts:
         """True where the rollout hit max_new_tokens without an EOS."""
         return self.completion_mask[:, -1].bool()
 
-    def select(self, idx) -> "Rollouts":
-        """A subset of rows (for micro-batches); the group size no longer applies."""
-        idx = torch.as_tensor(idx, dtype=torch.long)
-        return Rollouts(self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx],
-                        self.completion_mask[idx], [self.texts[i] for i in idx.tolist()], 1,
-                        *(None if t is None else t[idx] for t in (self.old_logp, self.ref_logp)))
-
 
 def concat_rollouts(parts: list[Rollouts], pad: int) -> Rollouts:
     """Rollouts of several batches as one (prompts left-padded, completions right-padded with
@@ -194,8 +187,10 @@ class RowSeededSampling(LogitsProcessor):
             p = sorted_logits.softmax(-1)
             drop = (p.cumsum(-1) - p) >= self.top_p  # the first token is always kept
             logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-        u = torch.stack([torch.rand(logits.shape[-1], generator=g, device=logits.device) for g in self.gens])
-        return logits - torch.log(-torch.log(u.clamp(1e-12, 1 - 1e-7)))
+        u = torch.empty_like(logits)  # one uniform row per rollout, each from its own generator
+        for i, g in enumerate(self.gens):
+            torch.rand(logits.shape[-1], generator=g, out=u[i])
+        return logits.sub_(u.clamp_(1e-12, 1 - 1e-7).log_().neg_().log_())  # + Gumbel noise, in place
 
 
 def sampling_kwargs(temperature: float, top_p: float, row_seeds, device) -> dict:
@@ -378,7 +373,8 @@ def head_logprobs(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Ten
     if hidden.dim() != 2 or targets.shape != hidden.shape[:1] or weight.shape[1] != hidden.shape[1]:
         raise ValueError(f"shapes: hidden {tuple(hidden.shape)}, targets {tuple(targets.shape)}, "
                          f"weight {tuple(weight.shape)}; want [N, H], [N], [V, H]")
-    if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= weight.shape[0]):
+    lo, hi = torch.stack(torch.aminmax(targets)).tolist() if len(targets) else (0, 0)  # one device sync
+    if lo < 0 or hi >= weight.shape[0]:
         raise ValueError(f"target ids must lie in [0, {weight.shape[0]})")
     if chunk_tokens < 1 or chunk_vocab < 1:
         raise ValueError("chunk_tokens and chunk_vocab must be positive")
@@ -554,8 +550,7 @@ def _loss_stats(mask, ratio, log_ratio, pg, clipped, dual, kl) -> dict:
 def sft_loss(logp: torch.Tensor, mask: torch.Tensor, norm: float | None = None) -> torch.Tensor:
     """Supervised fine-tuning: token-mean negative log-likelihood of the target completion
     (EOS included in `mask`). `norm` = the whole mini-batch's token count under accumulation."""
-    den = mask.sum().clamp(min=1.0) if norm is None else norm
-    return -(logp * mask).sum() / den
+    return aggregate(-logp, mask, "token-mean", norm)
 
 
 def cosine_lr(step: int, total: int, warmup: int, base_lr: float, min_ratio: float = 0.0) -> float:
@@ -588,12 +583,14 @@ class Batch:
     advantages: torch.Tensor       # [N] (one per rollout) or [N, T] (per token: LOPD)
     ref_logp: torch.Tensor | None = None  # [N, T] the initial student, for the optional KL term
 
-    def rows(self, idx) -> "Batch":
-        pick = lambda t: None if t is None else t[idx]  # noqa: E731
-        return Batch(*(pick(getattr(self, f.name)) for f in dataclasses.fields(self)))
+    def _map(self, fn) -> "Batch":
+        return Batch(*(None if (t := getattr(self, f.name)) is None else fn(t) for f in dataclasses.fields(self)))
 
-    def to(self, device) -> "Batch":
-        return Batch(*(None if t is None else t.to(device) for t in dataclasses.astuple(self)))
+    def rows(self, idx) -> "Batch":
+        return self._map(lambda t: t[idx])
+
+    def to(self, device) -> "Batch":  # (dataclasses.astuple would deep-copy every tensor first)
+        return self._map(lambda t: t.to(device))
 
     def __len__(self):
         return self.input_ids.shape[0]
@@ -649,7 +646,6 @@ class LossConfig:
     clip_c: float | None = 3.0     # dual clip for negative advantages (None: off)
     agg: str = "token-mean"        # see aggregate
     kl_beta: float = 0.0           # k3 KL to the initial student (paper text; 0 in the code)
-    temperature: float = 1.0       # the sampling temperature: log-probs of the policy that sampled
     max_len: int | None = None     # Dr. GRPO's constant length
 
 
@@ -723,14 +719,16 @@ def update_policy(model, opt, batch: Batch, group_size: int, mini_batches: int, 
     g = torch.Generator().manual_seed(seed)
     totals: dict[str, float] = {}
     n_updates = 0
+    rows = lambda gs: (gs[:, None] * group_size + torch.arange(group_size)).flatten()  # noqa: E731
     for _ in range(epochs):
         for groups in torch.randperm(len(batch) // group_size, generator=g).chunk(mini_batches):
-            rows = lambda gs: (gs[:, None] * group_size + torch.arange(group_size)).flatten()  # noqa: E731
-            shares = [len(groups[k::world]) * group_size for k in range(world)]
-            n_micro = -(-max(shares) // (micro_batch or max(shares)))  # the same number on every rank
+            whole = batch.rows(rows(groups))
+            mine = whole if world == 1 else batch.rows(rows(groups[rank::world]))
+            share = len(groups[::world]) * group_size  # rank 0's share is the largest
+            n_micro = -(-share // (micro_batch or share))  # the same number on every rank
             opt.zero_grad(set_to_none=True)
-            st = sum_stats(accumulate_gradient(model, batch.rows(rows(groups[rank::world])), loss_fn, micro_batch,
-                                               device, temperature, batch.rows(rows(groups)), world, n_micro))
+            st = sum_stats(accumulate_gradient(model, mine, loss_fn, micro_batch, device, temperature, whole, world,
+                                               n_micro))
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             st["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
             bad = {k: v for k, v in st.items() if not math.isfinite(v)}

@@ -224,6 +224,7 @@ weights; estimated_student_pass_rate, your estimate of the fraction of student r
 pass the rubric, is below 0.5. Return only the JSON."""
 
 RUBRICATOR = {"official": RUBRICATOR_OFFICIAL, "paper": RUBRICATOR_PAPER}
+RUBRIC_SCHEMAS = {"official": RUBRIC_SCHEMA, "paper": PAPER_RUBRIC_SCHEMA}  # the schema each rubricator asks for
 
 
 def rubricator_messages(question: str, references: Sequence[str], rollouts: Sequence[str],

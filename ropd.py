@@ -56,7 +56,7 @@ import grpo
 import rubric
 import teacher as teacher_lib
 import toy
-from data import UserError, as_chat, prompt_id, question_text
+from data import UserError, as_chat
 
 METHODS = ("ropd", "lopd", "exopd", "tjudge", "ovd", "sft", "grpo")
 USES_REFERENCES = ("ropd", "sft")
@@ -280,19 +280,11 @@ class Rewards:
 RewardFn = Callable[[list, grpo.Rollouts, "list[list[str]] | None"], Rewards]
 
 
-def groups_of(rows: list[dict], ro: grpo.Rollouts, references) -> list[rubric.Group]:
-    """Each prompt with its references and its G rollouts, as the judge sees them."""
-    G, refs = ro.group_size, references or [[] for _ in rows]
-    return [rubric.Group(prompt_id(r), question_text(r["prompt"]), [x for x in refs[i] if isinstance(x, str)],
-                         ro.texts[i * G:(i + 1) * G], [f"reference: {x}" for x in refs[i] if not isinstance(x, str)])
-            for i, r in enumerate(rows)]
-
-
 def judged_reward(score_groups, rows, ro: grpo.Rollouts, references) -> Rewards:
     """A reward from a judge: `score_groups` is rubric.ropd_reward (ROPD: rubric induction, blind
     verification, weighted pass rates; Eqs. 2-4) or a baseline's judge (rubric.tjudge_reward,
     rubric.ovd_reward)."""
-    results = score_groups(groups_of(rows, ro, references))
+    results = score_groups(data.judge_groups(rows, ro.texts, ro.group_size, references))
     return Rewards(torch.tensor([x for res in results for x in res.rewards]),
                    [res.fallback for res in results], results)
 
@@ -324,8 +316,8 @@ def exopd_reward(teacher, temperature: float, lam: float, rows, ro: grpo.Rollout
     T = ro.completion_ids.shape[1]
     teacher_logp = teacher.token_logprobs(ro.input_ids, ro.attention_mask, T, temperature)
     adv = grpo.exopd_advantages(teacher_logp, ro.old_logp, ro.ref_logp, ro.completion_mask, lam)
-    mean_log_ratio = ((teacher_logp - ro.old_logp) * ro.completion_mask).sum(1) / ro.lengths.clamp(min=1)
-    return Rewards(mean_log_ratio.float(), [None] * len(rows), token_advantages=adv)
+    log_ratio = grpo.lopd_advantages(teacher_logp, ro.old_logp, ro.completion_mask)  # logged, as LOPD's reward
+    return Rewards((log_ratio.sum(1) / ro.lengths.clamp(min=1)).float(), [None] * len(rows), token_advantages=adv)
 
 
 def apply_failure_policy(fallback: list[str | None], groups, max_rate: float, where: str = "") -> int:
@@ -384,8 +376,7 @@ def train(a: Args, log=print) -> dict:
     r = setup_run(a, log)
     model, tok, opt, world, log = r.model, r.tok, r.opt, r.world, log if r.world.main else (lambda *x: None)
     template = {"enable_thinking": a.enable_thinking}
-    loss = grpo.LossConfig(a.clip_low, a.clip_high, a.clip_c or None, a.agg, a.kl_beta, a.temperature,
-                           a.max_new_tokens)
+    loss = grpo.LossConfig(a.clip_low, a.clip_high, a.clip_c or None, a.agg, a.kl_beta, max_len=a.max_new_tokens)
     one_update = a.mini_batches == 1 and a.epochs == 1 and a.method not in ("lopd", "exopd")
     acc_before = held_out_accuracy(model, tok, r.eval_rows, a, world)
     log(f"{a.method}: student {a.student}, " + (f"teacher {a.teacher}, " if r.teacher else "")
@@ -596,9 +587,9 @@ def load_policy(name: str, grad_checkpointing: bool, world: dist.World, toy_worl
 
 def load_judges(a: Args, tok):
     """(teacher, judge, reward function) on rank 0, with the run's cache and transport settings."""
-    cache = teacher_lib.Cache(a.cache or teacher_lib.default_cache_path())
-    teacher, judge = teacher_lib.load_teacher_and_judge(a.teacher, a.judge, cache=cache, concurrency=a.concurrency,
-                                                        rpm=a.rpm or None, retries=2, timeout=a.request_timeout)
+    teacher, judge = teacher_lib.load_teacher_and_judge(a.teacher, a.judge, cache=a.cache or "default",
+                                                        concurrency=a.concurrency, rpm=a.rpm or None, retries=2,
+                                                        timeout=a.request_timeout)
     if a.method in ("lopd", "exopd"):
         check_lopd_teacher(teacher, tok, a.teacher, a.temperature)
     return teacher, judge, reward_function(a, teacher, judge)

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import prompts
-from prompts import (MAX_CRITERIA, MIN_CRITERIA, OVD_SCHEMA, PAPER_RUBRIC_SCHEMA, PAPER_VERDICT_SCHEMA,
-                     RUBRIC_SCHEMA, TJUDGE_SCHEMA, VERDICT_SCHEMA, strip_reasoning)
+from prompts import (MAX_CRITERIA, MIN_CRITERIA, OVD_SCHEMA, PAPER_VERDICT_SCHEMA, RUBRIC_SCHEMA,
+                     RUBRIC_SCHEMAS, TJUDGE_SCHEMA, VERDICT_SCHEMA, strip_reasoning)
 
 
 class JudgeFormatError(ValueError):
@@ -148,23 +148,27 @@ def _repair(s: str) -> str:
     return "".join(out)
 
 
+_OPENER = re.compile(r"[{\[]")
+
+
 def _json_values(text: str):
     """Every top-level JSON value in `text`, in order, repaired where needed (the values inside a
     parsed one are not visited again). Stops at a value that is never closed (a cut-off output)."""
-    pos, opener = 0, re.compile(r"[{\[]")
-    while (m := opener.search(text, pos)):
+    pos = 0
+    while (m := _OPENER.search(text, pos)):
         span = _balanced_span(text, m.start())
         if span is None:
             return
-        for attempt in (span, _repair(span)):
+        try:
+            value = json.loads(span)
+        except json.JSONDecodeError:
             try:
-                yield json.loads(attempt)
-                pos = m.start() + len(span)
-                break
+                value = json.loads(_repair(span))  # repaired only when the text as written fails
             except json.JSONDecodeError:
-                pass
-        else:
-            pos = m.start() + 1
+                pos = m.start() + 1
+                continue
+        yield value
+        pos = m.start() + len(span)
 
 
 def extract_json(text: str, want: Callable[[object], bool] | None = None):
@@ -183,14 +187,22 @@ def extract_json(text: str, want: Callable[[object], bool] | None = None):
             first = value if first is None else first
     if first is not None:
         return first
-    if re.search(r"[{\[]", text):
+    if _OPENER.search(text):
         raise JudgeFormatError("judge output has no complete, valid JSON value (truncated or malformed)")
     raise JudgeFormatError("judge output contains no JSON")
 
 
+def _list_under(v, keys) -> list | None:
+    """The list under the first of `keys` that holds one in object `v`, or `v` itself when it is a
+    bare list; None otherwise."""
+    if isinstance(v, dict):
+        return next((v[k] for k in keys if isinstance(v.get(k), list)), None)
+    return v if isinstance(v, list) else None
+
+
 def _has_list(*keys):
     """want(): an object with a list under one of `keys`, or a bare list of objects."""
-    return lambda v: (isinstance(v, dict) and any(isinstance(v.get(k), list) for k in keys)) or (
+    return lambda v: isinstance(v, dict) and _list_under(v, keys) is not None or (
         isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v))
 
 
@@ -229,10 +241,9 @@ def parse_rubric(text: str, min_criteria: int = MIN_CRITERIA, max_criteria: int 
     numeric strings for points, a wrong maximum_score / K / max_weighted_sum (recomputed). Rejects
     everything else, and another schema_version than the one asked for."""
     data = extract_json(text, _has_list(*RUBRIC_KEYS))
-    _check_schema(data, RUBRIC_SCHEMA if variant == "official" else PAPER_RUBRIC_SCHEMA)
-    items = next((data[k] for k in RUBRIC_KEYS if isinstance(data.get(k), list)), None) \
-        if isinstance(data, dict) else data
-    if not isinstance(items, list):
+    _check_schema(data, RUBRIC_SCHEMAS[variant])
+    items = _list_under(data, RUBRIC_KEYS)
+    if items is None:
         raise JudgeFormatError("rubric JSON has no 'rubrics' list")
     if not min_criteria <= len(items) <= max_criteria:
         raise JudgeFormatError(f"rubric has {len(items)} criteria; expected {min_criteria}-{max_criteria}")
@@ -296,9 +307,8 @@ def parse_verdicts(text: str, rubric: Rubric, n_answers: int) -> list[list[bool]
     `score`)."""
     data = extract_json(text, _has_list(*VERDICT_KEYS))
     _check_schema(data, VERDICT_SCHEMA)
-    results = next((data[k] for k in VERDICT_KEYS if isinstance(data.get(k), list)), None) \
-        if isinstance(data, dict) else data
-    if not isinstance(results, list):
+    results = _list_under(data, VERDICT_KEYS)
+    if results is None:
         raise JudgeFormatError("verdict JSON has no 'answers' list")
     if len(results) != n_answers:
         raise JudgeFormatError(f"verdict has {len(results)} answers; expected {n_answers}")
@@ -323,9 +333,10 @@ def parse_verdicts(text: str, rubric: Rubric, n_answers: int) -> list[list[bool]
 def parse_single_verdict(text: str, rubric: Rubric) -> list[bool]:
     """Eq. 3, App. D's per-response verifier: {"schema_version": "black_opd.verifier.v1",
     "judgements": [...], "weighted_score", "pass_rate"} -> the booleans (the scores are ignored)."""
-    data = extract_json(text, lambda v: isinstance(v, dict) and ("judgements" in v or "judgement" in v))
+    has_judgements = lambda v: isinstance(v, dict) and ("judgements" in v or "judgement" in v)  # noqa: E731
+    data = extract_json(text, has_judgements)
     _check_schema(data, PAPER_VERDICT_SCHEMA)
-    if not isinstance(data, dict) or not ("judgements" in data or "judgement" in data):
+    if not has_judgements(data):
         raise JudgeFormatError("verdict JSON has no 'judgements' list")
     return _judgement(data.get("judgements", data.get("judgement")), rubric, "response")
 
@@ -480,13 +491,19 @@ def induce_rubrics(complete: CompleteFn, groups: Sequence[Group], s: JudgeSettin
     for gi, g in enumerate(groups):
         if len(g.references) < max(1, s.min_references):
             continue
-        units = [[r] for r in g.rollouts] if s.per_rollout_rubrics else [g.rollouts]
-        for u, rollouts in enumerate(units):
-            chats[(gi, u)] = prompts.rubricator_messages(g.question, dedupe(g.references), rollouts, s.min_criteria,
+        refs = dedupe(g.references)
+        for u, rollouts in enumerate(_units(g, s)):
+            chats[(gi, u)] = prompts.rubricator_messages(g.question, refs, rollouts, s.min_criteria,
                                                          s.max_criteria, s.rubricator_instructions, s.rubric_prompt)
-    tag = RUBRIC_SCHEMA if s.rubric_prompt == "official" else PAPER_RUBRIC_SCHEMA
     return ask_judge(complete, chats, "rubricator", s.retries,
-                     lambda k, t: parse_rubric(t, s.min_criteria, s.max_criteria, s.rubric_prompt), errors, tag)
+                     lambda k, t: parse_rubric(t, s.min_criteria, s.max_criteria, s.rubric_prompt), errors,
+                     RUBRIC_SCHEMAS[s.rubric_prompt])
+
+
+def _units(g: Group, s: JudgeSettings) -> list[list[str]]:
+    """The rollouts each rubric of a group covers: all of them (one shared rubric), or one each
+    (Table 6's per-rollout rubrics)."""
+    return [[r] for r in g.rollouts] if s.per_rollout_rubrics else [list(g.rollouts)]
 
 
 def verify_blindly(complete: CompleteFn, groups: Sequence[Group], rubrics: dict, s: JudgeSettings,
@@ -497,23 +514,21 @@ def verify_blindly(complete: CompleteFn, groups: Sequence[Group], rubrics: dict,
     in the pool: they anchor the scale across problem difficulties (§4.3); Table 6's ablations
     label them (sighted_verifier) or leave them out (pool_references=False). Returns (group, unit)
     -> [((source, index), judgement), ...] for the units whose every call parsed."""
-    pools, chats = {}, {}
+    pools, chats, sizes = {}, {}, {}
     for (gi, u), rub in rubrics.items():
         g = groups[gi]
         refs = dedupe(g.references) if s.pool_references else []
-        answers, owners = blind_pool(g.prompt_id, refs, [g.rollouts[u]] if s.per_rollout_rubrics else g.rollouts)
+        answers, owners = blind_pool(g.prompt_id, refs, _units(g, s)[u])
         if s.per_rollout_rubrics:  # the one rollout of unit u is rollout u of the group
             owners = [(src, u if src == "student" else i) for src, i in owners]
         pools[(gi, u)] = (answers, owners)
-        for c, chat in enumerate(_verifier_chats(g.question, rub, answers, [src for src, _ in owners], s)):
-            chats[(gi, u, c)] = chat
+        for c, (chat, n) in enumerate(_verifier_chats(g.question, rub, answers, [src for src, _ in owners], s)):
+            chats[(gi, u, c)], sizes[(gi, u, c)] = chat, n
 
     def parse_chunk(key, text):
-        gi, u, c = key
         if s.verifier == "per-response":
-            return [parse_single_verdict(text, rubrics[(gi, u)])]
-        size = s.verifier_chunk or len(pools[(gi, u)][0])
-        return parse_verdicts(text, rubrics[(gi, u)], len(pools[(gi, u)][0][c * size:(c + 1) * size]))
+            return [parse_single_verdict(text, rubrics[key[:2]])]
+        return parse_verdicts(text, rubrics[key[:2]], sizes[key])
 
     tag = PAPER_VERDICT_SCHEMA if s.verifier == "per-response" else VERDICT_SCHEMA
     verdicts = ask_judge(complete, chats, "verifier", s.retries, parse_chunk, errors, tag)
@@ -526,13 +541,14 @@ def verify_blindly(complete: CompleteFn, groups: Sequence[Group], rubrics: dict,
 
 
 def _verifier_chats(question: str, rub: Rubric, answers: list[str], sources: list[str], s: JudgeSettings):
-    """The verifier calls for one pool: every answer in one call (official), `verifier_chunk`
-    answers per call, or one per call (App. D's per-response verifier)."""
+    """The verifier calls for one pool, each with the number of answers it grades: every answer in
+    one call (official), `verifier_chunk` answers per call, or one per call (App. D's per-response
+    verifier)."""
     if s.verifier == "per-response":
-        return [prompts.single_verifier_messages(question, rub, a, s.verifier_instructions) for a in answers]
+        return [(prompts.single_verifier_messages(question, rub, a, s.verifier_instructions), 1) for a in answers]
     size = s.verifier_chunk or len(answers)
-    return [prompts.verifier_messages(question, rub, answers[i:i + size], s.verifier_instructions,
-                                      sources[i:i + size] if s.sighted_verifier else None)
+    return [(prompts.verifier_messages(question, rub, answers[i:i + size], s.verifier_instructions,
+                                       sources[i:i + size] if s.sighted_verifier else None), len(answers[i:i + size]))
             for i in range(0, len(answers), size)]
 
 
@@ -571,7 +587,7 @@ def ropd_reward(complete: CompleteFn, groups: Sequence[Group],
     results = []
     for gi, g in enumerate(groups):
         units = [u for u in graded if u[0] == gi]
-        n_units = len(g.rollouts) if s.per_rollout_rubrics else 1
+        n_units = len(_units(g, s))
         if len(units) == n_units:
             res = weighted_pass_rates(g, [(rubrics[u], graded[u]) for u in sorted(units)])
         else:

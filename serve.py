@@ -189,14 +189,15 @@ class TeacherServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, teacher: Teacher, host: str = "127.0.0.1", port: int = 0, model_name: str | None = None,
-                 faults: list[dict] | None = None, transform=None):
+                 faults: list[dict] | None = None, transform=None, record: bool = False):
         super().__init__((host, port), _Handler)
         self.teacher = teacher
         self.transform = transform  # (text, chat) -> the text served instead: a judge that lies, for tests
         self.model_name = model_name or teacher.model
         self.faults = list(faults or [])
         self.requests = 0
-        self.bodies: list[dict] = []  # every request body received, for tests to inspect
+        self.record = record  # keep every request body in `bodies` (tests inspect them; a long-lived server must not)
+        self.bodies: list[dict] = []
         self.busy = self.max_busy = 0  # requests being answered now, and at most at once
         self._lock = threading.Lock()
         # a local model is not thread-safe: its requests are served one at a time
@@ -242,7 +243,8 @@ class TeacherServer(ThreadingHTTPServer):
     def count(self, body: dict):
         with self._lock:
             self.requests += 1
-            self.bodies.append(body)
+            if self.record:
+                self.bodies.append(body)
 
     def next_fault(self):
         with self._lock:

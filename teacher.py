@@ -25,6 +25,7 @@ from __future__ import annotations
 import email.utils
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -85,9 +86,7 @@ class Teacher:
                  backoff_base: float = 1.0, backoff_cap: float = 8.0,
                  breaker_threshold: int = 8, breaker_cooldown: float = 30.0):
         self.model = model
-        if cache == "default":
-            cache = default_cache_path()
-        self.cache = Cache(cache) if isinstance(cache, (str, Path)) else cache
+        self.cache = open_cache(cache)
         self.timeout = timeout
         self.transport = Transport(lambda: self.fingerprint, concurrency, rpm, retries, backoff_base,
                                    backoff_cap, breaker_threshold, breaker_cooldown)
@@ -120,20 +119,19 @@ class Teacher:
             missing = []
             for j in range(n):
                 key = self._key(chat, temperature, max_tokens, first_sample + j, options)
-                text = next((t for d in range(reuse_later + 1) if (t := self._cached(
-                    self._key(chat, temperature, max_tokens, first_sample + j + d, options), role)) is not None), None)
+                later = (self._key(chat, temperature, max_tokens, first_sample + j + d, options)
+                         for d in range(1, reuse_later + 1))
+                text = next((t for k in itertools.chain([key], later) if (t := self._cached(k, role)) is not None), None)
                 if text is not None:
                     out[ci][j] = text
                 else:
                     missing.append((j, key))
             if not missing:
                 continue
-            if self.supports_n:
-                pending.append((ci, Request(chat, len(missing), temperature, max_tokens,
-                                            [k for _, k in missing], options), [j for j, _ in missing]))
-            else:
-                pending += [(ci, Request(chat, 1, temperature, max_tokens, [k], options), [j])
-                            for j, k in missing]
+            # one request for all of a chat's missing samples where the API returns n, else one each
+            for part in [missing] if self.supports_n else [[m] for m in missing]:
+                pending.append((ci, Request(chat, len(part), temperature, max_tokens, [k for _, k in part], options),
+                                [j for j, _ in part]))
         if pending:
             results = self._run([r for _, r, _ in pending], role)
             for (ci, req, slots), res in zip(pending, results):
@@ -541,6 +539,7 @@ def load(spec: str, **kw) -> Teacher:
 def load_teacher_and_judge(teacher: str, judge: str | None = None, **kw) -> tuple[Teacher, Teacher]:
     """The teacher and the judge (rubricator / verifier); the judge is the teacher itself unless
     another spec is named. Keyword arguments go to both (cache, concurrency, rpm, timeout, ...)."""
+    kw["cache"] = open_cache(kw.get("cache", "default"))  # one connection, shared by both
     t = load(teacher, **kw)
     return t, (t if not judge or judge == teacher else load(judge, **kw))
 
@@ -557,17 +556,19 @@ def references(teacher: Teacher, chats: list, k: int, temperature: float | None,
     settings = {"temperature": temperature, "max_tokens": max_tokens}
     keys = [hashlib.sha256(json.dumps([teacher.fingerprint, "references", c], sort_keys=True).encode()).hexdigest()
             for c in chats]
-    if teacher.cache is not None and not new_settings:
-        for key in keys:
-            old = teacher.cache.index_get(key)
-            if old is not None and old != settings:
-                raise TeacherError(f"the teacher index ({teacher.cache.path}) holds references of {teacher.fingerprint} "
-                                   f"made with {old}; this run asks {settings}. Pass --new-references to pay for "
-                                   f"new ones, or use another --cache")
+    unindexed = []  # the prompts whose index entry is missing or (with new_settings) other
+    for key in keys if teacher.cache is not None else []:
+        old = teacher.cache.index_get(key)
+        if old is not None and old != settings and not new_settings:
+            raise TeacherError(f"the teacher index ({teacher.cache.path}) holds references of {teacher.fingerprint} "
+                               f"made with {old}; this run asks {settings}. Pass --new-references to pay for "
+                               f"new ones, or use another --cache")
+        if old != settings:
+            unindexed.append(key)
     outs = teacher.complete(chats, n=k, temperature=temperature, max_tokens=max_tokens, role="reference",
                             return_exceptions=True)
-    if teacher.cache is not None:
-        teacher.cache.index_put(keys, settings)
+    if unindexed:
+        teacher.cache.index_put(unindexed, settings)
     return [[x for x in o if not isinstance(x, str) or x.strip()] for o in outs]
 
 
@@ -578,6 +579,13 @@ def references(teacher: Teacher, chats: list, k: int, temperature: float | None,
 
 def default_cache_path() -> Path:
     return Path(os.environ.get("ROPD_CACHE", Path.home() / ".cache" / "ropd")) / "teacher_cache.sqlite"
+
+
+def open_cache(cache: "Cache | str | Path | None") -> "Cache | None":
+    """A backend's cache: an open Cache as it is, a path opened, "default" the default path, None none."""
+    if cache == "default":
+        cache = default_cache_path()
+    return Cache(cache) if isinstance(cache, (str, Path)) else cache
 
 
 class Cache:

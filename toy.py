@@ -293,8 +293,7 @@ def _toy_rubric(question: str, references: list[str], students: list[str], paper
         if parsed is None:
             return {"error": "the toy judge can only read toy arithmetic questions"}
         steps, final = tuple(step_line(*st) for st in parsed), parsed[-1][3]
-    task, seen = (prompts.PAPER_CATEGORIES[0], prompts.PAPER_CATEGORIES[1]) if paper else \
-        (prompts.CATEGORIES[0], prompts.CATEGORIES[1])
+    task, seen = (prompts.PAPER_CATEGORIES if paper else prompts.CATEGORIES)[:2]
     criteria = [{"category": seen, "points": 2,
                  "criterion": f"The response contains the line `{line}` (step {k + 1} worked out correctly)."}
                 for k, line in enumerate(steps)]
@@ -328,26 +327,31 @@ def _check(criterion: str, answer: str) -> bool:
     return False  # a criterion it cannot read is not met
 
 
-def _judge(rubric_json: str, answer: str) -> tuple[list[bool], int]:
+def _points(c: dict) -> int:
+    """A rendered criterion's points (official prompts) or weight (App. D's)."""
+    return c.get("points", c.get("weight", 0))
+
+
+def _judge(crits: list[dict], answer: str) -> tuple[list[bool], int]:
     """Verification (Eq. 3) of one answer: each criterion of the rendered rubric checked."""
-    crits = json.loads(rubric_json)
     judgement = [_check(c["criterion"], answer) for c in crits]
-    return judgement, sum(c.get("points", c.get("weight", 0)) for c, v in zip(crits, judgement) if v)
+    return judgement, sum(_points(c) for c, v in zip(crits, judgement) if v)
 
 
 def _toy_verdicts(rubric_json: str, answers: list[str]) -> dict:
     """The batch verifier's reply (official schema): every answer, in order."""
-    out = []
+    crits, out = json.loads(rubric_json), []
     for i, a in enumerate(answers):
-        judgement, points = _judge(rubric_json, a)
+        judgement, points = _judge(crits, a)
         out.append({"answer_index": i + 1, "judgement": judgement, "final_score": points})
     return {"schema_version": prompts.VERDICT_SCHEMA, "answers": out}
 
 
 def _toy_single_verdict(rubric_json: str, answer: str) -> dict:
     """App. D's per-response verifier's reply."""
-    judgement, points = _judge(rubric_json, answer)
-    total = sum(c.get("weight", c.get("points", 0)) for c in json.loads(rubric_json))
+    crits = json.loads(rubric_json)
+    judgement, points = _judge(crits, answer)
+    total = sum(_points(c) for c in crits)
     return {"schema_version": prompts.PAPER_VERDICT_SCHEMA, "judgements": judgement, "weighted_score": points,
             "pass_rate": points / total if total else 0.0}
 

@@ -94,7 +94,7 @@ def _lying(text, chat):
 
 def test_the_judge_is_blind_and_its_arithmetic_is_not_trusted(small_world, tmp_path):
     srv = serve.TeacherServer(teacher.load(f"toy:{small_world.root}", cache=None), model_name="judge",
-                              transform=_lying).start()
+                              transform=_lying, record=True).start()
     try:
         assert ropd.main(small_args(small_world, tmp_path / "run", "--judge", f"openai:judge@{srv.url}/v1",
                                     "--prompts-per-step", "16")) == 0

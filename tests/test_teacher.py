@@ -21,7 +21,7 @@ def toy_teacher(tiny_world):
 
 @pytest.fixture
 def server(toy_teacher):
-    srv = serve.TeacherServer(toy_teacher, model_name="toy-teacher").start()
+    srv = serve.TeacherServer(toy_teacher, model_name="toy-teacher", record=True).start()
     yield srv
     srv.stop()
 
