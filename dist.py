@@ -56,13 +56,19 @@ class World:
         return self.rank == 0
 
 
-def setup(device_name: str = "auto") -> World:
-    """The process's place: one process (WORLD_SIZE unset or 1) needs no set-up at all; under
-    torchrun, the process group (NCCL with GPUs, gloo without) and this rank's device."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+def world_size() -> int:
+    """How many processes torchrun started (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def setup(device: torch.device = torch.device("cpu")) -> World:
+    """The process's place: one process (WORLD_SIZE unset or 1) needs no set-up at all and runs on
+    `device`; under torchrun, the process group (NCCL when `device` is a GPU, gloo otherwise) and
+    this rank's device (its LOCAL_RANK's GPU)."""
+    size = world_size()
     if size == 1:
-        return World()
-    use_cuda = torch.cuda.is_available() and device_name != "cpu"
+        return World(device=device)
+    use_cuda = device.type == "cuda"
     if not torch_dist.is_initialized():
         torch_dist.init_process_group("nccl" if use_cuda else "gloo")
     rank = torch_dist.get_rank()

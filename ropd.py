@@ -466,8 +466,8 @@ def check_args(a: Args):
         (a.rollouts >= 2 or a.method in ("lopd", "exopd", "sft"),
          f"--rollouts {a.rollouts}: a group of one rollout has zero advantage and teaches nothing"),
         (not (a.resume and a.overwrite), "--resume and --overwrite contradict each other"),
-        (a.prompts_per_step % processes() == 0,
-         f"--prompts-per-step {a.prompts_per_step} does not split evenly over {processes()} processes"),
+        (a.prompts_per_step % dist.world_size() == 0,
+         f"--prompts-per-step {a.prompts_per_step} does not split evenly over {dist.world_size()} processes"),
     ]
     for ok, message in checks:
         if not ok:
@@ -490,11 +490,6 @@ def check_args(a: Args):
         raise UserError(f"--cache {a.cache} is a directory; give it a file name")
     data.pick_device(a.device)
     check_out(Path(a.out), a.resume, a.overwrite)
-
-
-def processes() -> int:
-    """How many processes torchrun started (1 without torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def check_out(out: Path, resume, overwrite: bool):
@@ -531,8 +526,7 @@ class Run:
 def setup_run(a: Args, log) -> Run:
     """The process group (if torchrun started several), seeds, data, models, teacher and judge
     (rank 0), optimizer, and the resumed state if any."""
-    world = dist.setup(a.device)
-    world = dataclasses.replace(world, device=world.device if world.size > 1 else data.pick_device(a.device))
+    world = dist.setup(data.pick_device(a.device))
     log = log if world.main else (lambda *x: None)
     ckpt = find_checkpoint(a.resume) if a.resume else None
     state = load_trainer_state(ckpt) if ckpt else None

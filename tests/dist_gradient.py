@@ -28,7 +28,7 @@ def batch(world_dir: str) -> grpo.Batch:
 
 
 def main(world_dir: str, agg: str, out: str):
-    world = dist.setup("cpu")
+    world = dist.setup(torch.device("cpu"))
     b = batch(world_dir)
     lm = AutoModelForCausalLM.from_pretrained(f"{world_dir}/student")
     model = dist.shard(lm, world) if world.size > 1 else lm
