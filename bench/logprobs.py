@@ -22,6 +22,7 @@ option is on). Needs `pip install trl==1.16.0` (benchmark only); without it, tha
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -49,16 +50,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
+@functools.lru_cache(maxsize=None)
 def grpo_at(rev: str):
-    """grpo.py as it was at git revision `rev`, imported as module grpo_at_rev."""
+    """grpo.py as it was at git revision `rev`, imported as module grpo_at_rev (once per process)."""
     src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:grpo.py"], capture_output=True,
                          text=True, check=True).stdout
-    path = Path(tempfile.mkdtemp()) / "grpo_at_rev.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("grpo_at_rev", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["grpo_at_rev"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "grpo_at_rev.py"
+        path.write_text(src)
+        spec = importlib.util.spec_from_file_location("grpo_at_rev", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["grpo_at_rev"] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
     return module
 
 
