@@ -277,7 +277,7 @@ def load_rows(spec: str, limit: int | None, world, instruction: str = "") -> lis
 def _common(ap: argparse.ArgumentParser):
     ap.add_argument("--data", default="toy",
                     help="JSONL with prompt and answer, 'toy' (held-out toy set) or rg:TASK[,TASK...] (reasoning-gym)")
-    ap.add_argument("--world", default=None, help="toy world directory (default: the cache)")
+    ap.add_argument("--world", default=None, help=f"toy world: a name ({', '.join(toy.WORLDS)}) or a folder (default: default)")
     ap.add_argument("--limit", type=int, default=None, help="first N problems (toy default: 200)")
     ap.add_argument("--max-new-tokens", type=int, default=None,
                     help=f"(default: {toy.GENERATION['max_new_tokens']} for toy data, else 32768, as the paper)")
@@ -402,11 +402,15 @@ def main(argv=None) -> int:
     hf_logging.set_verbosity_error()
     try:
         command, ns = parse(sys.argv[1:] if argv is None else argv)
+        toy.pin_cpu_numerics(threads=toy.BUILD_THREADS if getattr(ns, "model", "toy") in ("toy", "toy-teacher") else None)
         run_args = Path(getattr(ns, "run", None) or ".") / "args.json"
         needs_world = (ns.data == "toy" or getattr(ns, "model", "") in ("toy", "toy-teacher")
                        or (command == "phase" and run_args.exists()
                            and json.loads(run_args.read_text()).get("student") == "toy"))
-        world = toy.build(root=ns.world) if needs_world else None
+        world = toy.load_world(ns.world) if needs_world else None
+        for role in ("teacher", "judge"):  # --teacher toy with --world W: that world's teacher (and judge)
+            if getattr(ns, role, None) == "toy" and ns.world:
+                setattr(ns, role, f"toy:{ns.world}")
         max_new = ns.max_new_tokens or (toy.GENERATION["max_new_tokens"] if ns.data == "toy" else 32768)
         run = {"benchmark": run_benchmark, "signal": run_signal, "phase": run_phase}[command]
         res, report = run(ns, world, data.pick_device(ns.device), max_new)

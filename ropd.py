@@ -81,7 +81,8 @@ class Args:
     data: str = "toy"
     """training prompts: 'toy', a JSONL file, or rg:TASK[,TASK...][:N] (reasoning-gym)"""
     world: str | None = None
-    """the toy world's folder (default: built once and cached under ~/.cache/ropd/toy)"""
+    """the toy world: a name (default, mimicry, xtok, imperfect; README "Worlds"), built once and cached under
+    ~/.cache/ropd/toy, or a world's folder; with it, --teacher toy is that world's teacher"""
     eval_data: str | None = None
     """held-out JSONL with answers (default: the held-out split of toy or rg: data; else none)"""
     out: str = "runs/ropd"
@@ -484,8 +485,9 @@ def check_args(a: Args):
                        (a.eval_data, "--eval-data")):
         if path:
             data.check_file(path, what)
-    if a.world and not (Path(a.world) / "world.json").is_file():
-        raise UserError(f"--world {a.world}: no toy world there (python toy.py --root {a.world} builds one)")
+    if a.world and a.world not in toy.WORLDS and not (Path(a.world) / "world.json").is_file():
+        raise UserError(f"--world {a.world}: no toy world there (a world's name is one of {', '.join(toy.WORLDS)}; "
+                        f"python toy.py --root {a.world} builds one in a folder)")
     if a.cache and Path(a.cache).is_dir():
         raise UserError(f"--cache {a.cache} is a directory; give it a file name")
     data.pick_device(a.device)
@@ -537,7 +539,7 @@ def setup_run(a: Args, log) -> Run:
     torch.manual_seed(a.seed)
 
     rows = None if a.data == "toy" else data.load_data(a.data, a.seed)  # bad data fails before any build
-    toy_world = dist.on_main(lambda: toy.build(root=a.world, log=log), world) if "toy" in (a.student, a.data) \
+    toy_world = dist.on_main(lambda: toy.load_world(a.world, log=log), world) if "toy" in (a.student, a.data) \
         else None  # --world was checked: no build at a typo's path
     rows = rows or data.load_data(a.data, a.seed, toy_world)
     if a.eval_data:
@@ -581,7 +583,9 @@ def load_policy(name: str, grad_checkpointing: bool, world: dist.World, toy_worl
 
 def load_judges(a: Args, tok):
     """(teacher, judge, reward function) on rank 0, with the run's cache and transport settings."""
-    teacher, judge = teacher_lib.load_teacher_and_judge(a.teacher, a.judge, cache=a.cache or "default",
+    in_world = lambda spec: f"toy:{a.world}" if spec == "toy" and a.world else spec  # noqa: E731 - the world's own
+    teacher, judge = teacher_lib.load_teacher_and_judge(in_world(a.teacher), a.judge and in_world(a.judge),
+                                                        cache=a.cache or "default",
                                                         concurrency=a.concurrency, rpm=a.rpm or None, retries=2,
                                                         timeout=a.request_timeout)
     if a.method in ("lopd", "exopd"):
@@ -908,6 +912,8 @@ def main(argv=None) -> int:
     hf_logging.set_verbosity_error()
     try:
         a = parse_args(argv)
+        # the same numbers on any x86 CPU, before the first tensor operation (README, the default run)
+        toy.pin_cpu_numerics(threads=toy.BUILD_THREADS if a.student == "toy" else None)
         train(a, log=lambda *x: print(*map(teacher_lib.redact, x)))
     except (UserError, teacher_lib.TeacherError) as e:
         print(f"error: {teacher_lib.redact(str(e))}", file=sys.stderr)

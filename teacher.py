@@ -443,7 +443,9 @@ class HFTeacher(Teacher):
     def check_tokenizer(self, tokenizer) -> None:
         """LOPD scores the student's token ids: the teacher must share the student's tokenizer."""
         if self.tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise TeacherError(f"{self.fingerprint} does not share the student's tokenizer")
+            raise TeacherError(f"{self.fingerprint} does not share the student's tokenizer (no shared vocabulary: "
+                               f"its log-probs cannot score the student's token ids; a text-only method can "
+                               f"learn from it: ropd, tjudge, ovd, sft)")
 
     def token_logprobs(self, input_ids, attention_mask, n_completion: int, temperature: float = 1.0):
         """LOPD: the teacher's log-probs of the student's own token ids (same tokenizer required)."""
@@ -472,13 +474,13 @@ def content_fingerprint(folder: Path, block: int = 1 << 20, whole_below: int = 2
 
 
 class ToyTeacher(HFTeacher):
-    """toy or toy:WORLD_DIR - the toy world's teacher model, and the deterministic toy judge for
+    """toy or toy:WORLD (a world's name or folder) - the toy world's teacher model, and the deterministic toy judge for
     rubricator / verifier / T-Judge prompts (recognised by their schema tags)."""
 
     kind = "toy"
 
     def __init__(self, root: str | None = None, **kw):
-        world = toy.build(root=root) if root else toy.build()
+        world = toy.load_world(root)
         self.world = world
         super().__init__(str(world.teacher_path), **kw)
 
@@ -504,7 +506,7 @@ class ToyTeacher(HFTeacher):
 # Specs
 # ----------------------------------------------------------------------------------------------
 
-SPEC_HELP = "openai:MODEL, openai:MODEL@URL, anthropic:MODEL, hf:PATH, toy, toy:WORLD_DIR"
+SPEC_HELP = "openai:MODEL, openai:MODEL@URL, anthropic:MODEL, hf:PATH, toy, toy:WORLD (a name or a folder)"
 
 
 def check_spec(spec: str) -> tuple[str, str, str | None]:
@@ -516,8 +518,9 @@ def check_spec(spec: str) -> tuple[str, str, str | None]:
     if kind != "toy" and not rest:
         raise TeacherError(f"teacher spec {spec!r} names no model; expected one of: {SPEC_HELP}")
     model, _, url = rest.partition("@") if kind in ("openai", "anthropic") else (rest, "", "")
-    if kind == "toy" and rest and not (Path(rest) / "world.json").is_file():
-        raise TeacherError(f"{spec}: no toy world at {rest} (python toy.py --root {rest} builds one)")
+    if kind == "toy" and rest and rest not in toy.WORLDS and not (Path(rest) / "world.json").is_file():
+        raise TeacherError(f"{spec}: no toy world at {rest} (a world's name is one of {', '.join(toy.WORLDS)}; "
+                           f"python toy.py --root {rest} builds one in a folder)")
     if kind == "hf" and not Path(rest).is_dir():
         raise TeacherError(f"{spec}: no model folder at {rest}")
     return kind, model, url or None
