@@ -638,14 +638,15 @@ def _shipped(config: ToyConfig, role: str | None = None) -> Path | None:
     return None
 
 
-def _part(config: ToyConfig, role: str, parts: Path, log) -> Path:
+def _part(config: ToyConfig, role: str, parts: Path, log, *, use_shipped: bool = True) -> Path:
     """One model of the world, built once into the parts cache (worlds that share a recipe for it,
-    such as every world's student, share the build; a shipped world's model is copied, not built)."""
+    such as every world's student, share the build; a shipped world's model is copied, not built,
+    unless `use_shipped` is off)."""
     folder = parts / config.part_key(role)
     if not (folder / "accuracy.json").exists():
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        shipped = _shipped(config, role)
+        shipped = _shipped(config, role) if use_shipped else None
         if shipped:
             shutil.copytree(shipped / role, tmp)
             acc = json.loads((shipped / "world.json").read_text())[f"{role}_accuracy"]
@@ -678,10 +679,12 @@ def load_world(spec: str | None = None, log=print) -> ToyWorld:
     return build(config, log=log)
 
 
-def build(config: ToyConfig | None = None, root: str | Path | None = None, log=print) -> ToyWorld:
+def build(config: ToyConfig | None = None, root: str | Path | None = None, log=print, *,
+          use_shipped: bool = True) -> ToyWorld:
     """Build (or load from cache) the toy world. Atomic: a half-built world is never reused. The
     folder's name is the recipe's hash (its config and the build's code), so a changed recipe
-    builds a new world; world.json records the weights' fingerprints."""
+    builds a new world; world.json records the weights' fingerprints. `use_shipped=False` trains
+    every model, even one a shipped world has (the check that the shipped world is this code's)."""
     config = config or ToyConfig()
     log = log or (lambda *a: None)
     root = Path(root) if root else cache_dir() / config.key()
@@ -700,7 +703,7 @@ def build(config: ToyConfig | None = None, root: str | Path | None = None, log=p
     build_tokenizer().save_pretrained(tmp / "tokenizer")
     acc, prints = {}, {}
     for role in ("teacher", "student"):
-        part = _part(config, role, root.parent / "parts", log)
+        part = _part(config, role, root.parent / "parts", log, use_shipped=use_shipped)
         shutil.copytree(part, tmp / role)
         acc[role] = json.loads((part / "accuracy.json").read_text())["accuracy"]
         prints[role] = weights_fingerprint(part)
@@ -725,9 +728,14 @@ def main(argv=None):
     ap.add_argument("--world", default="default", choices=list(WORLDS), help="which world (default: default)")
     ap.add_argument("--test-size", action="store_true", help="the tiny unit-test world")
     ap.add_argument("--json", default=None, help="also write the world's description (world.json) here")
+    ap.add_argument("--rebuild", action="store_true", help="train every model, even those the shipped default "
+                    "world has (with --root: a fresh build, to compare with the shipped one)")
     args = ap.parse_args(argv)
     pin_cpu_numerics()
-    w = build(TEST_CONFIG if args.test_size else world_config(args.world), args.root)
+    if args.test_size or args.root or args.rebuild:
+        w = build(TEST_CONFIG if args.test_size else world_config(args.world), args.root, use_shipped=not args.rebuild)
+    else:
+        w = load_world(args.world)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(w.root / "world.json", args.json)

@@ -107,7 +107,7 @@ def build_in_subprocess(root: Path, *flags) -> dict:
 
 def test_two_fresh_builds_are_the_same_world(tmp_path):
     """Two processes, two cache roots: the same weights, bit for bit (pinned CPU numerics)."""
-    a, b = (build_in_subprocess(tmp_path / x, "--test-size") for x in "ab")
+    a, b = (build_in_subprocess(tmp_path / x, "--test-size", "--rebuild") for x in "ab")
     assert a["fingerprints"] == b["fingerprints"] and set(a["fingerprints"]) == {"teacher", "student"}
     assert a["cpu_capability"] == b["cpu_capability"]
 
@@ -141,7 +141,8 @@ def test_the_default_world_is_the_one_shipped_and_measured(tmp_path):
     assert recorded["fingerprints"] == shipped["fingerprints"]
     assert shipped["fingerprints"] == {role: toy.weights_fingerprint(toy.SHIPPED / "default" / role)
                                        for role in ("teacher", "student")}  # the files are what it says
-    built = build_in_subprocess(tmp_path, "--world", "default")
+    built = build_in_subprocess(tmp_path, "--world", "default", "--rebuild")
+    assert built["build_seconds"] > 5  # trained here, not copied from the shipped folder
     assert built["cpu_capability"] == shipped["cpu_capability"] == "AVX2"
     assert built["fingerprints"] == shipped["fingerprints"]
     assert (built["teacher_accuracy"], built["student_accuracy"]) == \
