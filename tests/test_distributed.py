@@ -36,7 +36,7 @@ def torchrun(n: int, *args):
 
 def lopd_args(world, out, *extra):
     """A few LOPD steps on the tiny world: its garbage student still gets non-zero per-token advantages."""
-    return ["--method", "lopd", "--world", world.root, "--teacher", f"hf:{world.teacher_path}", "--out", out,
+    return ["--method", "lopd", "--toy-world", world.root, "--teacher", f"hf:{world.teacher_path}", "--out", out,
             "--cache", Path(out).parent / "cache.sqlite", "--prompts-per-step", "4", "--rollouts", "3",
             "--mini-batches", "2", "--max-new-tokens", "16", "--eval-samples", "4", "--eval-every", "0",
             "--save-every", "1", "--log-samples", "-1", *extra]

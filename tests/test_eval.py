@@ -41,7 +41,7 @@ def test_group_auc_skips_single_class_groups():
 
 def test_benchmark_cli_on_the_tiny_world(tiny_world, tmp_path):
     out = tmp_path / "res.json"
-    assert ev.main(["--model", "toy-teacher", "--world", str(tiny_world.root), "--limit", "6",
+    assert ev.main(["--model", "toy-teacher", "--toy-world", str(tiny_world.root), "--limit", "6",
                     "--samples", "4", "--max-new-tokens", "12", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["problems_n"] == 6 and res["samples"] == 4
@@ -62,7 +62,7 @@ def test_benchmark_rejects_rows_without_answers(tmp_path, capsys):
 def test_toy_teacher_is_accurate_end_to_end(small_world, tmp_path):
     """`python eval.py --model toy-teacher --data toy` at the paper's sampling settings."""
     out = tmp_path / "teacher.json"
-    assert ev.main(["--model", "toy-teacher", "--world", str(small_world.root), "--samples", "4",
+    assert ev.main(["--model", "toy-teacher", "--toy-world", str(small_world.root), "--samples", "4",
                     "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["problems_n"] == 64 and res["temperature"] == 1.0 and res["top_p"] == 0.95
@@ -73,7 +73,7 @@ def test_toy_teacher_is_accurate_end_to_end(small_world, tmp_path):
 def test_signal_analysis_on_the_small_world(small_world, tmp_path):
     out = tmp_path / "signal.json"
     assert ev.main(["signal", "--model", "toy", "--teacher", f"toy:{small_world.root}",
-                    "--world", str(small_world.root), "--prompts", "8", "--rollouts", "6",
+                    "--toy-world", str(small_world.root), "--prompts", "8", "--rollouts", "6",
                     "--references", "2", "--cache", str(tmp_path / "c.sqlite"), "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     # a group whose 2 teacher references are both unusable falls back (rare; the references' seeds
@@ -98,7 +98,7 @@ def test_phase_analysis_over_a_run(tiny_world, tmp_path):
     assert ropd.main(tiny_args(tiny_world, tmp_path, method="grpo")) == 0
     out = tmp_path / "phase.json"
     assert ev.main(["phase", "--run", str(tmp_path / "run"), "--teacher", f"toy:{tiny_world.root}",
-                    "--world", str(tiny_world.root), "--limit", "4", "--samples", "2",
+                    "--toy-world", str(tiny_world.root), "--limit", "4", "--samples", "2",
                     "--max-new-tokens", "12", "--out", str(out)]) == 0
     pts = json.loads(out.read_text())["checkpoints"]
     assert [p["step"] for p in pts] == [0, 1, 2]
@@ -107,7 +107,7 @@ def test_phase_analysis_over_a_run(tiny_world, tmp_path):
         assert p["teacher_logprob"] < 0 and p["student_logprob"] < 0
     # with the initial student as its own teacher, step 0's similarity is its own log-prob exactly
     assert ev.main(["phase", "--run", str(tmp_path / "run"), "--teacher", f"hf:{tiny_world.student_path}",
-                    "--world", str(tiny_world.root), "--limit", "4", "--samples", "2",
+                    "--toy-world", str(tiny_world.root), "--limit", "4", "--samples", "2",
                     "--max-new-tokens", "12", "--out", str(out)]) == 0
     same = json.loads(out.read_text())["checkpoints"]
     assert same[0]["teacher_logprob"] == pytest.approx(same[0]["student_logprob"], abs=1e-5)
@@ -142,7 +142,7 @@ def test_thinking_is_off_by_default_and_on_with_the_flag(qwen3_style_model, tiny
     runs = {}
     for name, flags in (("default", []), ("thinking", ["--enable-thinking"])):
         out = tmp_path / f"{name}.json"
-        assert ev.main(["--model", str(path), "--world", str(tiny_world.root), "--limit", "2", "--samples", "1",
+        assert ev.main(["--model", str(path), "--toy-world", str(tiny_world.root), "--limit", "2", "--samples", "1",
                         "--temperature", "0", "--max-new-tokens", "4", "--out", str(out), *flags]) == 0
         runs[name] = json.loads(out.read_text())
     assert runs["default"]["enable_thinking"] is False and runs["thinking"]["enable_thinking"] is True
@@ -153,7 +153,7 @@ def test_thinking_is_off_by_default_and_on_with_the_flag(qwen3_style_model, tiny
 
 def test_benchmark_reports_bootstrap_intervals(tiny_world, tmp_path):
     out = tmp_path / "res.json"
-    assert ev.main(["--model", "toy-teacher", "--world", str(tiny_world.root), "--limit", "8",
+    assert ev.main(["--model", "toy-teacher", "--toy-world", str(tiny_world.root), "--limit", "8",
                     "--samples", "4", "--max-new-tokens", "12", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     right = np.array([p["right"] for p in res["problems"]])
@@ -168,7 +168,7 @@ def test_benchmark_reports_bootstrap_intervals(tiny_world, tmp_path):
 
 def test_math_verify_checker_missing_is_one_line(tiny_world, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "math_verify", None)  # as if it were not installed
-    assert ev.main(["--model", "toy-teacher", "--world", str(tiny_world.root), "--checker", "math-verify",
+    assert ev.main(["--model", "toy-teacher", "--toy-world", str(tiny_world.root), "--checker", "math-verify",
                     "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --checker math-verify needs the math-verify package (pip install math-verify)"]
