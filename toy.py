@@ -109,7 +109,7 @@ def make_problem(rng: random.Random, n_steps: int, max_operand: int = 9,
             return Problem(expr, tuple(steps), value)
 
 
-def make_problems(n: int, seed: int, split: str = "train", steps: tuple[int, ...] = (2, 3),
+def make_problems(n: int, seed: int, split: str = "train", *, steps: tuple[int, ...] = (2, 3),
                   max_operand: int = 9, max_value: int = 99) -> list[Problem]:
     """`n` problems from the train or test (held-out) slice, reproducible from `seed`."""
     if split not in ("train", "test"):
@@ -196,7 +196,7 @@ def build_model(tokenizer, hidden: int, layers: int, heads: int, seed: int, max_
     return model
 
 
-def sft(model, tokenizer, problems: list[Problem], steps: int, batch: int, lr: float, seed: int,
+def sft(model, tokenizer, problems: list[Problem], *, steps: int, batch: int, lr: float, seed: int,
         shortcut: float = 0.0, desc: str = "sft", log=print) -> list[float]:
     """Supervised fine-tuning on worked solutions (loss on completion tokens, EOS included).
 
@@ -442,8 +442,8 @@ class ToyWorld:
     def problems(self, split: str, n: int | None = None, seed: int | None = None) -> list[Problem]:
         c = self.config
         n = n if n is not None else (c.n_test if split == "test" else c.n_train)
-        return make_problems(n, c.seed if seed is None else seed, split, c.steps, c.max_operand,
-                             c.max_value)
+        return make_problems(n, c.seed if seed is None else seed, split, steps=c.steps,
+                             max_operand=c.max_operand, max_value=c.max_value)
 
 
 def cache_dir() -> Path:
@@ -468,10 +468,10 @@ def build(config: ToyConfig | None = None, root: str | Path | None = None, log=p
     shutil.rmtree(tmp, ignore_errors=True)
     tok = build_tokenizer()
     tok.save_pretrained(tmp / "tokenizer")
-    train = make_problems(config.n_train, config.seed, "train", config.steps, config.max_operand,
-                          config.max_value)
-    test = make_problems(config.n_test, config.seed, "test", config.steps, config.max_operand,
-                         config.max_value)
+    train = make_problems(config.n_train, config.seed, "train", steps=config.steps,
+                          max_operand=config.max_operand, max_value=config.max_value)
+    test = make_problems(config.n_test, config.seed, "test", steps=config.steps,
+                         max_operand=config.max_operand, max_value=config.max_value)
     acc = {}
     for name, arch, sft_cfg, seed in (("teacher", config.teacher, config.teacher_sft, config.seed),
                                       ("student", config.student, config.student_sft, config.seed + 1)):
