@@ -184,7 +184,8 @@ def decode(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor) -> list[
 
 class RowSeededSampling:
     """A logits processor for generate() (any callable (input_ids, scores) -> scores; not a
-    subclass of transformers.LogitsProcessor, so that `import grpo` needs torch alone). Samples row i with its own generator, seeded by seeds[i] (the Gumbel-max trick: the argmax
+    subclass of transformers.LogitsProcessor, so that `import grpo` needs torch alone). Samples row i
+    with its own generator, seeded by seeds[i] (the Gumbel-max trick: the argmax
     of logits / temperature + Gumbel noise is a sample of softmax(logits / temperature), after the
     top-p cut). A row's sample then depends on its seed and its own logits only, not on which
     other rows share its batch: the same request gives the same text in any batch, on any number
@@ -677,7 +678,7 @@ class UpdateConfig:
     mini_batches: int = 4          # optimizer steps per pass over the batch, each on whole groups
     epochs: int = 1                # passes over the batch
     grad_clip: float = 1.0         # gradient-norm clip per optimizer step
-    micro_batch: int = 0           # rows per forward/backward (0: a whole mini-batch); the gradient does not depend on it
+    micro_batch: int = 0           # rows per forward/backward (0: a whole mini-batch); not in the gradient
 
 
 def group_rows(groups: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -796,7 +797,8 @@ def sft_update(model, opt, batch: Batch, *, seed: int, update: UpdateConfig, dev
         stats = {"sft_loss": 0.0}
         for mb, weight in micro_batches(mine, whole, micro_batch=update.micro_batch, n_micro=n_micro,
                                         scale=world_size, device=device):
-            value = sft_loss(forward_logprobs(model, mb, temperature=1.0, device=device), mb.completion_mask, norm=n_tok)
+            logp = forward_logprobs(model, mb, temperature=1.0, device=device)
+            value = sft_loss(logp, mb.completion_mask, norm=n_tok)
             (value * weight).backward()
             stats["sft_loss"] += value.item() if weight else 0.0
         per_step.append(optimizer_step(model, opt, sum_stats(stats), grad_clip=update.grad_clip))

@@ -414,8 +414,9 @@ def train(args: Args, log=print) -> dict:
             m["fallbacks"] = apply_failure_policy(rewards.fallback, rewards.groups, max_rate=args.max_fallback_rate,
                                                   where=f"step {step + 1} (last checkpoint: {run.last_ckpt or 'none'})")
             adv = compute_advantages(rewards, args.rollouts, scale=args.adv_scale)
-            batch = grpo.Batch(input_ids=ro.input_ids, attention_mask=ro.attention_mask, completion_mask=ro.completion_mask,
-                               old_logp=ro.old_logp, advantages=adv, ref_logp=ro.ref_logp)
+            batch = grpo.Batch(input_ids=ro.input_ids, attention_mask=ro.attention_mask,
+                               completion_mask=ro.completion_mask, old_logp=ro.old_logp, advantages=adv,
+                               ref_logp=ro.ref_logp)
             m.update(grpo.update_policy(model, opt, batch, group_size=args.rollouts, seed=step_seed, loss=loss,
                                         update=update, device=world.device, temperature=sampling.temperature,
                                         rank=world.rank, world_size=world.size,

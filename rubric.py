@@ -595,8 +595,8 @@ def ropd_reward(complete: CompleteFn, groups: Sequence[Group],
     with fewer than `settings.min_references` teacher answers (default: all K it was given), or whose
     rubric or verdicts are still invalid after `settings.retries` re-asks (a `complete` that returns
     the wrong number of replies counts as invalid, and says so), falls back: reward 0 for all its
-    rollouts, so its advantage is 0 and it teaches nothing; the result says why (the caller counts fallbacks and stops the run
-    above a rate)."""
+    rollouts, so its advantage is 0 and it teaches nothing; the result says why (the caller counts
+    fallbacks and stops the run above a rate)."""
     errors: dict = {}
     rubrics = induce_rubrics(complete, groups, settings, errors=errors)
     graded = verify_blindly(complete, groups, rubrics, settings, errors=errors)
