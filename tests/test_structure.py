@@ -176,3 +176,24 @@ def test_grpo_imports_with_torch_alone(tmp_path):
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert float(r.stdout) == 0.0
+
+
+def test_readme_signatures_are_the_real_ones():
+    """Each `module.function(...)` call written in the README's "The pieces to copy" binds to the
+    function's real signature: the same positional count, every keyword a real parameter."""
+    import importlib
+    import inspect
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("### The pieces to copy")
+    section = readme[start:readme.index("\n## ", start)]
+    calls = [c for c in re.findall(r"`([a-z_]+\.[A-Za-z_]+\(.*?\))`", section) if c.split(".")[0] in MODULES]
+    assert len(calls) >= 5
+    for text in calls:
+        call = ast.parse(text, mode="eval").body
+        module, name = ast.unparse(call.func).split(".")
+        fn = getattr(importlib.import_module(module), name)
+        try:
+            inspect.signature(fn).bind(*[None] * len(call.args), **{k.arg: None for k in call.keywords})
+        except TypeError as e:
+            raise AssertionError(f"README: {text} does not match {module}.{name}{inspect.signature(fn)}: {e}")
