@@ -481,9 +481,8 @@ class ToyTeacher(HFTeacher):
     kind = "toy"
 
     def __init__(self, root: str | None = None, **kw):
-        world = toy.build(root=root) if root else toy.build()
-        self.world = world
-        super().__init__(str(world.teacher_path), **kw)
+        self.toy_world = toy.build(root=root) if root else toy.build()
+        super().__init__(str(self.toy_world.teacher_path), **kw)
 
     def _run(self, requests, role):
         out: list = [None] * len(requests)
