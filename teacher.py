@@ -81,22 +81,23 @@ class Teacher:
     supports_n = False        # can one request return several samples?
     supports_options = False  # does the API take response_format / reasoning_effort?
 
-    def __init__(self, model: str, cache: Cache | str | Path | None = "default", concurrency: int = 8,
+    def __init__(self, model: str, *, cache: Cache | str | Path | None = "default", concurrency: int = 8,
                  rpm: float | None = None, retries: int = 2, timeout: float = 120.0,
                  backoff_base: float = 1.0, backoff_cap: float = 8.0,
                  breaker_threshold: int = 8, breaker_cooldown: float = 30.0):
         self.model = model
         self.cache = open_cache(cache)
         self.timeout = timeout
-        self.transport = Transport(lambda: self.fingerprint, concurrency, rpm, retries, backoff_base,
-                                   backoff_cap, breaker_threshold, breaker_cooldown)
+        self.transport = Transport(lambda: self.fingerprint, concurrency=concurrency, rpm=rpm, retries=retries,
+                                   backoff_base=backoff_base, backoff_cap=backoff_cap,
+                                   breaker_threshold=breaker_threshold, breaker_cooldown=breaker_cooldown)
 
     @property
     def fingerprint(self) -> str:
         """What identifies this teacher's outputs in the cache (not the URL: ports change)."""
         return f"{self.kind}:{self.model}"
 
-    def complete(self, chats: list[list[dict]], n: int = 1, temperature: float | None = None,
+    def complete(self, chats: list[list[dict]], *, n: int = 1, temperature: float | None = None,
                  max_tokens: int = 1024, role: str = "teacher", first_sample: int = 0,
                  return_exceptions: bool = False, valid=None, options: dict | None = None,
                  reuse_later: int = 0) -> list[list]:
@@ -130,8 +131,9 @@ class Teacher:
                 continue
             # one request for all of a chat's missing samples where the API returns n, else one each
             for part in [missing] if self.supports_n else [[m] for m in missing]:
-                pending.append((ci, Request(chat, len(part), temperature, max_tokens, [k for _, k in part], options),
-                                [j for j, _ in part]))
+                req = Request(chat=chat, n=len(part), temperature=temperature, max_tokens=max_tokens,
+                              keys=[k for _, k in part], options=options)
+                pending.append((ci, req, [j for j, _ in part]))
         if pending:
             results = self._run([r for _, r, _ in pending], role)
             for (ci, req, slots), res in zip(pending, results):
@@ -148,7 +150,7 @@ class Teacher:
                         self.cache.put(key, text, tin // len(texts), tout // len(texts))
         return out
 
-    def as_judge(self, max_tokens: int, temperatures: dict | None = None, json_mode: bool = False,
+    def as_judge(self, max_tokens: int, *, temperatures: dict | None = None, json_mode: bool = False,
                  reasoning_effort: str | None = None, retries: int = 2) -> rubric.CompleteFn:
         """This backend as the `complete(chats, stage, attempt, valid, tag)` that rubric.py's judges
         call: one sample per chat at the stage's temperature (`temperatures`: stage -> value; a
@@ -201,10 +203,11 @@ class Teacher:
 
     def _run(self, requests: list[Request], role: str) -> list:
         """Send the requests with bounded concurrency; each gets its own retries."""
-        return self.transport.send_all([functools.partial(self._request, r.chat, r.n, r.temperature,
-                                                          r.max_tokens, r.options) for r in requests], role)
+        return self.transport.send_all([functools.partial(self._request, r.chat, n=r.n, temperature=r.temperature,
+                                                          max_tokens=r.max_tokens, options=r.options)
+                                        for r in requests], role)
 
-    def _request(self, chat, n, temperature, max_tokens, options) -> tuple[list[str], int, int]:
+    def _request(self, chat, *, n, temperature, max_tokens, options) -> tuple[list[str], int, int]:
         raise NotImplementedError
 
 
@@ -255,7 +258,7 @@ class OpenAITeacher(Teacher):
             out["reasoning_effort"] = reasoning_effort
         return out
 
-    def _request(self, chat, n, temperature, max_tokens, options):
+    def _request(self, chat, *, n, temperature, max_tokens, options):
         kwargs = dict(model=self.model, messages=chat, n=n, max_completion_tokens=max_tokens, **options)
         if temperature is not None:
             kwargs["temperature"] = temperature
@@ -374,7 +377,7 @@ class AnthropicTeacher(Teacher):
     def fingerprint(self) -> str:
         return served_fingerprint(self.kind, self.model, self.base_url)
 
-    def _request(self, chat, n, temperature, max_tokens, options):
+    def _request(self, chat, *, n, temperature, max_tokens, options):
         system = "\n\n".join(m["content"] for m in chat if m["role"] == "system")
         messages = [m for m in chat if m["role"] != "system"]
         kwargs = dict(model=self.model, messages=messages, max_tokens=max_tokens)
@@ -452,7 +455,7 @@ class HFTeacher(Teacher):
         with torch.no_grad():
             return grpo.token_logprobs(self.hf_model, input_ids.to(self.device),
                                        attention_mask.to(self.device), n_completion,
-                                       temperature).float().cpu()
+                                       temperature=temperature).float().cpu()
 
 
 def content_fingerprint(folder: Path, block: int = 1 << 20, whole_below: int = 256 << 20) -> str:
@@ -480,9 +483,8 @@ class ToyTeacher(HFTeacher):
     kind = "toy"
 
     def __init__(self, root: str | None = None, **kw):
-        world = toy.load_world(root)
-        self.world = world
-        super().__init__(str(world.teacher_path), **kw)
+        self.toy_world = toy.load_world(root)
+        super().__init__(str(self.toy_world.teacher_path), **kw)
 
     def _run(self, requests, role):
         out: list = [None] * len(requests)
@@ -547,7 +549,7 @@ def load_teacher_and_judge(teacher: str, judge: str | None = None, **kw) -> tupl
     return t, (t if not judge or judge == teacher else load(judge, **kw))
 
 
-def references(teacher: Teacher, chats: list, k: int, temperature: float | None, max_tokens: int,
+def references(teacher: Teacher, chats: list, *, k: int, temperature: float | None, max_tokens: int,
                new_settings: bool = False) -> list[list[str]]:
     """Eq. 1: K answers of the teacher per prompt (the official code's "teacher index"). They do not
     depend on the student, so the cache makes them a one-time cost: a rerun, a resumed run or
@@ -764,7 +766,7 @@ class Transport:
     honouring Retry-After), bounded concurrency (a thread pool), a requests-per-minute limit and a
     per-role circuit breaker; usage is counted per role."""
 
-    def __init__(self, name, concurrency: int = 8, rpm: float | None = None, retries: int = 2,
+    def __init__(self, name, *, concurrency: int = 8, rpm: float | None = None, retries: int = 2,
                  backoff_base: float = 1.0, backoff_cap: float = 8.0, breaker_threshold: int = 8,
                  breaker_cooldown: float = 30.0):
         self.name = name  # -> the teacher's fingerprint, for messages
@@ -815,8 +817,8 @@ class Transport:
                     after = _retry_after(e)
                     if after is not None:
                         wait = max(wait, min(after, 60.0))
-                    log.warning("%s [%s] %s; retry %d/%d in %.1fs", self.name(), role,
-                                describe(e), attempt + 1, self.retries, wait)
+                    log.warning(f"{self.name()} [{role}] {describe(e)}; retry {attempt + 1}/{self.retries} "
+                                f"in {wait:.1f}s")
                     self.count(role, retries=1)
                     time.sleep(wait)
                     continue

@@ -146,7 +146,7 @@ def make_problem(rng: random.Random, n_steps: int, max_operand: int = 9,
             return Problem(expr, tuple(steps), value)
 
 
-def make_problems(n: int, seed: int, split: str = "train", steps: tuple[int, ...] = (2, 3),
+def make_problems(n: int, seed: int, split: str = "train", *, steps: tuple[int, ...] = (2, 3),
                   max_operand: int = 9, max_value: int = 99) -> list[Problem]:
     """`n` problems from the train or test (held-out) slice, reproducible from `seed`."""
     if split not in ("train", "test"):
@@ -578,8 +578,8 @@ class ToyWorld:
     def problems(self, split: str, n: int | None = None, seed: int | None = None) -> list[Problem]:
         c = self.config
         n = n if n is not None else (c.n_test if split == "test" else c.n_train)
-        return make_problems(n, c.seed if seed is None else seed, split, c.steps, c.max_operand,
-                             c.max_value)
+        return make_problems(n, c.seed if seed is None else seed, split, steps=c.steps,
+                             max_operand=c.max_operand, max_value=c.max_value)
 
 
 def cache_dir() -> Path:
@@ -606,8 +606,9 @@ def _build_part(config: ToyConfig, role: str, folder: Path, log) -> float:
     tok = build_tokenizer(merges=merges)
     arch, sft_cfg = (config.teacher, config.teacher_sft) if role == "teacher" else (config.student, config.student_sft)
     seed = config.seed if role == "teacher" else config.seed + 1
-    train = make_problems(config.n_train, config.seed, "train", config.steps, config.max_operand, config.max_value)
-    test = make_problems(config.n_test, config.seed, "test", config.steps, config.max_operand, config.max_value)
+    task = dict(steps=config.steps, max_operand=config.max_operand, max_value=config.max_value)
+    train = make_problems(config.n_train, config.seed, "train", **task)
+    test = make_problems(config.n_test, config.seed, "test", **task)
     model = build_model(tok, seed=seed, **arch)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{role}: {n_params / 1e6:.2f}M parameters ({arch.get('arch', 'qwen2')}, "
