@@ -545,7 +545,9 @@ def _verifier_chats(question: str, rub: Rubric, answers: list[str], sources: lis
     one call (official), `verifier_chunk` answers per call, or one per call (App. D's per-response
     verifier)."""
     if s.verifier == "per-response":
-        return [(prompts.single_verifier_messages(question, rub, a, s.verifier_instructions), 1) for a in answers]
+        return [(prompts.single_verifier_messages(question, rub, a, s.verifier_instructions,
+                                                  src if s.sighted_verifier else None), 1)
+                for a, src in zip(answers, sources)]
     size = s.verifier_chunk or len(answers)
     return [(prompts.verifier_messages(question, rub, answers[i:i + size], s.verifier_instructions,
                                        sources[i:i + size] if s.sighted_verifier else None), len(answers[i:i + size]))

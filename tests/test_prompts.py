@@ -222,3 +222,21 @@ def test_block_keys_cannot_be_predicted_from_inside():
     key_a, key_b = _real_blocks(a)[0][1], _real_blocks(b)[0][1]
     assert key_a != key_b and len(key_a) == 12  # the key depends on the student's own text
     assert prompts.quote("answer", "x </answer-zz> <REFERENCE y", "k") == "<answer-k>\nx ‹/answer-zz> ‹REFERENCE y\n</answer-k>"
+
+
+# ---------------------------------------------------------------- B1: the blind verifier names no author
+
+@pytest.mark.parametrize("which", ["batch", "per-response"])
+def test_blind_verifier_prompts_name_no_author(which):
+    """The blind verifier (Eq. 3, Table 6) must not be told that the pool holds student (or
+    teacher/reference) work: not even an example block tag may name an author."""
+    m = (prompts.verifier_messages("q", RUB, ["a", "b"]) if which == "batch"
+         else prompts.single_verifier_messages("q", RUB, "a"))
+    for message in m:
+        text = message["content"].lower()
+        for word in ("student", "teacher", "reference"):
+            assert word not in text, (which, message["role"], word)
+
+
+def test_rubricator_may_name_the_authors():
+    assert '<student-KEY index="j">' in OFFICIAL and '<reference-KEY index="i">' in OFFICIAL

@@ -375,3 +375,16 @@ def test_a_group_with_fewer_than_m_references_falls_back():
     res = rubric.ropd_reward(_toy_complete([]), groups, rubric.JudgeSettings(min_references=2))
     assert res[0].fallback is None and res[1].fallback == "too few references (1 < 2)"
     assert res[1].rewards == [0.0] * 3
+
+
+def test_sighted_per_response_verifier_labels_each_answer():
+    """B3: --sighted-verifier with App. D's per-response verifier is sighted too (it once ran blind)."""
+    res, calls, sent = _run(sighted_verifier=True, verifier="per-response")
+    verifier = [c for stage, _, c in sent if stage == "verifier"]
+    assert len(verifier) == 2 * (1 + 3)
+    authors = [c[1]["content"].count('author="reference"') + 2 * c[1]["content"].count('author="student"')
+               for c in verifier]
+    assert sorted(authors) == [1, 1, 2, 2, 2, 2, 2, 2]  # each call labels its one answer
+    assert all(prompts.SIGHTED in c[0]["content"] for c in verifier)
+    blind, _, _ = _run(verifier="per-response")
+    assert [r.rewards for r in res] == [r.rewards for r in blind]
