@@ -14,7 +14,9 @@ message that says what was wrong; ask_judge re-asks, and a group that stays unsc
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -25,7 +27,14 @@ from prompts import (MAX_CRITERIA, MIN_CRITERIA, OVD_SCHEMA, PAPER_VERDICT_SCHEM
 
 
 class JudgeFormatError(ValueError):
-    """The judge's output could not be turned into a valid rubric or verdict list."""
+    """The judge's output could not be turned into a valid rubric or verdict list. `kind` is what
+    went wrong, as the official code tells failures apart for its per-stage re-ask counts: "empty",
+    "parse" (no JSON value), "schema" (not the asked-for shape) or "validation" (the shape, but
+    counts, ranges or ids wrong)."""
+
+    def __init__(self, message: str, kind: str = "validation"):
+        super().__init__(message)
+        self.kind = kind
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,7 +186,7 @@ def extract_json(text: str, want: Callable[[object], bool] | None = None):
     are ignored, common slips repaired, so "Grading answers [1] and [2]: {...}" gives the object,
     not [1]. Raises JudgeFormatError when no value can be read."""
     if not text or not text.strip():
-        raise JudgeFormatError("empty judge output")
+        raise JudgeFormatError("empty judge output", "empty")
     text = strip_reasoning(text)
     first = None
     for cand in [m.group(1) for m in _FENCE.finditer(text)] + [text]:
@@ -188,8 +197,8 @@ def extract_json(text: str, want: Callable[[object], bool] | None = None):
     if first is not None:
         return first
     if _OPENER.search(text):
-        raise JudgeFormatError("judge output has no complete, valid JSON value (truncated or malformed)")
-    raise JudgeFormatError("judge output contains no JSON")
+        raise JudgeFormatError("judge output has no complete, valid JSON value (truncated or malformed)", "parse")
+    raise JudgeFormatError("judge output contains no JSON", "parse")
 
 
 def _list_under(v, keys) -> list | None:
@@ -210,7 +219,7 @@ def _check_schema(data, expected: str):
     """A schema_version, when the judge gave one, must be the one asked for."""
     got = data.get("schema_version", data.get("schema")) if isinstance(data, dict) else None
     if got is not None and got != expected:
-        raise JudgeFormatError(f"schema_version {got!r}; expected {expected!r}")
+        raise JudgeFormatError(f"schema_version {got!r}; expected {expected!r}", "schema")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,14 +253,14 @@ def parse_rubric(text: str, min_criteria: int = MIN_CRITERIA, max_criteria: int 
     _check_schema(data, RUBRIC_SCHEMAS[variant])
     items = _list_under(data, RUBRIC_KEYS)
     if items is None:
-        raise JudgeFormatError("rubric JSON has no 'rubrics' list")
+        raise JudgeFormatError("rubric JSON has no 'rubrics' list", "schema")
     if not min_criteria <= len(items) <= max_criteria:
         raise JudgeFormatError(f"rubric has {len(items)} criteria; expected {min_criteria}-{max_criteria}")
     criteria, seen = [], set()
     for k, item in enumerate(items):
         where = f"criterion {k + 1}"
         if not isinstance(item, dict):
-            raise JudgeFormatError(f"{where} is not an object")
+            raise JudgeFormatError(f"{where} is not an object", "schema")
         cid = str(item.get("criterion_id", item.get("id", f"c{k + 1}"))).strip() or f"c{k + 1}"
         if cid in seen:
             raise JudgeFormatError(f"duplicate criterion id {cid!r}")
@@ -309,13 +318,13 @@ def parse_verdicts(text: str, rubric: Rubric, n_answers: int) -> list[list[bool]
     _check_schema(data, VERDICT_SCHEMA)
     results = _list_under(data, VERDICT_KEYS)
     if results is None:
-        raise JudgeFormatError("verdict JSON has no 'answers' list")
+        raise JudgeFormatError("verdict JSON has no 'answers' list", "schema")
     if len(results) != n_answers:
         raise JudgeFormatError(f"verdict has {len(results)} answers; expected {n_answers}")
     out: list[list[bool] | None] = [None] * n_answers
     for k, r in enumerate(results):
         if not isinstance(r, dict):
-            raise JudgeFormatError(f"verdict entry {k + 1} is not an object")
+            raise JudgeFormatError(f"verdict entry {k + 1} is not an object", "schema")
         idx = r.get("answer_index", k + 1)
         try:
             idx = int(idx)
@@ -330,6 +339,36 @@ def parse_verdicts(text: str, rubric: Rubric, n_answers: int) -> list[list[bool]
     return out  # type: ignore[return-value]
 
 
+def judge_scores(text: str, n_answers: int, per_response: bool = False) -> list[float]:
+    """--reward final-score: the verifier's own total per answer (answer order 1..n): the batch
+    verifier's `final_score`, or App. D's per-response `weighted_score`. The official code's reward
+    is this total / the rubric's maximum score (not recomputed from the booleans, see `score`). Call
+    it on a text whose verdicts parsed; a total that is missing or not a number is rejected."""
+    key = "weighted_score" if per_response else "final_score"
+    if per_response:
+        data = extract_json(text, lambda v: isinstance(v, dict) and key in v)
+        entries = [data]
+    else:
+        data = extract_json(text, lambda v: isinstance(v, dict) and isinstance(_list_under(v, VERDICT_KEYS), list)
+                            and len(_list_under(v, VERDICT_KEYS)) == n_answers)
+        entries = sorted(_list_under(data, VERDICT_KEYS) or [],
+                         key=lambda r: int(r.get("answer_index", 0)) if isinstance(r, dict) else 0)
+    out = []
+    for k, r in enumerate(entries):
+        value = r.get(key) if isinstance(r, dict) else None
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise JudgeFormatError(f"answer {k + 1}: no numeric {key} (got {value!r})", "schema")
+        out.append(float(value))
+    if len(out) != n_answers:
+        raise JudgeFormatError(f"{len(out)} {key} values; expected {n_answers}", "validation")
+    return out
+
+
 def parse_single_verdict(text: str, rubric: Rubric) -> list[bool]:
     """Eq. 3, App. D's per-response verifier: {"schema_version": "black_opd.verifier.v1",
     "judgements": [...], "weighted_score", "pass_rate"} -> the booleans (the scores are ignored)."""
@@ -337,7 +376,7 @@ def parse_single_verdict(text: str, rubric: Rubric) -> list[bool]:
     data = extract_json(text, has_judgements)
     _check_schema(data, PAPER_VERDICT_SCHEMA)
     if not has_judgements(data):
-        raise JudgeFormatError("verdict JSON has no 'judgements' list")
+        raise JudgeFormatError("verdict JSON has no 'judgements' list", "schema")
     return _judgement(data.get("judgements", data.get("judgement")), rubric, "response")
 
 
@@ -443,6 +482,25 @@ class JudgeSettings:
     per_rollout_rubrics: bool = False  # Table 6 "w/o sharing": one rubric per (references, rollout)
     sighted_verifier: bool = False     # Table 6 "w/o blind scoring": the verifier knows who wrote what
     pool_references: bool = True       # False: a pool of the rollouts alone (no difficulty anchor)
+    reward: str = "pass-rate"          # "pass-rate" (Eq. 4, recomputed) or "final-score" (the judge's own total,
+    #                                    as the official code's reward)
+    retry_policy: str = "uniform"      # "uniform": `retries` re-asks for any failure; "official": per stage and
+    #                                    failure kind (OFFICIAL_REASKS)
+
+
+# The official providers file's re-ask counts per stage and kind of failure. A "transport" failure
+# is a request that failed after its own transport retries (teacher.Transport). The verifier's
+# step retry (the whole call once more on a timeout, HTTP error, empty or incomplete output or an
+# open circuit) is folded in: transport 0 + 1; empty 1 response re-ask, twice over: 3.
+OFFICIAL_REASKS = {
+    "rubricator": {"empty": 0, "parse": 0, "schema": 2, "validation": 2, "transport": 0},
+    "verifier": {"empty": 3, "parse": 1, "schema": 1, "validation": 0, "transport": 1},
+}
+
+
+def reask_budget(s: "JudgeSettings", stage: str):
+    """How many times `stage` re-asks: an int (any failure) or kind -> count (the official policy)."""
+    return OFFICIAL_REASKS[stage] if s.retry_policy == "official" and stage in OFFICIAL_REASKS else s.retries
 
 
 # complete(chats, stage, attempt, valid, tag) -> one text (or an Exception) per chat. `valid(i,
@@ -451,12 +509,15 @@ class JudgeSettings:
 CompleteFn = Callable[..., list]
 
 
-def ask_judge(complete: CompleteFn, chats: dict, stage: str, retries: int, parse, errors: dict,
+def ask_judge(complete: CompleteFn, chats: dict, stage: str, retries, parse, errors: dict,
               tag: str | None = None):
-    """Send chats (key -> messages), parse each reply; re-ask only the failed ones, up to `retries`
-    more times. Returns key -> parsed value for those that succeeded; errors[key] lists why not."""
+    """Send chats (key -> messages), parse each reply; re-ask only the failed ones: up to `retries`
+    more times (an int), or up to retries[kind] times per kind of failure (a dict: the official
+    per-stage policy; kinds are JudgeFormatError.kind, or "transport" for a request that failed).
+    Returns key -> parsed value for those that succeeded; errors[key] lists why not."""
     done, todo = {}, dict(chats)
-    for attempt in range(retries + 1):
+    used: dict = {}
+    for attempt in itertools.count():
         if not todo:
             break
         keys = list(todo)
@@ -477,6 +538,10 @@ def ask_judge(complete: CompleteFn, chats: dict, stage: str, retries: int, parse
                 del todo[k]
             except Exception as e:  # JudgeFormatError or a transport error after its own retries
                 errors.setdefault(k, []).append(f"{stage}: {type(e).__name__}: {e}")
+                kind = getattr(e, "kind", "transport")
+                used[k, kind] = used.get((k, kind), 0) + 1
+                if (used[k, kind] > retries.get(kind, 0)) if isinstance(retries, dict) else attempt >= retries:
+                    del todo[k]
     return done
 
 
@@ -495,7 +560,7 @@ def induce_rubrics(complete: CompleteFn, groups: Sequence[Group], s: JudgeSettin
         for u, rollouts in enumerate(_units(g, s)):
             chats[(gi, u)] = prompts.rubricator_messages(g.question, refs, rollouts, s.min_criteria,
                                                          s.max_criteria, s.rubricator_instructions, s.rubric_prompt)
-    return ask_judge(complete, chats, "rubricator", s.retries,
+    return ask_judge(complete, chats, "rubricator", reask_budget(s, "rubricator"),
                      lambda k, t: parse_rubric(t, s.min_criteria, s.max_criteria, s.rubric_prompt), errors,
                      RUBRIC_SCHEMAS[s.rubric_prompt])
 
@@ -513,7 +578,8 @@ def verify_blindly(complete: CompleteFn, groups: Sequence[Group], rubrics: dict,
     answers per call, or one call per answer: App. D's per-response verifier). The references stay
     in the pool: they anchor the scale across problem difficulties (§4.3); Table 6's ablations
     label them (sighted_verifier) or leave them out (pool_references=False). Returns (group, unit)
-    -> [((source, index), judgement), ...] for the units whose every call parsed."""
+    -> [((source, index), judgement, the judge's own total or None), ...] for the units whose every
+    call parsed (the total only with reward="final-score")."""
     pools, chats, sizes = {}, {}, {}
     for (gi, u), rub in rubrics.items():
         g = groups[gi]
@@ -526,17 +592,19 @@ def verify_blindly(complete: CompleteFn, groups: Sequence[Group], rubrics: dict,
             chats[(gi, u, c)], sizes[(gi, u, c)] = chat, n
 
     def parse_chunk(key, text):
-        if s.verifier == "per-response":
-            return [parse_single_verdict(text, rubrics[key[:2]])]
-        return parse_verdicts(text, rubrics[key[:2]], sizes[key])
+        """-> [(judgement, the judge's own total or None)] per answer of the call."""
+        one = s.verifier == "per-response"
+        got = [parse_single_verdict(text, rubrics[key[:2]])] if one else parse_verdicts(text, rubrics[key[:2]], sizes[key])
+        totals = judge_scores(text, sizes[key], one) if s.reward == "final-score" else [None] * len(got)
+        return list(zip(got, totals))
 
     tag = PAPER_VERDICT_SCHEMA if s.verifier == "per-response" else VERDICT_SCHEMA
-    verdicts = ask_judge(complete, chats, "verifier", s.retries, parse_chunk, errors, tag)
+    verdicts = ask_judge(complete, chats, "verifier", reask_budget(s, "verifier"), parse_chunk, errors, tag)
     graded = {}
     for unit, (_, owners) in pools.items():
         keys = [k for k in chats if k[:2] == unit]
         if all(k in verdicts for k in keys):
-            graded[unit] = list(zip(owners, [v for k in keys for v in verdicts[k]]))
+            graded[unit] = [(o, j, total) for o, (j, total) in zip(owners, [v for k in keys for v in verdicts[k]])]
     return graded
 
 
@@ -556,17 +624,20 @@ def _verifier_chats(question: str, rub: Rubric, answers: list[str], sources: lis
 
 def weighted_pass_rates(group: Group, units: list[tuple[Rubric, list]]) -> GroupResult:
     """Eq. 4: every pooled answer's weighted pass rate under its rubric (see `score`), given back to
-    its owner. The rollouts' scores are their rewards; the references' (averaged over the rubrics
-    that graded them) are only logged - how often a student beat every reference - never a reward."""
+    its owner; or, where the verifier's own total came with it (--reward final-score, the official
+    code's reward), that total / the rubric's maximum score, as the judge wrote it (a judge that
+    adds wrongly moves the reward; nothing clips it). The rollouts' scores are their rewards; the
+    references' (averaged over the rubrics that graded them) are only logged, never a reward."""
     refs = dedupe(group.references)
     res = GroupResult([0.0] * len(group.rollouts), [rub for rub, _ in units], [None] * len(group.rollouts), refs)
     ref_sums, refs_in_pool = [0.0] * len(refs), False
     for rub, graded in units:
-        for (src, i), judgement in graded:
+        for (src, i), judgement, total in graded:
+            value = score(rub, judgement) if total is None else total / rub.maximum_score
             if src == "student":
-                res.rewards[i], res.judgements[i] = score(rub, judgement), judgement
+                res.rewards[i], res.judgements[i] = value, judgement
             else:
-                ref_sums[i] += score(rub, judgement)
+                ref_sums[i] += value
                 refs_in_pool = True
     res.reference_scores = [x / len(units) for x in ref_sums] if refs_in_pool else []
     return res
