@@ -28,7 +28,9 @@ from typing import Callable, Sequence
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "micro-token-mean")
+ADV_SCALES = ("none", "std", "eq6")
+RATIOS = ("token", "sequence")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -438,16 +440,19 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "none"
     """Eq. 6 (Alg. 1 line 20): A_i = s_i - mean_{j in group(i)} s_j, one advantage per rollout.
 
     scale="none" is the official ROPD code (Dr. GRPO-style: no division, so easy and hard prompts
-    keep their natural scale); scale="std" is the paper's, as Alg. 1 line 20 writes it:
-    (s_i - mean) / sqrt(var + eps), the group's population variance (ddof 0), eps inside the root.
-    A group whose rewards are all equal gets zero advantage either way.
+    keep their natural scale); the paper writes the division by the group's spread twice, in two
+    forms: scale="std" is Alg. 1 line 20's (s_i - mean) / sqrt(var + eps), scale="eq6" is Eq. 6's
+    (s_i - mean) / (std + eps); both use the group's population variance (ddof 0).
+    A group whose rewards are all equal gets zero advantage in every form.
     """
-    if scale not in ("none", "std"):
-        raise ValueError(f"scale must be 'none' or 'std', got {scale!r}")
+    if scale not in ADV_SCALES:
+        raise ValueError(f"scale must be one of {ADV_SCALES}, got {scale!r}")
     r = rewards.float().view(-1, group_size)
     adv = r - r.mean(dim=1, keepdim=True)
     if scale == "std":
         adv = adv / torch.sqrt(r.var(dim=1, unbiased=False, keepdim=True) + eps)
+    elif scale == "eq6":
+        adv = adv / (r.std(dim=1, unbiased=False, keepdim=True) + eps)
     return adv.view(-1)
 
 
@@ -474,9 +479,10 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
                 mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.28,
                 agg: str = "token-mean", ref_logp: torch.Tensor | None = None, beta: float = 0.0,
                 clip_c: float | None = None, norm: float | None = None,
-                max_len: int | None = None) -> tuple[torch.Tensor, dict]:
+                max_len: int | None = None, ratio_level: str = "token") -> tuple[torch.Tensor, dict]:
     """Eqs. 7-8 (Alg. 1 line 25): the importance-weighted clipped objective (PPO-clip, as in
-    GRPO/DAPO/verl), with the token-level ratio of the official code.
+    GRPO/DAPO/verl), with the token-level ratio of the official code and of Eqs. 7-8
+    (ratio_level="sequence": Alg. 1 line 25's, see sequence_policy_loss).
 
     Per token t of rollout i, with ratio r = exp(logp - old_logp):
         l_t = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))           (asymmetric clip)
@@ -488,6 +494,9 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     """
     if agg not in AGGREGATIONS:
         raise ValueError(f"agg must be one of {AGGREGATIONS}, got {agg!r}")
+    if ratio_level == "sequence":
+        return sequence_policy_loss(logp, old_logp, advantages, mask, clip_low, clip_high, ref_logp, beta,
+                                    clip_c=clip_c, norm=norm)
     mask = mask.to(logp.dtype)
     adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
     adv = adv.to(logp.dtype).expand_as(logp)
@@ -509,16 +518,55 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     return loss, _loss_stats(mask, ratio, log_ratio, pg, pg_clipped > pg_unclipped, dual, kl)
 
 
+MAX_LOG_RATIO = 20.0  # a sequence's log-ratio is clamped here before exp (verl clamps each token's alike)
+
+
+def sequence_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                         clip_low: float = 0.2, clip_high: float = 0.28, ref_logp: torch.Tensor | None = None,
+                         beta: float = 0.0, *, clip_c: float | None = None,
+                         norm: float | None = None) -> tuple[torch.Tensor, dict]:
+    """Alg. 1 line 25: the clipped objective with one importance ratio per rollout,
+    rho_i = pi_theta(y_i | x) / pi_theta_old(y_i | x) = exp(sum_t (logp - old_logp)) (the log-ratio
+    clamped to +-MAX_LOG_RATIO), l_i = max(-A_i rho_i, -A_i clip(rho_i, 1 - clip_low, 1 + clip_high)),
+    dual-clipped like the token form, plus beta times the rollout's mean k3 KL; averaged over the
+    rollouts (1/G sum_i, `norm` overriding the count). `advantages` is one per rollout."""
+    if advantages.dim() != 1:
+        raise ValueError("a sequence-level ratio needs one advantage per rollout (not per-token advantages)")
+    mask = mask.to(logp.dtype)
+    adv = advantages.to(logp.dtype)
+    seq_log_ratio = ((logp - old_logp) * mask).sum(-1).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+    ratio = torch.exp(seq_log_ratio)
+    pg_unclipped = -adv * ratio
+    pg_clipped = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    pg = torch.maximum(pg_unclipped, pg_clipped)
+    dual = torch.zeros_like(pg, dtype=torch.bool)
+    if clip_c is not None:
+        dual = (adv < 0) & (pg > -adv * clip_c)
+        pg = torch.where(dual, -adv * clip_c, pg)
+    kl = None
+    if ref_logp is not None and beta != 0.0:
+        d = ref_logp - logp
+        kl = torch.exp(d) - d - 1.0
+        pg = pg + beta * (kl * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    loss = pg.sum() / (mask.shape[0] if norm is None else norm)
+    tok = lambda x: x.unsqueeze(-1).expand_as(logp)  # noqa: E731 - the stats are per token, as the token form's
+    return loss, _loss_stats(mask, tok(ratio), tok(seq_log_ratio) / mask.sum(-1, keepdim=True).clamp(min=1.0),
+                             tok(pg), tok(pg_clipped > pg_unclipped), tok(dual), kl)
+
+
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, agg: str = "token-mean",
               norm: float | None = None, max_len: int | None = None) -> torch.Tensor:
     """The loss's normalisation (the classic source of silent bugs), over the valid tokens:
         token-mean              sum_i sum_t l / (number of valid tokens)       DAPO, official ROPD
         seq-mean-token-mean     sum_i (sum_t l / |y_i|) / (number of rollouts)   original GRPO
         seq-mean-token-sum-norm sum_i (sum_t l / max_len) / (number of rollouts) Dr. GRPO
+        micro-token-mean        token-mean of each micro-batch, averaged over the micro-batches:
+                                the official code's (verl's dp_actor, micro-batches of 2 rollouts);
+                                the gradient depends on the micro-batch size (see clipped_loss_fn)
     `norm` overrides the denominator (valid tokens, or rollouts): with gradient accumulation pass
     the whole mini-batch's count, so the gradient does not depend on the micro-batch size.
     `max_len` is Dr. GRPO's constant (default: this batch's padded length)."""
-    if agg == "token-mean":
+    if agg in ("token-mean", "micro-token-mean"):
         return (per_token * mask).sum() / (mask.sum().clamp(min=1.0) if norm is None else norm)
     if agg == "seq-mean-token-mean":
         per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
@@ -647,6 +695,8 @@ class LossConfig:
     agg: str = "token-mean"        # see aggregate
     kl_beta: float = 0.0           # k3 KL to the initial student (paper text; 0 in the code)
     max_len: int | None = None     # Dr. GRPO's constant length
+    ratio: str = "token"           # "token" (code, Eqs. 7-8) or "sequence" (Alg. 1 line 25)
+    micro_batch: int = 2           # agg="micro-token-mean": rollouts per micro-batch (the official 2)
 
 
 # loss_fn(logp [n, T], micro-batch, whole mini-batch) -> (loss, stats): the loss is normalised by
@@ -660,15 +710,22 @@ def clipped_loss_fn(cfg: LossConfig) -> LossFn:
 
     The classic bug is a per-micro-batch mean, which over-weights the tokens of short
     micro-batches: with the whole mini-batch's count the accumulated gradient is the same for any
-    micro-batch size."""
+    micro-batch size. The official code has that weighting, and agg="micro-token-mean" gives it:
+    each micro-batch's token-mean / the number of micro-batches of `cfg.micro_batch` rollouts in
+    the mini-batch (the micro-batches run must be of that size: ropd.py sets --micro-batch)."""
     def loss_fn(logp, mb, whole):
         n_tok = float(whole.completion_mask.sum().clamp(min=1))
-        norm = n_tok if cfg.agg == "token-mean" else float(len(whole))
+        if cfg.ratio == "sequence" or cfg.agg not in ("token-mean", "micro-token-mean"):
+            norm = float(len(whole))  # a mean over rollouts (Alg. 1 line 25's 1/G sum_i; seq-mean-*)
+        elif cfg.agg == "micro-token-mean":
+            norm = float(mb.completion_mask.sum().clamp(min=1)) * -(-len(whole) // cfg.micro_batch)
+        else:
+            norm = n_tok
         # one update per batch: pi_theta_old is the policy right now, so the ratio is exactly 1
         old = logp.detach() if mb.old_logp is None else mb.old_logp
         loss, st = policy_loss(logp, old, mb.advantages, mb.completion_mask, cfg.clip_low,
                                cfg.clip_high, cfg.agg, mb.ref_logp, cfg.kl_beta, cfg.clip_c,
-                               norm=norm, max_len=cfg.max_len)
+                               norm=norm, max_len=cfg.max_len, ratio_level=cfg.ratio)
         w = float(mb.completion_mask.sum()) / n_tok  # token-weighted average of the stats
         return loss, {k: w * v for k, v in st.items()}
     return loss_fn
