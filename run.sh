@@ -30,7 +30,7 @@ if [ "$QUICK" = 1 ]; then
 else
   STEPS=60; EVAL_EVERY=5; EVAL_SAMPLES=200; SEEDS=${SEEDS:-"0 1"}; OUT=${OUT:-results}
 fi
-METHODS="ropd lopd exopd tjudge ovd sft grpo"
+METHODS="ropd lopd exopd tjudge ovd gad sft grpo"
 
 # 1. the environment: this python if it has the requirements, else .venv (created once)
 PY=${PYTHON:-python3}
