@@ -153,6 +153,36 @@ def _mean_over_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
+@torch.no_grad()
+def topk_hits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int, k: int = 24,
+              batch: int = 8) -> torch.Tensor:
+    """[N, T]: 1 where the completion's token is among `model`'s k most likely tokens at its position
+    (§4.2's top-24 token overlap of the student's samples with the teacher's distribution)."""
+    device = next(model.parameters()).device
+    out = []
+    for s in range(0, input_ids.shape[0], batch):
+        ids, attn = input_ids[s:s + batch].to(device), attention_mask[s:s + batch].to(device)
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, -n_completion - 1:-1]
+        top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices
+        out.append((top == ids[:, -n_completion:, None]).any(-1).float().cpu())
+    return torch.cat(out)
+
+
+def bad_update_rate(scores, labels, group_size: int) -> float:
+    """Table A4's "Bad-upd." (our reading): over the groups with both right and wrong rollouts, the
+    share of rollouts whose group-centred signal (the GRPO advantage it would give) points the
+    wrong way: a right rollout below its group's mean, or a wrong one above it. NaN without such
+    groups."""
+    s = np.asarray(scores, dtype=float).reshape(-1, group_size)
+    y = np.asarray(labels, dtype=bool).reshape(-1, group_size)
+    mixed = y.any(1) & ~y.all(1)
+    if not mixed.any():
+        return float("nan")
+    adv = s[mixed] - s[mixed].mean(1, keepdims=True)
+    bad = (y[mixed] & (adv < 0)) | (~y[mixed] & (adv > 0))
+    return float(bad.mean())
+
+
 def _scores_student_tokens(teacher, tok) -> bool:
     """Can this teacher give log-probs of the student's tokens (local, or served by vLLM)?"""
     if not hasattr(teacher, "token_logprobs"):
@@ -164,6 +194,9 @@ def _scores_student_tokens(teacher, tok) -> bool:
     return True
 
 
+TOP_K = 24  # §4.2's token-overlap signal
+
+
 def signal_analysis(student, tok, teacher, judge: rubric.CompleteFn, rows: list[dict], G: int, k: int,
                     max_new_tokens: int, temperature: float, top_p: float, seed: int,
                     teacher_temperature: float | None, teacher_max_tokens: int,
@@ -172,8 +205,9 @@ def signal_analysis(student, tok, teacher, judge: rubric.CompleteFn, rows: list[
     """§4.2: how well does each reward signal predict the correctness of student rollouts?
     G rollouts per prompt, each marked right or wrong by the checker, then scored by the ROPD
     reward (K references, rubricator, blind verifier: rubric.ropd_reward through `judge`) and, with
-    a white-box teacher that shares the student's tokenizer, by the teacher's mean token log-prob
-    and the mean teacher-student log-ratio."""
+    a white-box teacher that shares the student's tokenizer, by the teacher's mean token log-prob,
+    the mean teacher-student log-ratio and the top-24 token overlap (the share of the rollout's
+    tokens among the teacher's 24 most likely). Each signal: its AUC, in-group AUC and Bad-upd. rate."""
     device = next(student.parameters()).device
     ro = grpo.sample(student, tok, [r["prompt"] for r in rows], n=G, max_new_tokens=max_new_tokens,
                      temperature=temperature, top_p=top_p, seed=seed, chat_template_kwargs=template_kwargs)
@@ -191,6 +225,9 @@ def signal_analysis(student, tok, teacher, judge: rubric.CompleteFn, rows: list[
         cmask = ro.completion_mask.cpu()
         signals["teacher log-prob"] = _mean_over_mask(t_lp, cmask).numpy()
         signals["teacher-student log-ratio"] = _mean_over_mask(t_lp - s_lp, cmask).numpy()
+        if getattr(teacher, "hf_model", None) is not None:  # a local teacher: its whole distribution
+            hits = topk_hits(teacher.hf_model, ro.input_ids, ro.attention_mask, T, TOP_K)
+            signals[f"top-{TOP_K} overlap"] = _mean_over_mask(hits, cmask).numpy()
     out = {"prompts": len(rows), "rollouts": len(ro.texts), "correct_frac": float(correct.mean()),
            "fallback_groups": int(sum(r.fallback is not None for r in results)), "signals": {}}
     for name, s in signals.items():
@@ -199,6 +236,7 @@ def signal_analysis(student, tok, teacher, judge: rubric.CompleteFn, rows: list[
         out["signals"][name] = {
             "auc": roc_auc(s[keep], correct[keep]),
             "group_auc": group_auc(s[keep], correct[keep], G),
+            "bad_update_rate": bad_update_rate(s[keep], correct[keep], G),
             "mean_if_correct": float(s[keep & correct].mean()) if (keep & correct).any() else None,
             "mean_if_wrong": float(s[keep & ~correct].mean()) if (keep & ~correct).any() else None}
     out["rollouts_detail"] = [{"prompt": rows[i // G]["prompt"], "text": t, "correct": bool(correct[i]),
@@ -374,8 +412,9 @@ def run_signal(ns, world, device, max_new: int) -> tuple[dict, str]:
     res["model"], res["teacher"], res["judge"] = ns.model, ns.teacher, ns.judge or ns.teacher
     report = "\n".join([f"{res['rollouts']} rollouts of {res['prompts']} prompts, "
                         f"{res['correct_frac']:.1%} correct, {res['fallback_groups']} groups fell back",
-                        f"{'signal':<28}{'AUC':>8}{'in-group AUC':>14}"]
-                       + [f"{k:<28}{v['auc']:>8.3f}{v['group_auc']:>14.3f}" for k, v in res["signals"].items()])
+                        f"{'signal':<28}{'AUC':>8}{'in-group AUC':>14}{'Bad-upd.':>10}"]
+                       + [f"{k:<28}{v['auc']:>8.3f}{v['group_auc']:>14.3f}{v['bad_update_rate']:>10.3f}"
+                          for k, v in res["signals"].items()])
     return res, report
 
 
