@@ -9,6 +9,7 @@ import torch
 
 import answers
 import eval as ev
+import prompts
 import ropd
 import toy
 
@@ -114,6 +115,7 @@ def test_phase_analysis_over_a_run(tiny_world, tmp_path):
     for p in pts:
         assert 0.0 <= p["accuracy"] <= 1.0
         assert p["teacher_logprob"] < 0 and p["student_logprob"] < 0
+        assert 0.0 <= p["rubric_reward"] <= 1.0  # Table A5: one fixed rubric per prompt, one verifier
     # with the initial student as its own teacher, step 0's similarity is its own log-prob exactly
     assert ev.main(["phase", "--run", str(tmp_path / "run"), "--teacher", f"hf:{tiny_world.student_path}",
                     "--world", str(tiny_world.root), "--limit", "4", "--samples", "2",
@@ -208,3 +210,41 @@ def test_topk_hits_against_a_full_sort():
             pos = 9 - 4 + t
             rank = int((logits[i, pos - 1] > logits[i, pos - 1, ids[i, pos]]).sum())  # how many beat it
             assert hits[i, t].item() == float(rank < 5), (i, t)
+
+
+def test_cell_transitions_and_logged_categories_by_hand():
+    before = {("p", "c1"): True, ("p", "c2"): False, ("q", "c1"): False, ("q", "c9"): True}
+    after = {("p", "c1"): False, ("p", "c2"): True, ("q", "c1"): False, ("r", "c1"): True}
+    assert ev.cell_transitions(before, after) == {"fail->pass": 1, "pass->fail": 1, "pass->pass": 0, "fail->fail": 1}
+    rub = {"rubrics": [{"criterion_id": "c1", "category": "A", "criterion": "x", "points": 5},
+                       {"criterion_id": "c2", "category": "B", "criterion": "y", "points": 1},
+                       {"criterion_id": "c3", "category": "A", "criterion": "z", "points": 2}]}
+    samples = [{"step": 1, "rubric": rub, "judgements": [[True, False, False], [True, True, True]]},
+               {"step": 1, "rubric": rub, "judgements": [[False, False, True], None]},
+               {"step": 2, "rubric": None, "judgements": None}]
+    # step 1, A: (T,F) (T,T) (F,T) -> 4 of 6; B: F, T, F -> 1 of 3
+    assert ev.logged_categories(samples) == {1: {"A": 4 / 6, "B": 1 / 3}}
+
+
+def test_categories_over_a_run(tiny_world, tmp_path):
+    from tests.test_ropd import tiny_args
+    assert ropd.main(tiny_args(tiny_world, tmp_path)) == 0
+    run = tmp_path / "run"
+    out = tmp_path / "categories.json"
+    assert ev.main(["categories", "--run", str(run), "--world", str(tiny_world.root), "--samples", "2",
+                    "--prompts", "3", "--max-new-tokens", "12", "--cache", str(tmp_path / "c.sqlite"),
+                    "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    pts = res["checkpoints"]
+    assert [p["step"] for p in pts] == [0, 1, 2] and res["prompts"] == 3
+    for p in pts:
+        assert set(p["pass_rates"]) <= set(prompts.CATEGORIES) and p["pass_rates"]
+        assert all(0.0 <= v <= 1.0 for v in p["pass_rates"].values())
+    logged = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    rubrics = {}
+    for s in logged:  # each prompt's first logged rubric, in the log's order
+        rubrics.setdefault(json.dumps(s["prompt"]), s["rubric"])
+    n_cells = sum(len(r["rubrics"]) for r in list(rubrics.values())[:3])
+    for p in pts[1:]:  # every (prompt, criterion) cell is counted once per pair of checkpoints
+        assert sum(p["transitions"].values()) == n_cells
+    assert res["logged"] == {str(k): v for k, v in ev.logged_categories(logged).items()}
