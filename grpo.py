@@ -480,9 +480,8 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
                 agg: str = "token-mean", ref_logp: torch.Tensor | None = None, beta: float = 0.0,
                 clip_c: float | None = None, norm: float | None = None,
                 max_len: int | None = None, ratio_level: str = "token") -> tuple[torch.Tensor, dict]:
-    """Eqs. 7-8 (Alg. 1 line 25): the importance-weighted clipped objective (PPO-clip, as in
-    GRPO/DAPO/verl), with the token-level ratio of the official code and of Eqs. 7-8
-    (ratio_level="sequence": Alg. 1 line 25's, see sequence_policy_loss).
+    """Eqs. 7-8: the importance-weighted clipped objective (PPO-clip, as in GRPO/DAPO/verl), with
+    the token-level ratio (ratio_level="sequence": Alg. 1 line 25's, see sequence_policy_loss).
 
     Per token t of rollout i, with ratio r = exp(logp - old_logp):
         l_t = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))           (asymmetric clip)
