@@ -534,14 +534,13 @@ def sequence_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages:
     mask = mask.to(logp.dtype)
     adv = advantages.to(logp.dtype)
     seq_log_ratio = ((logp - old_logp) * mask).sum(-1).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
-    ratio = torch.exp(seq_log_ratio)
-    pg_unclipped = -adv * ratio
-    pg_clipped = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    pg = torch.maximum(pg_unclipped, pg_clipped)
+    rho = torch.exp(seq_log_ratio)
+    pg_unclipped, pg_clipped = -adv * rho, -adv * rho.clamp(1.0 - clip_low, 1.0 + clip_high)
+    pg = torch.max(pg_unclipped, pg_clipped)
     dual = torch.zeros_like(pg, dtype=torch.bool)
-    if clip_c is not None:
-        dual = (adv < 0) & (pg > -adv * clip_c)
-        pg = torch.where(dual, -adv * clip_c, pg)
+    if clip_c is not None:  # as the token form's dual clip, per rollout
+        dual = (adv < 0) & (pg > clip_c * -adv)
+        pg = torch.where(dual, clip_c * -adv, pg)
     kl = None
     if ref_logp is not None and beta != 0.0:
         d = ref_logp - logp
@@ -549,7 +548,7 @@ def sequence_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages:
         pg = pg + beta * (kl * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
     loss = pg.sum() / (mask.shape[0] if norm is None else norm)
     tok = lambda x: x.unsqueeze(-1).expand_as(logp)  # noqa: E731 - the stats are per token, as the token form's
-    return loss, _loss_stats(mask, tok(ratio), tok(seq_log_ratio) / mask.sum(-1, keepdim=True).clamp(min=1.0),
+    return loss, _loss_stats(mask, tok(rho), tok(seq_log_ratio) / mask.sum(-1, keepdim=True).clamp(min=1.0),
                              tok(pg), tok(pg_clipped > pg_unclipped), tok(dual), kl)
 
 
