@@ -29,6 +29,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "micro-token-mean")
+INVARIANT_AGGREGATIONS = AGGREGATIONS[:3]  # the gradient does not depend on the micro-batch size (or the ranks)
 ADV_SCALES = ("none", "std", "eq6")
 RATIOS = ("token", "sequence")
 

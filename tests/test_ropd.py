@@ -81,7 +81,7 @@ def _real_batch(world, agg_adv="seq"):
     return model, grpo.Batch(ro.input_ids, ro.attention_mask, ro.completion_mask, old, adv)
 
 
-@pytest.mark.parametrize("agg", grpo.AGGREGATIONS)
+@pytest.mark.parametrize("agg", grpo.INVARIANT_AGGREGATIONS)
 @pytest.mark.parametrize("adv", ["seq", "token"])
 def test_gradient_does_not_depend_on_micro_batch_size(tiny_world, agg, adv):
     model, b = _real_batch(tiny_world, adv)
@@ -94,6 +94,24 @@ def test_gradient_does_not_depend_on_micro_batch_size(tiny_world, agg, adv):
     assert st["clip_frac"] > 0  # some tokens were clipped
     assert torch.allclose(grads[0], grads[2], atol=1e-5) and torch.allclose(grads[1], grads[2], atol=1e-5)
     assert grads[2].abs().sum() > 0
+
+
+def test_the_official_micro_batch_weighting_depends_on_the_micro_batch(tiny_world):
+    """--agg micro-token-mean is micro-batch dependent by design (the official weighting); with a
+    micro-batch of the whole mini-batch it is the token-mean."""
+    model, b = _real_batch(tiny_world, "seq")
+    mask = b.completion_mask.clone()
+    for i in range(len(b)):  # rollouts of unequal lengths (the tiny student's all run to the limit)
+        mask[i, 2 + 3 * i:] = 0
+    b = dataclasses.replace(b, completion_mask=mask)
+    grads = {}
+    for agg, micro in (("micro-token-mean", 2), ("micro-token-mean", len(b)), ("token-mean", 2)):
+        model.zero_grad(set_to_none=True)
+        loss_fn = grpo.clipped_loss_fn(grpo.LossConfig(agg=agg, micro_batch=micro))
+        grpo.accumulate_gradient(model, b, loss_fn, micro, torch.device("cpu"))
+        grads[agg, micro] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert torch.allclose(grads["micro-token-mean", len(b)], grads["token-mean", 2], atol=1e-5)
+    assert not torch.allclose(grads["micro-token-mean", 2], grads["token-mean", 2], atol=1e-5)
 
 
 def _judge_server(world, faults=None):
