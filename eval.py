@@ -83,7 +83,7 @@ def group_auc(scores, labels, group_size: int) -> float:
 # ----------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def evaluate(model, tokenizer, rows: list[dict], samples: int = 16, temperature: float = 1.0,
+def evaluate(model, tokenizer, rows: list[dict], *, samples: int = 16, temperature: float = 1.0,
              top_p: float = 0.95, max_new_tokens: int = 32768, batch: int = 64, seed: int = 0,
              chat_template_kwargs: dict | None = None, progress: bool = True, checker: Checker = answers_match,
              n_boot: int = 1000) -> dict:
@@ -122,11 +122,11 @@ def evaluate(model, tokenizer, rows: list[dict], samples: int = 16, temperature:
            "truncated_frac": sum(p["truncated"] for p in problems) / max(1, m * n),
            "problems": problems}
     if n_boot and m:
-        res["ci95"] = intervals(np.array([p["right"] for p in problems]), n_boot, seed)
+        res["ci95"] = intervals(np.array([p["right"] for p in problems]), n_boot=n_boot, seed=seed)
     return res
 
 
-def intervals(right: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
+def intervals(right: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> dict:
     """95% bootstrap intervals of avg@n and of each pass@k, resampling problems and resampling each
     problem's samples (answers.bootstrap_ci): {"avg@n": {"problems": [lo, hi], "samples": ...}, ...}."""
     n = right.shape[1]
@@ -160,7 +160,7 @@ def _mean_over_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def topk_hits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int, k: int = 24,
+def topk_hits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int, *, k: int = 24,
               batch: int = 8) -> torch.Tensor:
     """[N, T]: 1 where the completion's token is among `model`'s k most likely tokens at its position
     (§4.2's top-24 token overlap of the student's samples with the teacher's distribution)."""
@@ -203,36 +203,36 @@ def _scores_student_tokens(teacher, tok) -> bool:
 TOP_K = 24  # §4.2's token-overlap signal
 
 
-def signal_analysis(student, tok, teacher, judge: rubric.CompleteFn, rows: list[dict], G: int, k: int,
-                    max_new_tokens: int, temperature: float, top_p: float, seed: int,
-                    teacher_temperature: float | None, teacher_max_tokens: int,
-                    settings: rubric.JudgeSettings = rubric.JudgeSettings(),
+def signal_analysis(student, tok, teacher, judge: rubric.CompleteFn, rows: list[dict], *,
+                    sampling: grpo.SamplingConfig, k: int, seed: int, teacher_temperature: float | None,
+                    teacher_max_tokens: int, settings: rubric.JudgeSettings = rubric.JudgeSettings(),
                     template_kwargs: dict | None = None) -> dict:
     """§4.2: how well does each reward signal predict the correctness of student rollouts?
     G rollouts per prompt, each marked right or wrong by the checker, then scored by the ROPD
     reward (K references, rubricator, blind verifier: rubric.ropd_reward through `judge`) and, with
     a white-box teacher that shares the student's tokenizer, by the teacher's mean token log-prob,
     the mean teacher-student log-ratio and the top-24 token overlap (the share of the rollout's
-    tokens among the teacher's 24 most likely). Each signal: its AUC, in-group AUC and Bad-upd. rate."""
-    device = next(student.parameters()).device
-    ro = grpo.sample(student, tok, [r["prompt"] for r in rows], n=G, max_new_tokens=max_new_tokens,
-                     temperature=temperature, top_p=top_p, seed=seed, chat_template_kwargs=template_kwargs)
+    tokens among the teacher's 24 most likely). Each signal: its AUC, in-group AUC and Bad-upd.
+    rate (`sampling.group_size` is G)."""
+    device, G, temperature = next(student.parameters()).device, sampling.group_size, sampling.temperature
+    ro = grpo.sample(student, tok, [r["prompt"] for r in rows], n=G, max_new_tokens=sampling.max_new_tokens,
+                     temperature=temperature, top_p=sampling.top_p, seed=seed, chat_template_kwargs=template_kwargs)
     correct = np.array([row_correct(t, rows[i // G]) for i, t in enumerate(ro.texts)])
-    refs = teacher_lib.references(teacher, [data.as_chat(r["prompt"]) for r in rows], k, teacher_temperature,
-                                  teacher_max_tokens)
-    results = rubric.ropd_reward(judge, data.judge_groups(rows, ro.texts, G, refs), settings)
+    refs = teacher_lib.references(teacher, [data.as_chat(r["prompt"]) for r in rows], k=k,
+                                  temperature=teacher_temperature, max_tokens=teacher_max_tokens)
+    results = rubric.ropd_reward(judge, data.judge_groups(rows, ro.texts, G, refs), settings=settings)
     valid = np.repeat([r.fallback is None for r in results], G)
     signals = {"rubric score": np.array([x for r in results for x in r.rewards])}
     if _scores_student_tokens(teacher, tok):
         T = ro.completion_ids.shape[1]
-        t_lp = teacher.token_logprobs(ro.input_ids, ro.attention_mask, T, temperature).float().cpu()
+        t_lp = teacher.token_logprobs(ro.input_ids, ro.attention_mask, T, temperature=temperature).float().cpu()
         s_lp = grpo.batched_logprobs(student, ro.input_ids, ro.attention_mask, ro.completion_mask,
-                                     temperature, 0, device)
+                                     temperature=temperature, micro_batch=0, device=device)
         cmask = ro.completion_mask.cpu()
         signals["teacher log-prob"] = _mean_over_mask(t_lp, cmask).numpy()
         signals["teacher-student log-ratio"] = _mean_over_mask(t_lp - s_lp, cmask).numpy()
         if getattr(teacher, "hf_model", None) is not None:  # a local teacher: its whole distribution
-            hits = topk_hits(teacher.hf_model, ro.input_ids, ro.attention_mask, T, TOP_K)
+            hits = topk_hits(teacher.hf_model, ro.input_ids, ro.attention_mask, T, k=TOP_K)
             signals[f"top-{TOP_K} overlap"] = _mean_over_mask(hits, cmask).numpy()
     out = {"prompts": len(rows), "rollouts": len(ro.texts), "correct_frac": float(correct.mean()),
            "fallback_groups": int(sum(r.fallback is not None for r in results)), "signals": {}}
@@ -251,22 +251,22 @@ def signal_analysis(student, tok, teacher, judge: rubric.CompleteFn, rows: list[
     return out
 
 
-def grade_fixed(judge: rubric.CompleteFn, rows: list[dict], refs, rubrics: dict, texts: list[str], G: int,
+def grade_fixed(judge: rubric.CompleteFn, rows: list[dict], refs, rubrics: dict, *, texts: list[str], G: int,
                 settings: rubric.JudgeSettings = rubric.JudgeSettings()) -> dict:
     """The samples `texts` (G per row) graded by the verifier against fixed rubrics (group index ->
     Rubric), in the blind pool with the references, as in training: group index -> GroupResult
     (rewards = weighted pass rates, judgements per sample). Groups whose verdicts failed are left
     out."""
     groups = data.judge_groups(rows, texts, G, refs)
-    graded = rubric.verify_blindly(judge, groups, {(gi, 0): r for gi, r in rubrics.items()}, settings, {})
+    graded = rubric.verify_blindly(judge, groups, {(gi, 0): r for gi, r in rubrics.items()}, settings, errors={})
     return {gi: rubric.weighted_pass_rates(groups[gi], [(rubrics[gi], graded[(gi, u)])]) for gi, u in graded}
 
 
-def induce_fixed(judge: rubric.CompleteFn, rows: list[dict], refs, texts: list[str], G: int,
+def induce_fixed(judge: rubric.CompleteFn, rows: list[dict], refs, *, texts: list[str], G: int,
                  settings: rubric.JudgeSettings = rubric.JudgeSettings()) -> dict:
     """One rubric per prompt, induced once (from the references and the samples `texts`), to hold
     fixed over checkpoints: group index -> Rubric."""
-    got = rubric.induce_rubrics(judge, data.judge_groups(rows, texts, G, refs), settings, {})
+    got = rubric.induce_rubrics(judge, data.judge_groups(rows, texts, G, refs), settings, errors={})
     return {gi: r for (gi, _), r in got.items()}
 
 
@@ -277,7 +277,7 @@ def checkpoints(run: str) -> list[tuple[int, Path]]:
 
 
 @torch.no_grad()
-def similarity(model, tok, teacher, rows: list[dict], samples: int, temperature: float,
+def similarity(model, tok, teacher, rows: list[dict], *, samples: int, temperature: float,
                max_new_tokens: int, seed: int, top_p: float = 0.95, template_kwargs: dict | None = None) -> dict:
     """The student's own samples, scored: accuracy, the teacher's mean token log-prob of them
     (similarity to the teacher), and the student's own (its confidence); "texts" are the samples."""
@@ -287,16 +287,16 @@ def similarity(model, tok, teacher, rows: list[dict], samples: int, temperature:
     correct = [row_correct(t, rows[i // samples]) for i, t in enumerate(ro.texts)]
     T = ro.completion_ids.shape[1]
     cmask = ro.completion_mask.cpu()
-    t_lp = teacher.token_logprobs(ro.input_ids, ro.attention_mask, T, temperature).float().cpu()
-    s_lp = grpo.batched_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_mask, temperature,
-                                 0, device)
+    t_lp = teacher.token_logprobs(ro.input_ids, ro.attention_mask, T, temperature=temperature).float().cpu()
+    s_lp = grpo.batched_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_mask,
+                                 temperature=temperature, micro_batch=0, device=device)
     return {"accuracy": sum(correct) / len(correct),
             "teacher_logprob": float(_mean_over_mask(t_lp, cmask).mean()),
             "student_logprob": float(_mean_over_mask(s_lp, cmask).mean()),
             "length": float(cmask.float().sum(1).mean()), "texts": ro.texts}
 
 
-def phase_analysis(run: str, teacher, rows: list[dict], samples: int, temperature: float,
+def phase_analysis(run: str, teacher, rows: list[dict], *, samples: int, temperature: float,
                    max_new_tokens: int, seed: int, device, load_student, top_p: float = 0.95,
                    template_kwargs: dict | None = None, judge: rubric.CompleteFn | None = None,
                    references=None) -> list[dict]:
@@ -311,18 +311,18 @@ def phase_analysis(run: str, teacher, rows: list[dict], samples: int, temperatur
     points = checkpoints(run)
     if not points:
         raise UserError(f"no checkpoint-* folders under {run}")
-    args = json.loads((Path(run) / "args.json").read_text()) if (Path(run) / "args.json").exists() else {}
-    todo = ([(0, args["student"])] if args.get("student") else []) + [(s, str(p)) for s, p in points]
+    run_args = json.loads((Path(run) / "args.json").read_text()) if (Path(run) / "args.json").exists() else {}
+    todo = ([(0, run_args["student"])] if run_args.get("student") else []) + [(s, str(p)) for s, p in points]
     out, fixed = [], None
     for step, path in tqdm(todo, desc="checkpoints", disable=None, dynamic_ncols=True):
         model, tok = load_student(path, device)
         model.eval()
-        point = similarity(model, tok, teacher, rows, samples, temperature, max_new_tokens, seed, top_p,
-                           template_kwargs)
+        point = similarity(model, tok, teacher, rows, samples=samples, temperature=temperature,
+                           max_new_tokens=max_new_tokens, seed=seed, top_p=top_p, template_kwargs=template_kwargs)
         texts = point.pop("texts")
         if judge is not None:
-            fixed = fixed if fixed is not None else induce_fixed(judge, rows, references, texts, samples)
-            graded = grade_fixed(judge, rows, references, fixed, texts, samples)
+            fixed = fixed if fixed is not None else induce_fixed(judge, rows, references, texts=texts, G=samples)
+            graded = grade_fixed(judge, rows, references, fixed, texts=texts, G=samples)
             point["rubric_reward"] = float(np.mean([x for g in graded.values() for x in g.rewards])) if graded else None
         out.append({"step": step, "checkpoint": str(path), **point})
         del model
@@ -377,8 +377,8 @@ def cell_transitions(before: dict, after: dict) -> dict[str, int]:
     return out
 
 
-def categories_analysis(run: str, judge: rubric.CompleteFn, samples: int, temperature: float,
-                        max_new_tokens: int, seed: int, device, load_student, *, prompts: int = 32,
+def categories_analysis(run: str, judge: rubric.CompleteFn, *, samples: int, temperature: float,
+                        max_new_tokens: int, seed: int, device, load_student, prompts: int = 32,
                         top_p: float = 0.95, template_kwargs: dict | None = None) -> dict:
     """Table 5 and Table A3 over a run's checkpoints: the first `prompts` prompts of samples.jsonl,
     each with the rubric the run logged for it (held fixed), re-graded at the initial student and
@@ -399,14 +399,14 @@ def categories_analysis(run: str, judge: rubric.CompleteFn, samples: int, temper
     rows = [{"prompt": s["prompt"], "answer": s["answer"]} for s in picked]
     rubrics = {i: rubric.parse_rubric(json.dumps(s["rubric"]), 1, 100) for i, s in enumerate(picked)}
     refs = [[x for x in s.get("references") or [] if not x.startswith("error: ")] for s in picked]
-    args = json.loads((Path(run) / "args.json").read_text()) if (Path(run) / "args.json").exists() else {}
-    todo = ([(0, args["student"])] if args.get("student") else []) + [(st, str(p)) for st, p in checkpoints(run)]
+    run_args = json.loads((Path(run) / "args.json").read_text()) if (Path(run) / "args.json").exists() else {}
+    todo = ([(0, run_args["student"])] if run_args.get("student") else []) + [(st, str(p)) for st, p in checkpoints(run)]
     points, prev = [], None
     for step, path in todo:
         model, tok = load_student(path, device)
         ro = grpo.sample(model.eval(), tok, [r["prompt"] for r in rows], n=samples, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, seed=seed, chat_template_kwargs=template_kwargs)
-        graded = grade_fixed(judge, rows, refs, rubrics, ro.texts, samples)
+        graded = grade_fixed(judge, rows, refs, rubrics, texts=ro.texts, G=samples)
         cats: dict[str, list[int]] = {}
         cells = {}
         for gi, res in graded.items():
@@ -434,11 +434,11 @@ def categories_analysis(run: str, judge: rubric.CompleteFn, samples: int, temper
 # CLI
 # ----------------------------------------------------------------------------------------------
 
-def load_rows(spec: str, limit: int | None, world, instruction: str = "") -> list[dict]:
+def load_rows(spec: str, limit: int | None, toy_world, instruction: str = "") -> list[dict]:
     """Problems with answers: the toy world's held-out set, reasoning-gym tasks (rg:TASKS, the
     held-out seed), or a JSONL file (data.parse_row: AIME, HMMT, MATH-500, GPQA field names), each
     prompt followed by `instruction` if one is given."""
-    rows = data.load_data(spec, 0, world, "test", limit)
+    rows = data.load_data(spec, 0, toy_world, split="test", n=limit)
     if any(r["answer"] is None for r in rows):
         raise UserError(f"{spec}: every row needs an 'answer' to be evaluated")
     if instruction:
@@ -450,7 +450,8 @@ def load_rows(spec: str, limit: int | None, world, instruction: str = "") -> lis
 def _common(ap: argparse.ArgumentParser):
     ap.add_argument("--data", default="toy",
                     help="JSONL with prompt and answer, 'toy' (held-out toy set) or rg:TASK[,TASK...] (reasoning-gym)")
-    ap.add_argument("--world", default=None, help="toy world directory (default: the cache)")
+    ap.add_argument("--world", dest="toy_world", default=None,
+                    help=f"toy world: a name ({', '.join(toy.WORLDS)}) or a folder (default: default)")
     ap.add_argument("--limit", type=int, default=None, help="first N problems (toy default: 200)")
     ap.add_argument("--max-new-tokens", type=int, default=None,
                     help=f"(default: {toy.GENERATION['max_new_tokens']} for toy data, else 32768, as the paper)")
@@ -520,40 +521,44 @@ def parse(argv) -> tuple[str, argparse.Namespace]:
     return command, ap.parse_args(argv)
 
 
-def load_model(name: str, device, world):
-    model, tok = data.load_model(name, device, world)
+def load_model(name: str, device, toy_world):
+    model, tok = data.load_model(name, device, toy_world)
     return model.eval(), tok
 
 
-def run_benchmark(ns, world, device, max_new: int) -> tuple[dict, str]:
+def run_benchmark(ns, toy_world, device, max_new: int) -> tuple[dict, str]:
     try:
         checker = make_checker(ns.checker)
     except ValueError as e:  # the optional package is not installed
         raise UserError(str(e)) from None
-    rows = load_rows(ns.data, ns.limit, world, ns.instruction)
-    model, tok = load_model(ns.model, device, world)
-    res = evaluate(model, tok, rows, ns.samples, ns.temperature, ns.top_p, max_new, ns.batch, ns.seed,
-                   {"enable_thinking": ns.enable_thinking}, checker=checker)
+    rows = load_rows(ns.data, ns.limit, toy_world, ns.instruction)
+    model, tok = load_model(ns.model, device, toy_world)
+    res = evaluate(model, tok, rows, samples=ns.samples, temperature=ns.temperature, top_p=ns.top_p,
+                   max_new_tokens=max_new, batch=ns.batch, seed=ns.seed,
+                   chat_template_kwargs={"enable_thinking": ns.enable_thinking}, checker=checker)
     res.update(model=ns.model, checker=ns.checker, enable_thinking=ns.enable_thinking)
     return res, format_report(res)
 
 
-def run_signal(ns, world, device, max_new: int) -> tuple[dict, str]:
+def run_signal(ns, toy_world, device, max_new: int) -> tuple[dict, str]:
     toy_data = ns.data == "toy"
     g = toy.GENERATION if toy_data else {"teacher_temperature": None, "teacher_max_tokens": 8192,
                                          "judge_max_tokens": 8192}
     pick = lambda v, k: g[k] if v is None else v  # noqa: E731
-    rows = load_rows(ns.data, ns.prompts, world, ns.instruction)
-    model, tok = load_model(ns.model, device, world)
+    rows = load_rows(ns.data, ns.prompts, toy_world, ns.instruction)
+    model, tok = load_model(ns.model, device, toy_world)
     teacher, judge = teacher_lib.load_teacher_and_judge(
         ns.teacher, ns.judge, cache=ns.cache or teacher_lib.default_cache_path(), concurrency=16)
     temperatures = {"rubricator": ns.rubricator_temperature, "verifier": ns.verifier_temperature}
-    res = signal_analysis(model, tok, teacher, judge.as_judge(pick(ns.judge_max_tokens, "judge_max_tokens"),
-                                                              temperatures, retries=ns.judge_retries),
-                          rows, ns.rollouts, ns.references, max_new, ns.temperature, ns.top_p, ns.seed,
-                          pick(ns.teacher_temperature, "teacher_temperature"),
-                          pick(ns.teacher_max_tokens, "teacher_max_tokens"),
-                          rubric.JudgeSettings(retries=ns.judge_retries), {"enable_thinking": ns.enable_thinking})
+    complete = judge.as_judge(pick(ns.judge_max_tokens, "judge_max_tokens"), temperatures=temperatures,
+                              retries=ns.judge_retries)
+    sampling = grpo.SamplingConfig(group_size=ns.rollouts, max_new_tokens=max_new, temperature=ns.temperature,
+                                   top_p=ns.top_p)
+    res = signal_analysis(model, tok, teacher, complete, rows, sampling=sampling, k=ns.references, seed=ns.seed,
+                          teacher_temperature=pick(ns.teacher_temperature, "teacher_temperature"),
+                          teacher_max_tokens=pick(ns.teacher_max_tokens, "teacher_max_tokens"),
+                          settings=rubric.JudgeSettings(retries=ns.judge_retries),
+                          template_kwargs={"enable_thinking": ns.enable_thinking})
     res["model"], res["teacher"], res["judge"] = ns.model, ns.teacher, ns.judge or ns.teacher
     report = "\n".join([f"{res['rollouts']} rollouts of {res['prompts']} prompts, "
                         f"{res['correct_frac']:.1%} correct, {res['fallback_groups']} groups fell back",
@@ -569,20 +574,21 @@ def _judge(ns, spec: str):
     return j.as_judge(ns.judge_max_tokens)
 
 
-def run_phase(ns, world, device, max_new: int) -> tuple[dict, str]:
-    rows = load_rows(ns.data, ns.limit or 64, world, ns.instruction)
+def run_phase(ns, toy_world, device, max_new: int) -> tuple[dict, str]:
+    rows = load_rows(ns.data, ns.limit or 64, toy_world, ns.instruction)
     teacher = teacher_lib.load(ns.teacher, cache=ns.cache or teacher_lib.default_cache_path())
     if not hasattr(teacher, "token_logprobs"):
         raise UserError(f"the phase analysis needs a white-box teacher (hf:PATH or toy), got {ns.teacher!r}")
     judge = refs = None
     if ns.rubric_reward:
         g = toy.GENERATION if ns.data == "toy" else {"teacher_temperature": None, "teacher_max_tokens": 8192}
-        refs = teacher_lib.references(teacher, [data.as_chat(r["prompt"]) for r in rows], 4,
-                                      g["teacher_temperature"], g["teacher_max_tokens"])
+        refs = teacher_lib.references(teacher, [data.as_chat(r["prompt"]) for r in rows], k=4,
+                                      temperature=g["teacher_temperature"], max_tokens=g["teacher_max_tokens"])
         judge = _judge(ns, ns.teacher)
-    pts = phase_analysis(ns.run, teacher, rows, ns.samples, ns.temperature, max_new, ns.seed, device,
-                         lambda name, dev: load_model(name, dev, world), ns.top_p,
-                         {"enable_thinking": ns.enable_thinking}, judge, refs)
+    pts = phase_analysis(ns.run, teacher, rows, samples=ns.samples, temperature=ns.temperature,
+                         max_new_tokens=max_new, seed=ns.seed, device=device,
+                         load_student=lambda name, dev: load_model(name, dev, toy_world), top_p=ns.top_p,
+                         template_kwargs={"enable_thinking": ns.enable_thinking}, judge=judge, references=refs)
     res = {"run": ns.run, "teacher": ns.teacher, "samples": ns.samples, "problems_n": len(rows),
            "checkpoints": pts}
     rr = lambda p: f"{p['rubric_reward']:>14.3f}" if p.get("rubric_reward") is not None else f"{'-':>14}"  # noqa: E731
@@ -592,10 +598,12 @@ def run_phase(ns, world, device, max_new: int) -> tuple[dict, str]:
     return res, report
 
 
-def run_categories(ns, world, device, max_new: int) -> tuple[dict, str]:
-    args = json.loads((Path(ns.run) / "args.json").read_text()) if (Path(ns.run) / "args.json").exists() else {}
-    res = categories_analysis(ns.run, _judge(ns, args.get("judge") or args.get("teacher") or "toy"), ns.samples,
-                              ns.temperature, max_new, ns.seed, device, lambda name, dev: load_model(name, dev, world),
+def run_categories(ns, toy_world, device, max_new: int) -> tuple[dict, str]:
+    path = Path(ns.run) / "args.json"
+    run_args = json.loads(path.read_text()) if path.exists() else {}
+    judge = _judge(ns, run_args.get("judge") or run_args.get("teacher") or "toy")
+    res = categories_analysis(ns.run, judge, samples=ns.samples, temperature=ns.temperature, max_new_tokens=max_new,
+                              seed=ns.seed, device=device, load_student=lambda name, dev: load_model(name, dev, toy_world),
                               prompts=ns.prompts, top_p=ns.top_p, template_kwargs={"enable_thinking": ns.enable_thinking})
     cats = sorted({c for p in res["checkpoints"] for c in p["pass_rates"]})
     lines = [f"{res['prompts']} prompts x {res['samples']} samples, each under the rubric the run logged for it",
@@ -615,15 +623,19 @@ def main(argv=None) -> int:
     hf_logging.set_verbosity_error()
     try:
         command, ns = parse(sys.argv[1:] if argv is None else argv)
+        toy.pin_cpu_numerics(threads=toy.BUILD_THREADS if getattr(ns, "model", "toy") in ("toy", "toy-teacher") else None)
         run_args = Path(getattr(ns, "run", None) or ".") / "args.json"
-        needs_world = (ns.data == "toy" or getattr(ns, "model", "") in ("toy", "toy-teacher")
-                       or (command in ("phase", "categories") and run_args.exists()
+        needs_toy_world = (ns.data == "toy" or getattr(ns, "model", "") in ("toy", "toy-teacher")
+                           or (command in ("phase", "categories") and run_args.exists()
                            and json.loads(run_args.read_text()).get("student") == "toy"))
-        world = toy.build(root=ns.world) if needs_world else None
+        toy_world = toy.load_world(ns.toy_world) if needs_toy_world else None
+        for role in ("teacher", "judge"):  # --teacher toy with --world W: that world's teacher (and judge)
+            if getattr(ns, role, None) == "toy" and ns.toy_world:
+                setattr(ns, role, f"toy:{ns.toy_world}")
         max_new = ns.max_new_tokens or (toy.GENERATION["max_new_tokens"] if ns.data == "toy" else 32768)
         run = {"benchmark": run_benchmark, "signal": run_signal, "phase": run_phase,
                "categories": run_categories}[command]
-        res, report = run(ns, world, data.pick_device(ns.device), max_new)
+        res, report = run(ns, toy_world, data.pick_device(ns.device), max_new)
     except (UserError, teacher_lib.TeacherError) as e:
         print(f"error: {teacher_lib.redact(str(e))}", file=sys.stderr)
         return 2
