@@ -3,6 +3,7 @@
     python eval.py --model runs/ropd/checkpoint-000060 --data toy --samples 16      # benchmark
     python eval.py signal --model toy --teacher toy --data toy                     # AUC figure
     python eval.py phase --run runs/ropd --teacher toy --data toy                  # phase shift
+    python eval.py categories --run runs/ropd                                      # Table 5 / A3
 
 Benchmark: k samples per problem (temperature 1.0, top-p 0.95 as in the paper), the final answer
 extracted and compared after normalisation, then avg@k (mean fraction right) and the unbiased
@@ -15,7 +16,12 @@ reward predict correctness? The rubric score comes through the real ROPD reward
 reported as a ROC AUC, pooled over all rollouts and averaged within groups (what GRPO uses).
 
 Phase shift (§4): over the checkpoints of one run, accuracy and the student's similarity to the teacher
-(the teacher's mean token log-prob of the student's own samples): "mimicry, then divergence".
+(the teacher's mean token log-prob of the student's own samples): "mimicry, then divergence"; and
+the rubric reward of each checkpoint under one fixed verifier (Table A5).
+
+Categories (Table 5, Table A3): the run's logged rubrics held fixed and re-graded at every
+checkpoint: each category's pass rate, and how the (prompt, criterion) cells move between
+checkpoints.
 
 Answers are checked by answers.py (the same checker as training's); model output is never executed.
 """
@@ -153,6 +159,36 @@ def _mean_over_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
+@torch.no_grad()
+def topk_hits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int, *, k: int = 24,
+              batch: int = 8) -> torch.Tensor:
+    """[N, T]: 1 where the completion's token is among `model`'s k most likely tokens at its position
+    (§4.2's top-24 token overlap of the student's samples with the teacher's distribution)."""
+    device = next(model.parameters()).device
+    out = []
+    for s in range(0, input_ids.shape[0], batch):
+        ids, attn = input_ids[s:s + batch].to(device), attention_mask[s:s + batch].to(device)
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, -n_completion - 1:-1]
+        top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices
+        out.append((top == ids[:, -n_completion:, None]).any(-1).float().cpu())
+    return torch.cat(out)
+
+
+def bad_update_rate(scores, labels, group_size: int) -> float:
+    """Table A4's "Bad-upd." (our reading): over the groups with both right and wrong rollouts, the
+    share of rollouts whose group-centred signal (the GRPO advantage it would give) points the
+    wrong way: a right rollout below its group's mean, or a wrong one above it. NaN without such
+    groups."""
+    s = np.asarray(scores, dtype=float).reshape(-1, group_size)
+    y = np.asarray(labels, dtype=bool).reshape(-1, group_size)
+    mixed = y.any(1) & ~y.all(1)
+    if not mixed.any():
+        return float("nan")
+    adv = s[mixed] - s[mixed].mean(1, keepdims=True)
+    bad = (y[mixed] & (adv < 0)) | (~y[mixed] & (adv > 0))
+    return float(bad.mean())
+
+
 def _scores_student_tokens(teacher, tok) -> bool:
     """Can this teacher give log-probs of the student's tokens (local, or served by vLLM)?"""
     if not hasattr(teacher, "token_logprobs"):
@@ -164,6 +200,9 @@ def _scores_student_tokens(teacher, tok) -> bool:
     return True
 
 
+TOP_K = 24  # §4.2's token-overlap signal
+
+
 def signal_analysis(student, tok, teacher, judge: rubric.CompleteFn, rows: list[dict], *,
                     sampling: grpo.SamplingConfig, k: int, seed: int, teacher_temperature: float | None,
                     teacher_max_tokens: int, settings: rubric.JudgeSettings = rubric.JudgeSettings(),
@@ -171,8 +210,10 @@ def signal_analysis(student, tok, teacher, judge: rubric.CompleteFn, rows: list[
     """§4.2: how well does each reward signal predict the correctness of student rollouts?
     G rollouts per prompt, each marked right or wrong by the checker, then scored by the ROPD
     reward (K references, rubricator, blind verifier: rubric.ropd_reward through `judge`) and, with
-    a white-box teacher that shares the student's tokenizer, by the teacher's mean token log-prob
-    and the mean teacher-student log-ratio (`sampling.group_size` is G)."""
+    a white-box teacher that shares the student's tokenizer, by the teacher's mean token log-prob,
+    the mean teacher-student log-ratio and the top-24 token overlap (the share of the rollout's
+    tokens among the teacher's 24 most likely). Each signal: its AUC, in-group AUC and Bad-upd.
+    rate (`sampling.group_size` is G)."""
     device, G, temperature = next(student.parameters()).device, sampling.group_size, sampling.temperature
     ro = grpo.sample(student, tok, [r["prompt"] for r in rows], n=G, max_new_tokens=sampling.max_new_tokens,
                      temperature=temperature, top_p=sampling.top_p, seed=seed, chat_template_kwargs=template_kwargs)
@@ -190,6 +231,9 @@ def signal_analysis(student, tok, teacher, judge: rubric.CompleteFn, rows: list[
         cmask = ro.completion_mask.cpu()
         signals["teacher log-prob"] = _mean_over_mask(t_lp, cmask).numpy()
         signals["teacher-student log-ratio"] = _mean_over_mask(t_lp - s_lp, cmask).numpy()
+        if getattr(teacher, "hf_model", None) is not None:  # a local teacher: its whole distribution
+            hits = topk_hits(teacher.hf_model, ro.input_ids, ro.attention_mask, T, k=TOP_K)
+            signals[f"top-{TOP_K} overlap"] = _mean_over_mask(hits, cmask).numpy()
     out = {"prompts": len(rows), "rollouts": len(ro.texts), "correct_frac": float(correct.mean()),
            "fallback_groups": int(sum(r.fallback is not None for r in results)), "signals": {}}
     for name, s in signals.items():
@@ -198,12 +242,32 @@ def signal_analysis(student, tok, teacher, judge: rubric.CompleteFn, rows: list[
         out["signals"][name] = {
             "auc": roc_auc(s[keep], correct[keep]),
             "group_auc": group_auc(s[keep], correct[keep], G),
+            "bad_update_rate": bad_update_rate(s[keep], correct[keep], G),
             "mean_if_correct": float(s[keep & correct].mean()) if (keep & correct).any() else None,
             "mean_if_wrong": float(s[keep & ~correct].mean()) if (keep & ~correct).any() else None}
     out["rollouts_detail"] = [{"prompt": rows[i // G]["prompt"], "text": t, "correct": bool(correct[i]),
                                "fallback": not bool(valid[i]), **{k: float(v[i]) for k, v in signals.items()}}
                               for i, t in enumerate(ro.texts)]
     return out
+
+
+def grade_fixed(judge: rubric.CompleteFn, rows: list[dict], refs, rubrics: dict, *, texts: list[str], G: int,
+                settings: rubric.JudgeSettings = rubric.JudgeSettings()) -> dict:
+    """The samples `texts` (G per row) graded by the verifier against fixed rubrics (group index ->
+    Rubric), in the blind pool with the references, as in training: group index -> GroupResult
+    (rewards = weighted pass rates, judgements per sample). Groups whose verdicts failed are left
+    out."""
+    groups = data.judge_groups(rows, texts, G, refs)
+    graded = rubric.verify_blindly(judge, groups, {(gi, 0): r for gi, r in rubrics.items()}, settings, errors={})
+    return {gi: rubric.weighted_pass_rates(groups[gi], [(rubrics[gi], graded[(gi, u)])]) for gi, u in graded}
+
+
+def induce_fixed(judge: rubric.CompleteFn, rows: list[dict], refs, *, texts: list[str], G: int,
+                 settings: rubric.JudgeSettings = rubric.JudgeSettings()) -> dict:
+    """One rubric per prompt, induced once (from the references and the samples `texts`), to hold
+    fixed over checkpoints: group index -> Rubric."""
+    got = rubric.induce_rubrics(judge, data.judge_groups(rows, texts, G, refs), settings, errors={})
+    return {gi: r for (gi, _), r in got.items()}
 
 
 def checkpoints(run: str) -> list[tuple[int, Path]]:
@@ -216,7 +280,7 @@ def checkpoints(run: str) -> list[tuple[int, Path]]:
 def similarity(model, tok, teacher, rows: list[dict], *, samples: int, temperature: float,
                max_new_tokens: int, seed: int, top_p: float = 0.95, template_kwargs: dict | None = None) -> dict:
     """The student's own samples, scored: accuracy, the teacher's mean token log-prob of them
-    (similarity to the teacher), and the student's own (its confidence)."""
+    (similarity to the teacher), and the student's own (its confidence); "texts" are the samples."""
     device = next(model.parameters()).device
     ro = grpo.sample(model, tok, [r["prompt"] for r in rows], n=samples, max_new_tokens=max_new_tokens,
                      temperature=temperature, top_p=top_p, seed=seed, chat_template_kwargs=template_kwargs)
@@ -229,15 +293,19 @@ def similarity(model, tok, teacher, rows: list[dict], *, samples: int, temperatu
     return {"accuracy": sum(correct) / len(correct),
             "teacher_logprob": float(_mean_over_mask(t_lp, cmask).mean()),
             "student_logprob": float(_mean_over_mask(s_lp, cmask).mean()),
-            "length": float(cmask.float().sum(1).mean())}
+            "length": float(cmask.float().sum(1).mean()), "texts": ro.texts}
 
 
 def phase_analysis(run: str, teacher, rows: list[dict], *, samples: int, temperature: float,
                    max_new_tokens: int, seed: int, device, load_student, top_p: float = 0.95,
-                   template_kwargs: dict | None = None) -> list[dict]:
+                   template_kwargs: dict | None = None, judge: rubric.CompleteFn | None = None,
+                   references=None) -> list[dict]:
     """Accuracy and similarity to the teacher at each checkpoint of a run (the paper's phase
     shift: similarity rises first, then falls while accuracy keeps rising). The run's initial
-    student is step 0 when it can be loaded."""
+    student is step 0 when it can be loaded. With a `judge` and the prompts' `references`, also
+    the rubric reward of each checkpoint's samples under one fixed verifier (Table A5): one rubric
+    per prompt, induced once from the first checkpoint's samples, every checkpoint graded against
+    it by the same judge (rubric_reward: the mean weighted pass rate)."""
     from tqdm import tqdm
 
     points = checkpoints(run)
@@ -245,16 +313,121 @@ def phase_analysis(run: str, teacher, rows: list[dict], *, samples: int, tempera
         raise UserError(f"no checkpoint-* folders under {run}")
     run_args = json.loads((Path(run) / "args.json").read_text()) if (Path(run) / "args.json").exists() else {}
     todo = ([(0, run_args["student"])] if run_args.get("student") else []) + [(s, str(p)) for s, p in points]
-    out = []
+    out, fixed = [], None
     for step, path in tqdm(todo, desc="checkpoints", disable=None, dynamic_ncols=True):
         model, tok = load_student(path, device)
         model.eval()
-        out.append({"step": step, "checkpoint": str(path),
-                    **similarity(model, tok, teacher, rows, samples=samples, temperature=temperature,
-                                 max_new_tokens=max_new_tokens, seed=seed, top_p=top_p,
-                                 template_kwargs=template_kwargs)})
+        point = similarity(model, tok, teacher, rows, samples=samples, temperature=temperature,
+                           max_new_tokens=max_new_tokens, seed=seed, top_p=top_p, template_kwargs=template_kwargs)
+        texts = point.pop("texts")
+        if judge is not None:
+            fixed = fixed if fixed is not None else induce_fixed(judge, rows, references, texts=texts, G=samples)
+            graded = grade_fixed(judge, rows, references, fixed, texts=texts, G=samples)
+            point["rubric_reward"] = float(np.mean([x for g in graded.values() for x in g.rewards])) if graded else None
+        out.append({"step": step, "checkpoint": str(path), **point})
         del model
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Table 5 / Table A3: the rubric criteria by category, and how their cells move between checkpoints
+# ----------------------------------------------------------------------------------------------
+
+def read_samples(run: str) -> list[dict]:
+    path = Path(run) / "samples.jsonl"
+    if not path.is_file():
+        raise UserError(f"{path}: no samples.jsonl (a ropd.py run folder has one)")
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def category_pass_rates(rubric_json: list[dict], judgements: list[list[bool]]) -> dict[str, list[int]]:
+    """category -> [criteria met, criteria judged] over the judged rollouts of one rubric."""
+    out: dict[str, list[int]] = {}
+    for j in judgements:
+        if j is None:
+            continue
+        for c, v in zip(rubric_json, j):
+            cell = out.setdefault(c["category"] or "(none)", [0, 0])
+            cell[0] += bool(v)
+            cell[1] += 1
+    return out
+
+
+def logged_categories(samples: list[dict]) -> dict[int, dict[str, float]]:
+    """Table 5 from the run's own log: per logged step, each category's pass rate over the
+    criteria of the rubrics the run was trained with (shared rubrics only; samples.jsonl)."""
+    steps: dict[int, dict[str, list[int]]] = {}
+    for s in samples:
+        rub = s.get("rubric")
+        if not isinstance(rub, dict) or not s.get("judgements"):
+            continue
+        acc = steps.setdefault(s["step"], {})
+        for cat, (met, n) in category_pass_rates(rub["rubrics"], s["judgements"]).items():
+            a = acc.setdefault(cat, [0, 0])
+            a[0], a[1] = a[0] + met, a[1] + n
+    return {st: {c: met / n for c, (met, n) in cats.items() if n} for st, cats in sorted(steps.items())}
+
+
+def cell_transitions(before: dict, after: dict) -> dict[str, int]:
+    """Table A3: cells (prompt, criterion) -> passed (True/False) at two checkpoints; how many went
+    fail->pass, pass->fail, stayed passing or stayed failing (cells present at both)."""
+    out = {"fail->pass": 0, "pass->fail": 0, "pass->pass": 0, "fail->fail": 0}
+    for cell in before.keys() & after.keys():
+        out[f"{'pass' if before[cell] else 'fail'}->{'pass' if after[cell] else 'fail'}"] += 1
+    return out
+
+
+def categories_analysis(run: str, judge: rubric.CompleteFn, *, samples: int, temperature: float,
+                        max_new_tokens: int, seed: int, device, load_student, prompts: int = 32,
+                        top_p: float = 0.95, template_kwargs: dict | None = None) -> dict:
+    """Table 5 and Table A3 over a run's checkpoints: the first `prompts` prompts of samples.jsonl,
+    each with the rubric the run logged for it (held fixed), re-graded at the initial student and
+    every checkpoint by one verifier (`judge`, in the blind pool with the references logged beside it).
+    Per checkpoint: each category's pass rate; between consecutive checkpoints: the transitions of
+    the cells (prompt, criterion), a cell passing when at least half of its samples meet it."""
+    logged = read_samples(run)
+    picked, seen = [], set()
+    for s in logged:
+        key = json.dumps(s["prompt"])
+        if isinstance(s.get("rubric"), dict) and key not in seen and s.get("answer") is not None:
+            seen.add(key)
+            picked.append(s)
+        if len(picked) == prompts:
+            break
+    if not picked:
+        raise UserError(f"{run}/samples.jsonl logs no shared rubric (a ROPD run with --log-samples > 0 does)")
+    rows = [{"prompt": s["prompt"], "answer": s["answer"]} for s in picked]
+    rubrics = {i: rubric.parse_rubric(json.dumps(s["rubric"]), 1, 100) for i, s in enumerate(picked)}
+    refs = [[x for x in s.get("references") or [] if not x.startswith("error: ")] for s in picked]
+    run_args = json.loads((Path(run) / "args.json").read_text()) if (Path(run) / "args.json").exists() else {}
+    todo = ([(0, run_args["student"])] if run_args.get("student") else []) + [(st, str(p)) for st, p in checkpoints(run)]
+    points, prev = [], None
+    for step, path in todo:
+        model, tok = load_student(path, device)
+        ro = grpo.sample(model.eval(), tok, [r["prompt"] for r in rows], n=samples, max_new_tokens=max_new_tokens,
+                         temperature=temperature, top_p=top_p, seed=seed, chat_template_kwargs=template_kwargs)
+        graded = grade_fixed(judge, rows, refs, rubrics, texts=ro.texts, G=samples)
+        cats: dict[str, list[int]] = {}
+        cells = {}
+        for gi, res in graded.items():
+            crit = rubrics[gi].to_json()["rubrics"]
+            for cat, (met, n) in category_pass_rates(crit, res.judgements).items():
+                a = cats.setdefault(cat, [0, 0])
+                a[0], a[1] = a[0] + met, a[1] + n
+            for k, c in enumerate(crit):
+                votes = [j[k] for j in res.judgements if j is not None]
+                cells[(gi, c["criterion_id"])] = sum(votes) >= len(votes) / 2 if votes else None
+        cells = {k: v for k, v in cells.items() if v is not None}
+        point = {"step": step, "checkpoint": str(path),
+                 "pass_rates": {c: met / n for c, (met, n) in cats.items() if n},
+                 "accuracy": float(np.mean([row_correct(t, rows[i // samples]) for i, t in enumerate(ro.texts)]))}
+        if prev is not None:
+            point["transitions"] = cell_transitions(prev, cells)
+        points.append(point)
+        prev = cells
+        del model
+    return {"run": run, "prompts": len(rows), "samples": samples, "checkpoints": points,
+            "logged": logged_categories(logged)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,24 +490,34 @@ def _signal_flags(ap: argparse.ArgumentParser):
 
 def parse(argv) -> tuple[str, argparse.Namespace]:
     argv = list(argv)
-    command = argv.pop(0) if argv and argv[0] in ("signal", "phase") else "benchmark"
+    command = argv.pop(0) if argv and argv[0] in ("signal", "phase", "categories") else "benchmark"
     ap = data.ArgumentParser(prog=f"eval.py{'' if command == 'benchmark' else ' ' + command}",
                                  description=__doc__.split("\n\n")[0])
     _common(ap)
+    if command == "categories":
+        ap.set_defaults(teacher=None)
     if command in ("benchmark", "signal"):
         ap.add_argument("--model", default="toy", help="checkpoint path, hub name, 'toy' or 'toy-teacher'")
     if command == "benchmark":
         ap.add_argument("--samples", type=int, default=16, help="k samples per problem")
         ap.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
         ap.add_argument("--batch", type=int, default=64, help="sequences per generate call")
-    else:
+    elif command != "categories":
         ap.add_argument("--teacher", default="toy", help=f"teacher spec ({teacher_lib.SPEC_HELP})")
     if command == "signal":
         _signal_flags(ap)
-    if command == "phase":
+    if command in ("phase", "categories"):
         ap.add_argument("--run", required=True, help="a ropd.py output directory with checkpoint-* folders")
         ap.add_argument("--samples", type=int, default=4, help="samples per problem at each checkpoint")
         ap.add_argument("--temperature", type=float, default=1.0)
+        ap.add_argument("--judge", default=None, help="the one verifier of every checkpoint (default: the teacher)")
+        ap.add_argument("--judge-max-tokens", type=int, default=8192)
+        ap.add_argument("--cache", default=None, help="teacher/judge cache (default ~/.cache/ropd/teacher_cache.sqlite)")
+    if command == "phase":
+        ap.add_argument("--rubric-reward", action=argparse.BooleanOptionalAction, default=True,
+                        help="also the rubric reward per checkpoint under one fixed verifier (Table A5; default: on)")
+    if command == "categories":
+        ap.add_argument("--prompts", type=int, default=32, help="prompts of samples.jsonl to re-grade")
     return command, ap.parse_args(argv)
 
 
@@ -382,26 +565,58 @@ def run_signal(ns, toy_world, device, max_new: int) -> tuple[dict, str]:
     res["model"], res["teacher"], res["judge"] = ns.model, ns.teacher, ns.judge or ns.teacher
     report = "\n".join([f"{res['rollouts']} rollouts of {res['prompts']} prompts, "
                         f"{res['correct_frac']:.1%} correct, {res['fallback_groups']} groups fell back",
-                        f"{'signal':<28}{'AUC':>8}{'in-group AUC':>14}"]
-                       + [f"{k:<28}{v['auc']:>8.3f}{v['group_auc']:>14.3f}" for k, v in res["signals"].items()])
+                        f"{'signal':<28}{'AUC':>8}{'in-group AUC':>14}{'Bad-upd.':>10}"]
+                       + [f"{k:<28}{v['auc']:>8.3f}{v['group_auc']:>14.3f}{v['bad_update_rate']:>10.3f}"
+                          for k, v in res["signals"].items()])
     return res, report
+
+
+def _judge(ns, spec: str):
+    """The judge of `phase` and `categories`: ns.judge (default `spec`), as a CompleteFn."""
+    j = teacher_lib.load(ns.judge or spec, cache=ns.cache or teacher_lib.default_cache_path(), concurrency=16)
+    return j.as_judge(ns.judge_max_tokens)
 
 
 def run_phase(ns, toy_world, device, max_new: int) -> tuple[dict, str]:
     rows = load_rows(ns.data, ns.limit or 64, toy_world, ns.instruction)
-    teacher = teacher_lib.load(ns.teacher)
+    teacher = teacher_lib.load(ns.teacher, cache=ns.cache or teacher_lib.default_cache_path())
     if not hasattr(teacher, "token_logprobs"):
         raise UserError(f"the phase analysis needs a white-box teacher (hf:PATH or toy), got {ns.teacher!r}")
+    judge = refs = None
+    if ns.rubric_reward:
+        g = toy.GENERATION if ns.data == "toy" else {"teacher_temperature": None, "teacher_max_tokens": 8192}
+        refs = teacher_lib.references(teacher, [data.as_chat(r["prompt"]) for r in rows], k=4,
+                                      temperature=g["teacher_temperature"], max_tokens=g["teacher_max_tokens"])
+        judge = _judge(ns, ns.teacher)
     pts = phase_analysis(ns.run, teacher, rows, samples=ns.samples, temperature=ns.temperature,
                          max_new_tokens=max_new, seed=ns.seed, device=device,
                          load_student=lambda name, dev: load_model(name, dev, toy_world), top_p=ns.top_p,
-                         template_kwargs={"enable_thinking": ns.enable_thinking})
+                         template_kwargs={"enable_thinking": ns.enable_thinking}, judge=judge, references=refs)
     res = {"run": ns.run, "teacher": ns.teacher, "samples": ns.samples, "problems_n": len(rows),
            "checkpoints": pts}
-    report = "\n".join([f"{'step':>6}{'accuracy':>10}{'teacher logp':>14}{'student logp':>14}"]
+    rr = lambda p: f"{p['rubric_reward']:>14.3f}" if p.get("rubric_reward") is not None else f"{'-':>14}"  # noqa: E731
+    report = "\n".join([f"{'step':>6}{'accuracy':>10}{'teacher logp':>14}{'student logp':>14}{'rubric reward':>14}"]
                        + [f"{p['step']:>6}{p['accuracy']:>10.1%}{p['teacher_logprob']:>14.3f}"
-                          f"{p['student_logprob']:>14.3f}" for p in pts])
+                          f"{p['student_logprob']:>14.3f}{rr(p)}" for p in pts])
     return res, report
+
+
+def run_categories(ns, toy_world, device, max_new: int) -> tuple[dict, str]:
+    path = Path(ns.run) / "args.json"
+    run_args = json.loads(path.read_text()) if path.exists() else {}
+    judge = _judge(ns, run_args.get("judge") or run_args.get("teacher") or "toy")
+    res = categories_analysis(ns.run, judge, samples=ns.samples, temperature=ns.temperature, max_new_tokens=max_new,
+                              seed=ns.seed, device=device, load_student=lambda name, dev: load_model(name, dev, toy_world),
+                              prompts=ns.prompts, top_p=ns.top_p, template_kwargs={"enable_thinking": ns.enable_thinking})
+    cats = sorted({c for p in res["checkpoints"] for c in p["pass_rates"]})
+    lines = [f"{res['prompts']} prompts x {res['samples']} samples, each under the rubric the run logged for it",
+             f"{'step':>6}{'accuracy':>10}" + "".join(f"{c[:26]:>28}" for c in cats) + f"{'fail->pass':>12}{'pass->fail':>12}"]
+    for p in res["checkpoints"]:
+        t = p.get("transitions", {})
+        lines.append(f"{p['step']:>6}{p['accuracy']:>10.1%}" + "".join(f"{p['pass_rates'].get(c, float('nan')):>28.3f}"
+                                                                   for c in cats)
+                     + f"{t.get('fail->pass', ''):>12}{t.get('pass->fail', ''):>12}")
+    return res, "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -414,14 +629,15 @@ def main(argv=None) -> int:
         toy.pin_cpu_numerics(threads=toy.BUILD_THREADS if getattr(ns, "model", "toy") in ("toy", "toy-teacher") else None)
         run_args = Path(getattr(ns, "run", None) or ".") / "args.json"
         needs_toy_world = (ns.data == "toy" or getattr(ns, "model", "") in ("toy", "toy-teacher")
-                       or (command == "phase" and run_args.exists()
+                           or (command in ("phase", "categories") and run_args.exists()
                            and json.loads(run_args.read_text()).get("student") == "toy"))
         toy_world = toy.load_world(ns.toy_world) if needs_toy_world else None
         for role in ("teacher", "judge"):  # --teacher toy with --world W: that world's teacher (and judge)
             if getattr(ns, role, None) == "toy" and ns.toy_world:
                 setattr(ns, role, f"toy:{ns.toy_world}")
         max_new = ns.max_new_tokens or (toy.GENERATION["max_new_tokens"] if ns.data == "toy" else 32768)
-        run = {"benchmark": run_benchmark, "signal": run_signal, "phase": run_phase}[command]
+        run = {"benchmark": run_benchmark, "signal": run_signal, "phase": run_phase,
+               "categories": run_categories}[command]
         res, report = run(ns, toy_world, data.pick_device(ns.device), max_new)
     except (UserError, teacher_lib.TeacherError) as e:
         print(f"error: {teacher_lib.redact(str(e))}", file=sys.stderr)

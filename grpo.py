@@ -29,7 +29,10 @@ from typing import Sequence
 
 import torch
 
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "micro-token-mean")
+INVARIANT_AGGREGATIONS = AGGREGATIONS[:3]  # the gradient does not depend on the micro-batch size (or the ranks)
+ADV_SCALES = ("none", "std", "eq6")
+RATIOS = ("token", "sequence")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -459,16 +462,19 @@ def group_advantages(rewards: torch.Tensor, group_size: int, *, scale: str = "no
     """Eq. 6 (Alg. 1 line 20): A_i = s_i - mean_{j in group(i)} s_j, one advantage per rollout.
 
     scale="none" is the official ROPD code (Dr. GRPO-style: no division, so easy and hard prompts
-    keep their natural scale); scale="std" is the paper's, as Alg. 1 line 20 writes it:
-    (s_i - mean) / sqrt(var + eps), the group's population variance (ddof 0), eps inside the root.
-    A group whose rewards are all equal gets zero advantage either way.
+    keep their natural scale); the paper writes the division by the group's spread twice, in two
+    forms: scale="std" is Alg. 1 line 20's (s_i - mean) / sqrt(var + eps), scale="eq6" is Eq. 6's
+    (s_i - mean) / (std + eps); both use the group's population variance (ddof 0).
+    A group whose rewards are all equal gets zero advantage in every form.
     """
-    if scale not in ("none", "std"):
-        raise ValueError(f"scale must be 'none' or 'std', got {scale!r}")
+    if scale not in ADV_SCALES:
+        raise ValueError(f"scale must be one of {ADV_SCALES}, got {scale!r}")
     r = rewards.float().view(-1, group_size)
     adv = r - r.mean(dim=1, keepdim=True)
     if scale == "std":
         adv = adv / torch.sqrt(r.var(dim=1, unbiased=False, keepdim=True) + eps)
+    elif scale == "eq6":
+        adv = adv / (r.std(dim=1, unbiased=False, keepdim=True) + eps)
     return adv.view(-1)
 
 
@@ -494,10 +500,10 @@ def exopd_advantages(teacher_logp: torch.Tensor, student_logp: torch.Tensor, ref
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor, *, clip_low: float = 0.2, clip_high: float = 0.28,
                 clip_c: float | None = 3.0, agg: str = "token-mean", ref_logp: torch.Tensor | None = None,
-                kl_beta: float = 0.0, norm: float | None = None,
-                max_len: int | None = None) -> tuple[torch.Tensor, dict]:
-    """Eqs. 7-8 (Alg. 1 line 25): the importance-weighted clipped objective (PPO-clip, as in
-    GRPO/DAPO/verl), with the token-level ratio of the official code.
+                kl_beta: float = 0.0, norm: float | None = None, max_len: int | None = None,
+                ratio_level: str = "token") -> tuple[torch.Tensor, dict]:
+    """Eqs. 7-8: the importance-weighted clipped objective (PPO-clip, as in GRPO/DAPO/verl), with the
+    official token-level ratio (ratio_level="sequence": Alg. 1 line 25's, sequence_policy_loss).
 
     Per token t of rollout i, with ratio r = exp(logp - old_logp):
         l_t = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))           (asymmetric clip)
@@ -505,10 +511,12 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         l_t += kl_beta * k3(ref, logp),  k3 = exp(ref - logp) - (ref - logp) - 1
     `advantages` is [B] (one per rollout, broadcast to its tokens) or [B, T] (per token: LOPD).
     The per-token losses are summed and normalised by `aggregate` (`agg`, `norm`, `max_len`: see
-    there). Returns (loss, stats); stats are floats over valid tokens.
-    """
+    there). Returns (loss, stats); stats are floats over valid tokens."""
     if agg not in AGGREGATIONS:
         raise ValueError(f"agg must be one of {AGGREGATIONS}, got {agg!r}")
+    if ratio_level == "sequence":
+        return sequence_policy_loss(logp, old_logp, advantages, mask, clip_low=clip_low, clip_high=clip_high,
+                                    clip_c=clip_c, ref_logp=ref_logp, kl_beta=kl_beta, norm=norm)
     mask = mask.to(logp.dtype)
     adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
     adv = adv.to(logp.dtype).expand_as(logp)
@@ -531,16 +539,55 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
                              dual=dual, kl=kl)
 
 
+MAX_LOG_RATIO = 20.0  # a sequence's log-ratio is clamped here before exp (verl clamps each token's alike)
+
+
+def sequence_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                         *, clip_low: float = 0.2, clip_high: float = 0.28, clip_c: float | None = 3.0,
+                         ref_logp: torch.Tensor | None = None, kl_beta: float = 0.0,
+                         norm: float | None = None) -> tuple[torch.Tensor, dict]:
+    """Alg. 1 line 25: the clipped objective with one importance ratio per rollout,
+    rho_i = pi_theta(y_i | x) / pi_theta_old(y_i | x) = exp(sum_t (logp - old_logp)) (the log-ratio
+    clamped to +-MAX_LOG_RATIO), l_i = max(-A_i rho_i, -A_i clip(rho_i, 1 - clip_low, 1 + clip_high)),
+    dual-clipped like the token form, plus kl_beta times the rollout's mean k3 KL; averaged over the
+    rollouts (1/G sum_i, `norm` overriding the count). `advantages` is one per rollout."""
+    if advantages.dim() != 1:
+        raise ValueError("a sequence-level ratio needs one advantage per rollout (not per-token advantages)")
+    mask = mask.to(logp.dtype)
+    adv = advantages.to(logp.dtype)
+    seq_log_ratio = ((logp - old_logp) * mask).sum(-1).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+    rho = torch.exp(seq_log_ratio)
+    pg_unclipped, pg_clipped = -adv * rho, -adv * rho.clamp(1.0 - clip_low, 1.0 + clip_high)
+    pg = torch.max(pg_unclipped, pg_clipped)
+    dual = torch.zeros_like(pg, dtype=torch.bool)
+    if clip_c is not None:  # as the token form's dual clip, per rollout
+        dual = (adv < 0) & (pg > clip_c * -adv)
+        pg = torch.where(dual, clip_c * -adv, pg)
+    kl = None
+    if ref_logp is not None and kl_beta != 0.0:
+        d = ref_logp - logp
+        kl = torch.exp(d) - d - 1.0
+        pg = pg + kl_beta * (kl * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    loss = pg.sum() / (mask.shape[0] if norm is None else norm)
+    tok = lambda x: x.unsqueeze(-1).expand_as(logp)  # noqa: E731 - the stats are per token, as the token form's
+    return loss, _loss_stats(mask, ratio=tok(rho),
+                             log_ratio=tok(seq_log_ratio) / mask.sum(-1, keepdim=True).clamp(min=1.0),
+                             pg=tok(pg), clipped=tok(pg_clipped > pg_unclipped), dual=tok(dual), kl=kl)
+
+
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, *, agg: str = "token-mean",
               norm: float | None = None, max_len: int | None = None) -> torch.Tensor:
     """The loss's normalisation (the classic source of silent bugs), over the valid tokens:
         token-mean              sum_i sum_t l / (number of valid tokens)       DAPO, official ROPD
         seq-mean-token-mean     sum_i (sum_t l / |y_i|) / (number of rollouts)   original GRPO
         seq-mean-token-sum-norm sum_i (sum_t l / max_len) / (number of rollouts) Dr. GRPO
+        micro-token-mean        token-mean of each micro-batch, averaged over the micro-batches:
+                                the official code's (verl's dp_actor, micro-batches of 2 rollouts);
+                                the gradient depends on the micro-batch size (see loss_norm)
     `norm` overrides the denominator (valid tokens, or rollouts): with gradient accumulation pass
     the whole mini-batch's count, so the gradient does not depend on the micro-batch size.
     `max_len` is Dr. GRPO's constant (default: this batch's padded length)."""
-    if agg == "token-mean":
+    if agg in ("token-mean", "micro-token-mean"):
         return (per_token * mask).sum() / (mask.sum().clamp(min=1.0) if norm is None else norm)
     if agg == "seq-mean-token-mean":
         per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
@@ -670,6 +717,7 @@ class LossConfig:
     agg: str = "token-mean"        # see aggregate
     kl_beta: float = 0.0           # k3 KL to the initial student (paper text; 0 in the code)
     max_len: int | None = None     # Dr. GRPO's constant length
+    ratio: str = "token"           # "token" (code, Eqs. 7-8) or "sequence" (Alg. 1 line 25)
 
 
 @dataclass(frozen=True)
@@ -679,6 +727,20 @@ class UpdateConfig:
     epochs: int = 1                # passes over the batch
     grad_clip: float = 1.0         # gradient-norm clip per optimizer step
     micro_batch: int = 0           # rows per forward/backward (0: a whole mini-batch); not in the gradient
+
+
+def loss_norm(mb: Batch, whole: Batch, *, loss: LossConfig, micro_batch: int) -> float:
+    """The denominator of a micro-batch's loss (Eq. 8), from the *whole* mini-batch: its token count
+    (token-mean), its rollout count (seq-mean-*, and Alg. 1 line 25's 1/G sum_i for ratio="sequence"),
+    so that the accumulated gradient is the same for any micro-batch size - a per-micro-batch mean
+    would over-weight the tokens of short micro-batches. The official code has that weighting, and
+    agg="micro-token-mean" gives it: this micro-batch's token count times the number of
+    micro-batches of `micro_batch` rollouts in the mini-batch (0: one micro-batch)."""
+    if loss.ratio == "sequence" or loss.agg not in ("token-mean", "micro-token-mean"):
+        return float(len(whole))
+    if loss.agg == "micro-token-mean":
+        return float(mb.completion_mask.sum().clamp(min=1)) * -(-len(whole) // (micro_batch or len(whole)))
+    return float(whole.completion_mask.sum().clamp(min=1))
 
 
 def group_rows(groups: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -766,7 +828,6 @@ def update_policy(model, opt, batch: Batch, *, group_size: int, seed: int, loss:
                                              world_size=world_size):
         opt.zero_grad(set_to_none=True)
         n_tok = float(whole.completion_mask.sum().clamp(min=1))
-        norm = n_tok if loss.agg == "token-mean" else float(len(whole))
         stats: dict[str, float] = {}
         for mb, weight in micro_batches(mine, whole, micro_batch=update.micro_batch, n_micro=n_micro,
                                         scale=world_size, device=device):
@@ -775,7 +836,8 @@ def update_policy(model, opt, batch: Batch, *, group_size: int, seed: int, loss:
             old = logp.detach() if mb.old_logp is None else mb.old_logp
             value, st = policy_loss(logp, old, mb.advantages, mb.completion_mask, clip_low=loss.clip_low,
                                     clip_high=loss.clip_high, clip_c=loss.clip_c, agg=loss.agg, ref_logp=mb.ref_logp,
-                                    kl_beta=loss.kl_beta, norm=norm, max_len=loss.max_len)
+                                    kl_beta=loss.kl_beta, max_len=loss.max_len, ratio_level=loss.ratio,
+                                    norm=loss_norm(mb, whole, loss=loss, micro_batch=update.micro_batch))
             (value * weight).backward()
             share = float(mb.completion_mask.sum()) / n_tok  # token-weighted: the sum is the mini-batch's
             for k, v in st.items():

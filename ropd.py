@@ -52,14 +52,15 @@ import answers
 import data
 import dist
 import eval as evaluation
+import gad as gad_lib
 import grpo
 import rubric
 import teacher as teacher_lib
 import toy
 from data import UserError, as_chat
 
-METHODS = ("ropd", "lopd", "exopd", "tjudge", "ovd", "sft", "grpo")
-USES_REFERENCES = ("ropd", "sft")
+METHODS = ("ropd", "lopd", "exopd", "tjudge", "ovd", "gad", "sft", "grpo")
+USES_REFERENCES = ("ropd", "gad", "sft")
 
 
 @dataclass
@@ -70,8 +71,11 @@ class Args:
     defaults the user did not set."""
     method: str = "ropd"
     """ropd, or a baseline (§3.1): lopd / exopd (teacher log-probs, white-box), tjudge / ovd
-    (a holistic teacher score in [0, 1] / 0-9), sft (fine-tune on the references), grpo (outcome
-    reward from the data's answers)"""
+    (a holistic teacher score in [0, 1] / 0-9), gad (a discriminator of teacher vs student answers
+    is the reward), sft (fine-tune on the references), grpo (outcome reward from the data's answers)"""
+    preset: str | None = None
+    """official: every setting of the official config; paper: the paper's (Table A2, Alg. 1, App. D);
+    flags given explicitly still win (see the list at the end of --help)"""
     student: str = "toy"
     """the policy pi_theta: 'toy', 'smollm2', a local folder or a hub name"""
     teacher: str = "toy"
@@ -108,7 +112,8 @@ class Args:
     epochs: int = 1
     """passes over each step's batch"""
     micro_batch: int = 0
-    """rollouts per forward/backward (0: a whole mini-batch); the gradient does not depend on it"""
+    """rollouts per forward/backward (0: a whole mini-batch); the gradient does not depend on it,
+    except with --agg micro-token-mean (official: 2)"""
     lr: float = 1e-6
     """AdamW learning rate"""
     schedule: str = "constant"
@@ -128,13 +133,20 @@ class Args:
     clip_c: float = 3.0
     """dual clip for negative advantages (0: off)"""
     adv_scale: str = "none"
-    """none: A = s - mean (code); std: A = (s - mean) / std (paper text, Eq. 6)"""
+    """none: A = s - mean (code); std: (s - mean) / sqrt(var + eps) (Alg. 1 line 20); eq6:
+    (s - mean) / (std + eps) (Eq. 6)"""
     agg: str = "token-mean"
-    """loss aggregation: token-mean (code), seq-mean-token-mean (paper text), seq-mean-token-sum-norm"""
+    """loss aggregation: token-mean (micro-batch-invariant), micro-token-mean (the official code's:
+    token-mean per micro-batch of --micro-batch rollouts, averaged), seq-mean-token-mean (Eq. 8),
+    seq-mean-token-sum-norm (Dr. GRPO)"""
+    ratio: str = "token"
+    """importance ratio: token (code, Eqs. 7-8) or sequence (one per rollout, Alg. 1 line 25)"""
     kl_beta: float = 0.0
     """k3 KL to the initial student (paper text names it without a value; code: none)"""
     exopd_lambda: float = 1.25
     """ExOPD's reward-extrapolation factor lambda (1: LOPD; 1.25: its authors' script)"""
+    gad_lr: float = 0.0
+    """GAD's discriminator learning rate (0: the student's --lr)"""
     max_new_tokens: int = 8192
     """rollout length limit"""
     temperature: float = 1.0
@@ -155,7 +167,11 @@ class Args:
     judge_temperature: float | None = None
     """T-Judge / OVD scorer temperature (unset: not sent)"""
     judge_max_tokens: int = 8192
-    """judge output length limit"""
+    """T-Judge / OVD output length limit"""
+    rubricator_max_tokens: int = 8192
+    """rubricator output length limit (official: 8192)"""
+    verifier_max_tokens: int = 4096
+    """verifier output length limit (official: 4096)"""
     judge_json_mode: bool = False
     """ask the judge API for structured output: the strict JSON schema on OpenAI's API,
     response_format json_object on OpenAI-compatible servers (the official code does)"""
@@ -173,6 +189,13 @@ class Args:
     """keep the references in the verifier's pool (--no-pool-references: the rollouts alone)"""
     judge_retries: int = 2
     """re-asks of a judge output that does not parse, before the group falls back"""
+    judge_retry_policy: str = "uniform"
+    """uniform: --judge-retries re-asks for any failure; official: the official per-stage counts
+    (rubricator: schema 2, validation 2, else 0; verifier: parse 1, schema 1, empty 3, a failed
+    request 1, validation 0)"""
+    reward: str = "pass-rate"
+    """pass-rate: Eq. 4 recomputed from the verifier's booleans; final-score: the verifier's own
+    total / the rubric's maximum (the official code's reward)"""
     min_criteria: int = 4
     """fewest rubric criteria accepted"""
     max_criteria: int = 12
@@ -190,7 +213,13 @@ class Args:
     rpm: float = 0.0
     """teacher/judge requests per minute (0: no limit)"""
     request_timeout: float = 600.0
-    """seconds before a teacher/judge request is retried"""
+    """seconds before a request of another role (T-Judge, OVD, log-probs) is retried"""
+    teacher_timeout: float = 90.0
+    """seconds before a reference request is retried (official: 90)"""
+    rubricator_timeout: float = 120.0
+    """seconds before a rubricator request is retried (official: 120)"""
+    verifier_timeout: float = 60.0
+    """seconds before a verifier request is retried (official: 60)"""
     cache: str | None = None
     """teacher/judge cache (default ~/.cache/ropd/teacher_cache.sqlite): nothing is paid twice"""
     save_every: int = 50
@@ -220,6 +249,27 @@ class Args:
 # learn to show its work (README, "The default run").
 TOY_PRESET = dict(steps=60, prompts_per_step=16, mini_batches=2, lr=1e-4, warmup_steps=10,
                   **toy.GENERATION, eval_every=10, save_every=20)
+
+
+# --preset: every setting of the official config, or of the paper (Table A2; Alg. 1; App. D's
+# prompts). Flags the user gives still win. The official code's judge asks for reasoning effort
+# and structured output: set only where the judge is an OpenAI(-compatible) API (OPENAI_ONLY).
+PRESETS = {
+    "official": dict(steps=500, prompts_per_step=32, rollouts=8, references=4, mini_batches=4, epochs=1, lr=1e-6,
+                     schedule="constant", warmup_steps=0, betas=(0.9, 0.999), weight_decay=0.01, grad_clip=1.0,
+                     clip_low=0.2, clip_high=0.28, clip_c=3.0, adv_scale="none", agg="micro-token-mean",
+                     micro_batch=2, ratio="token", kl_beta=0.0, max_new_tokens=8192, temperature=1.0, top_p=1.0,
+                     rubric_prompt="official", verifier="batch", reward="final-score", judge_retry_policy="official",
+                     rubricator_max_tokens=8192, verifier_max_tokens=4096, teacher_timeout=90.0,
+                     rubricator_timeout=120.0, verifier_timeout=60.0, concurrency=32, rpm=1920.0,
+                     judge_reasoning_effort="high", judge_json_mode=True),
+    "paper": dict(steps=531, prompts_per_step=32, rollouts=8, references=4, mini_batches=1, epochs=1, lr=1e-6,
+                  schedule="cosine", warmup_steps=100, betas=(0.9, 0.95), weight_decay=0.1, grad_clip=1.0,
+                  adv_scale="std", agg="seq-mean-token-mean", ratio="token", max_new_tokens=8192, temperature=1.0,
+                  teacher_temperature=0.0, rubricator_temperature=0.7, verifier_temperature=0.0,
+                  rubric_prompt="paper", verifier="per-response", reward="pass-rate"),
+}
+OPENAI_ONLY = ("judge_reasoning_effort", "judge_json_mode")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,6 +324,7 @@ class Rewards:
     fallback: list[str | None]            # per prompt: why its group got no signal, else None
     groups: list[rubric.GroupResult] | None = None  # what the judge did, per prompt (samples.jsonl)
     token_advantages: torch.Tensor | None = None    # [B*G, T] LOPD: A_t = log pi_T - log pi_theta_old
+    stats: dict | None = None                       # what the reward function reports (GAD: its loss)
 
 
 # A reward function: reward(rows, rollouts, references) -> Rewards. ROPD's is one; each baseline's
@@ -320,6 +371,18 @@ def exopd_reward(rows, ro: grpo.Rollouts, references=None, *, teacher, temperatu
     log_ratio = grpo.lopd_advantages(teacher_logp, ro.old_logp, ro.completion_mask)  # logged, as LOPD's reward
     return Rewards(scores=(log_ratio.sum(1) / ro.lengths.clamp(min=1)).float(), fallback=[None] * len(rows),
                    token_advantages=adv)
+
+
+def gad_reward(rows, ro: grpo.Rollouts, references, *, disc: gad_lib.GAD) -> Rewards:
+    """The GAD baseline (§3.1; Ye et al., arXiv 2511.10643): the discriminator's score D(x, y) of
+    each rollout is its reward; then one discriminator update on the step's teacher references
+    (preferred) vs rollouts (gad.bradley_terry). A prompt without references gets no signal."""
+    G = ro.group_size
+    chats = [as_chat(row["prompt"]) for row in rows]
+    scores = disc.scores([chats[i // G] for i in range(len(ro.texts))], ro.texts).float().cpu()
+    refs = [rubric.dedupe([x for x in rs if isinstance(x, str)]) for rs in references]
+    stats = disc.update(chats, refs, [ro.texts[i * G:(i + 1) * G] for i in range(len(rows))])
+    return Rewards(scores=scores, fallback=[None if rs else "no references" for rs in refs], stats=stats)
 
 
 def apply_failure_policy(fallback: list[str | None], groups, *, max_rate: float, where: str = "") -> int:
@@ -433,7 +496,8 @@ def train(args: Args, log=print) -> dict:
         write_logs(run.out, m, samples, bar) if world.main else None
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
             run.last_ckpt = save_checkpoint(run.out, model, tok, opt, step=step + 1, data_pos=run.data_pos,
-                                            run_args=dataclasses.asdict(args), keep_last=args.keep_last, world=world)
+                                            run_args=dataclasses.asdict(args), keep_last=args.keep_last, world=world,
+                                            extra=run.gad.save if run.gad else None)
     bar.close()
     return finish_run(args, run, acc_before, log)
 
@@ -443,9 +507,10 @@ def train(args: Args, log=print) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 POSITIVE = ("steps", "prompts_per_step", "rollouts", "references", "mini_batches", "epochs", "max_new_tokens",
-            "teacher_max_tokens", "judge_max_tokens", "save_every", "concurrency", "lr", "grad_clip",
-            "request_timeout", "temperature", "top_p", "exopd_lambda", "min_criteria")
-NON_NEGATIVE = ("micro_batch", "warmup_steps", "judge_retries", "verifier_chunk", "min_references", "keep_last",
+            "teacher_max_tokens", "judge_max_tokens", "rubricator_max_tokens", "verifier_max_tokens", "save_every",
+            "concurrency", "lr", "grad_clip", "request_timeout", "teacher_timeout", "rubricator_timeout",
+            "verifier_timeout", "temperature", "top_p", "exopd_lambda", "min_criteria")
+NON_NEGATIVE = ("micro_batch", "warmup_steps", "judge_retries", "verifier_chunk", "min_references", "keep_last", "gad_lr",
                 "eval_every", "eval_samples", "eval_max_new_tokens", "rpm", "weight_decay", "kl_beta", "clip_low",
                 "clip_high", "clip_c", "teacher_temperature", "rubricator_temperature", "verifier_temperature",
                 "judge_temperature")
@@ -474,6 +539,16 @@ def check_args(args: Args):
         (not (args.resume and args.overwrite), "--resume and --overwrite contradict each other"),
         (args.prompts_per_step % dist.world_size() == 0,
          f"--prompts-per-step {args.prompts_per_step} does not split evenly over {dist.world_size()} processes"),
+        *[(getattr(args, name) in CHOICES[name], f"--{name.replace('_', '-')} must be one of "
+           f"{', '.join(map(str, CHOICES[name]))}, got {getattr(args, name)!r}") for name in CHOICES],
+        (args.agg != "micro-token-mean" or args.micro_batch > 0, "--agg micro-token-mean weighs each micro-batch of "
+         "--micro-batch rollouts alike: give --micro-batch N (the official code: 2)"),
+        (args.ratio == "token" or args.method not in ("lopd", "exopd"),
+         f"--ratio sequence needs one advantage per rollout; --method {args.method} has one per token"),
+        (args.reward == "pass-rate" or args.method == "ropd",
+         f"--reward final-score is the ROPD verifier's own total; --method {args.method} has no verifier"),
+        (args.method != "gad" or dist.world_size() == 1, "--method gad runs in one process (its discriminator "
+         "is not sharded); start it without torchrun"),
     ]
     for ok, message in checks:
         if not ok:
@@ -528,6 +603,7 @@ class Run:
     start_step: int = 0
     data_pos: int = 0
     last_ckpt: Path | None = None
+    gad: gad_lib.GAD | None = None  # GAD's discriminator
 
 
 def setup_run(args: Args, log) -> Run:
@@ -564,6 +640,10 @@ def setup_run(args: Args, log) -> Run:
         ref_model.eval().requires_grad_(False)
     teacher, judge, reward = (None, None, outcome_reward) if args.method == "grpo" else \
         dist.on_main(lambda: load_judges(args, tok), world, share=False) or (None, None, None)
+    disc = None
+    if args.method == "gad":  # the discriminator starts as a copy of the initial student (or the checkpoint's)
+        disc = load_discriminator(args, model, tok, ckpt=ckpt, device=world.device)
+        reward = functools.partial(gad_reward, disc=disc)
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=tuple(args.betas), weight_decay=args.weight_decay)
     if state:
@@ -576,7 +656,20 @@ def setup_run(args: Args, log) -> Run:
     dist.barrier(world)
     return Run(out=out, model=model, tok=tok, opt=opt, world=world, train_rows=train_rows, eval_rows=eval_rows,
                teacher=teacher, judge=judge, reward=reward, ref_model=ref_model, start_step=start,
-               data_pos=state["data_pos"] if state else 0, last_ckpt=ckpt)
+               data_pos=state["data_pos"] if state else 0, last_ckpt=ckpt, gad=disc)
+
+
+def load_discriminator(args: Args, model, tok, *, ckpt: Path | None, device) -> gad_lib.GAD:
+    """GAD's discriminator (§3.1, Tables 1 and 3): a copy of the initial student with a scalar head,
+    or the one a GAD checkpoint kept."""
+    disc = gad_lib.GAD(model, tok, args.gad_lr or args.lr, betas=args.betas, weight_decay=args.weight_decay,
+                       max_tokens=args.max_new_tokens, template_kwargs={"enable_thinking": args.enable_thinking},
+                       device=device)
+    if ckpt:
+        if not (ckpt / "discriminator.pt").is_file():
+            raise UserError(f"--resume {ckpt}: no discriminator.pt there (not a GAD run's checkpoint)")
+        disc.load(ckpt)
+    return disc
 
 
 def load_policy(name: str, *, grad_checkpointing: bool, world: dist.World, toy_world):
@@ -591,10 +684,12 @@ def load_policy(name: str, *, grad_checkpointing: bool, world: dist.World, toy_w
 def load_judges(args: Args, tok):
     """(teacher, judge, reward function) on rank 0, with the run's cache and transport settings."""
     in_world = lambda spec: f"toy:{args.toy_world}" if spec == "toy" and args.toy_world else spec  # noqa: E731
+    timeouts = {"reference": args.teacher_timeout, "rubricator": args.rubricator_timeout,
+                "verifier": args.verifier_timeout}
     teacher, judge = teacher_lib.load_teacher_and_judge(in_world(args.teacher), args.judge and in_world(args.judge),
                                                         cache=args.cache or "default",
                                                         concurrency=args.concurrency, rpm=args.rpm or None, retries=2,
-                                                        timeout=args.request_timeout)
+                                                        timeout=args.request_timeout, timeouts=timeouts)
     if args.method in ("lopd", "exopd"):
         check_lopd_teacher(teacher, tok, args.teacher, args.temperature)
     return teacher, judge, reward_function(args, teacher, judge)
@@ -614,15 +709,19 @@ def start_logs(out: Path, args: Args, start: int):
 
 def reward_function(args: Args, teacher, judge) -> RewardFn | None:
     """The method's reward function, with its settings bound (sft has none)."""
-    if args.method in ("lopd", "exopd", "grpo", "sft"):
+    if args.method in ("lopd", "exopd", "grpo", "sft", "gad"):  # gad's is built with the student (setup_run)
         return {"lopd": functools.partial(lopd_reward, teacher=teacher, temperature=args.temperature),
                 "exopd": functools.partial(exopd_reward, teacher=teacher, temperature=args.temperature,
                                            lam=args.exopd_lambda),
-                "grpo": outcome_reward, "sft": None}[args.method]
+                "grpo": outcome_reward, "sft": None, "gad": None}[args.method]
     temperatures = {"rubricator": args.rubricator_temperature, "verifier": args.verifier_temperature,
                     "tjudge": args.judge_temperature, "ovd": args.judge_temperature}
-    complete = judge.as_judge(args.judge_max_tokens, temperatures=temperatures, json_mode=args.judge_json_mode,
-                              reasoning_effort=args.judge_reasoning_effort, retries=args.judge_retries)
+    max_tokens = {"rubricator": args.rubricator_max_tokens, "verifier": args.verifier_max_tokens,
+                  "default": args.judge_max_tokens}
+    reasks = max(args.judge_retries, *rubric.OFFICIAL_REASKS["verifier"].values()) \
+        if args.judge_retry_policy == "official" else args.judge_retries
+    complete = judge.as_judge(max_tokens, temperatures=temperatures, json_mode=args.judge_json_mode,
+                              reasoning_effort=args.judge_reasoning_effort, retries=reasks)
     score_groups = {"ropd": rubric.ropd_reward, "tjudge": rubric.tjudge_reward, "ovd": rubric.ovd_reward}[args.method]
     return functools.partial(judged_reward, score_groups=functools.partial(score_groups, complete,
                                                                            settings=judge_settings(args)))
@@ -635,7 +734,8 @@ def judge_settings(args: Args) -> rubric.JudgeSettings:
         verifier_chunk=args.verifier_chunk or None, rubricator_instructions=args.rubricator_instructions,
         verifier_instructions=args.verifier_instructions, rubric_prompt=args.rubric_prompt, verifier=args.verifier,
         min_references=args.min_references or args.references, per_rollout_rubrics=args.per_rollout_rubrics,
-        sighted_verifier=args.sighted_verifier, pool_references=args.pool_references)
+        sighted_verifier=args.sighted_verifier, pool_references=args.pool_references, reward=args.reward,
+        retry_policy=args.judge_retry_policy)
 
 
 def sampling_config(args: Args) -> grpo.SamplingConfig:
@@ -645,9 +745,10 @@ def sampling_config(args: Args) -> grpo.SamplingConfig:
 
 
 def loss_config(args: Args) -> grpo.LossConfig:
-    """The clipped objective's settings (Eq. 8); --clip-c 0 turns the dual clip off."""
+    """The clipped objective's settings (Eq. 8, Alg. 1 line 25 with --ratio sequence); --clip-c 0
+    turns the dual clip off."""
     return grpo.LossConfig(clip_low=args.clip_low, clip_high=args.clip_high, clip_c=args.clip_c or None,
-                           agg=args.agg, kl_beta=args.kl_beta, max_len=args.max_new_tokens)
+                           agg=args.agg, kl_beta=args.kl_beta, max_len=args.max_new_tokens, ratio=args.ratio)
 
 
 def update_config(args: Args) -> grpo.UpdateConfig:
@@ -734,6 +835,7 @@ def rollout_metrics(rows, ro: grpo.Rollouts, rewards: Rewards, refs, with_accura
     m = dict(reward_mean=float(s.mean()), reward_std=float(s.std()) if len(s) > 1 else 0.0,
              completion_len_mean=float(lengths.mean()), completion_len_max=int(lengths.max()),
              truncated_frac=float(ro.truncated.float().mean()))
+    m.update(rewards.stats or {})
     if with_accuracy:
         m["accuracy_train"] = float(np.mean([answers.row_correct(x, rows[i // ro.group_size])
                                              for i, x in enumerate(ro.texts)]))
@@ -742,10 +844,13 @@ def rollout_metrics(rows, ro: grpo.Rollouts, rewards: Rewards, refs, with_accura
         rubrics = [x for res in results for x in res.rubrics]
         ref_scores = [x for res in results for x in res.reference_scores]
         beats = [max(res.rewards) > max(res.reference_scores) for res in results if res.reference_scores]
+        # the official diagnostic: the weakest reference scored below the best rollout
+        below = [min(res.reference_scores) < max(res.rewards) for res in results if res.reference_scores]
         m.update(teacher_score_mean=float(np.mean(ref_scores)) if ref_scores else None,
                  rubric_criteria=float(np.mean([len(x.criteria) for x in rubrics])) if rubrics else None,
                  rubric_points=float(np.mean([x.maximum_score for x in rubrics])) if rubrics else None,
                  student_beats_references=float(np.mean(beats)) if beats else None,
+                 teacher_below_student=float(np.mean(below)) if below else None,
                  references_per_prompt=float(np.mean([len(res.references) for res in results])))
     return m
 
@@ -830,7 +935,7 @@ def set_rng_state(st: dict):
 
 
 def save_checkpoint(out: Path, model, tok, opt, *, step: int, data_pos: int, run_args: dict, keep_last: int,
-                    world: dist.World = dist.World()) -> Path:
+                    world: dist.World = dist.World(), extra=None) -> Path:
     """Write then rename: a checkpoint directory either exists whole or not at all. The student is
     in save_pretrained format (AutoModelForCausalLM.from_pretrained loads it), written by rank 0;
     the optimizer state is sharded (dist.save_optimizer, every rank); trainer_state.pt holds
@@ -848,6 +953,8 @@ def save_checkpoint(out: Path, model, tok, opt, *, step: int, data_pos: int, run
     if world.main:
         torch.save({"step": step, "data_pos": data_pos, "optimizer": rest, "rng": rng_state(),
                     "args": teacher_lib.redact(run_args), "world_size": world.size}, tmp / "trainer_state.pt")
+        if extra is not None:  # what else the run keeps (GAD's discriminator), inside the same rename
+            extra(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         (out / "latest.tmp").write_text(final.name)
@@ -908,9 +1015,14 @@ def field_docs(cls) -> dict[str, str]:
             if isinstance(f, ast.AnnAssign) and isinstance(d, ast.Expr) and isinstance(d.value, ast.Constant)}
 
 
-CHOICES = {"method": METHODS, "schedule": ("constant", "cosine"), "adv_scale": ("none", "std"),
-           "agg": grpo.AGGREGATIONS, "rubric_prompt": ("official", "paper"), "verifier": ("batch", "per-response"),
-           "judge_reasoning_effort": ("minimal", "low", "medium", "high")}
+CHOICES = {"method": METHODS, "preset": (None, *PRESETS), "schedule": ("constant", "cosine"),
+           "adv_scale": grpo.ADV_SCALES, "agg": grpo.AGGREGATIONS, "ratio": grpo.RATIOS,
+           "rubric_prompt": ("official", "paper"), "verifier": ("batch", "per-response"),
+           "reward": ("pass-rate", "final-score"), "judge_retry_policy": ("uniform", "official"),
+           "judge_reasoning_effort": (None, "minimal", "low", "medium", "high")}
+# with --student toy, the toy preset keeps the run toy-sized even under --preset (these keys)
+TOY_SCALE = ("steps", "prompts_per_step", "lr", "warmup_steps", "max_new_tokens", "teacher_max_tokens",
+             "judge_max_tokens", "eval_every", "save_every")
 
 
 FLAGS = {"toy_world": "--world"}  # a field whose flag is not its name: --world NAME reads as the README says
@@ -918,9 +1030,17 @@ FLAGS = {"toy_world": "--world"}  # a field whose flag is not its name: --world 
 
 def parse_args(argv=None) -> Args:
     """The command line -> Args: one flag per field, its docstring as the help (python ropd.py -h)."""
+    def shown(d: dict) -> str:
+        return ", ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {' '.join(map(str, v))}"
+                                                        if isinstance(v, tuple) else f" {v}") for k, v in d.items())
+    toy_scale = [k for k in TOY_PRESET if k in TOY_SCALE]
+    notes = [f"--preset {name} sets: {shown(p)}" for name, p in PRESETS.items()]
+    notes[0] += " (the last two only with an OpenAI(-compatible) judge)"
+    notes.append(f"With --student toy, the toy preset sets: {shown(TOY_PRESET)}; under --preset, only "
+                 + ", ".join("--" + k.replace("_", "-") for k in toy_scale))
     ap = data.ArgumentParser(usage="%(prog)s [options]", description=__doc__.split("\n\n")[0],
-                                 epilog="With --student toy, the toy preset sets: "
-                                 + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in TOY_PRESET.items()))
+                             formatter_class=argparse.RawDescriptionHelpFormatter,
+                             epilog="\n\n".join(textwrap.fill(n, 100, subsequent_indent="  ", break_on_hyphens=False) for n in notes))
     defaults, docs = Args(), field_docs(Args)
     for f in dataclasses.fields(Args):
         name = FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
@@ -933,16 +1053,21 @@ def parse_args(argv=None) -> Args:
         elif isinstance(d, tuple):
             ap.add_argument(name, type=float, nargs=len(d), metavar="X", **kw)
         elif f.name in CHOICES:
-            ap.add_argument(name, choices=CHOICES[f.name], **kw)
+            ap.add_argument(name, choices=[c for c in CHOICES[f.name] if c is not None], **kw)
         else:
             typ = float if isinstance(d, float) or f.name.endswith("temperature") else int if isinstance(d, int) else str
             ap.add_argument(name, type=typ, metavar={int: "N", float: "X", str: "S"}[typ], **kw)
     ns = ap.parse_args(argv)
     given = {k: v for k, v in vars(ns).items() if v is not None}
     args = Args(**given)
-    if args.student == "toy":  # the toy preset fills what the user did not set
+    preset = PRESETS.get(args.preset, {})
+    openai_judge = (args.judge or args.teacher).startswith("openai:")
+    for k, v in preset.items():  # a named preset fills what the user did not set
+        if k not in given and (k not in OPENAI_ONLY or openai_judge):
+            setattr(args, k, v)
+    if args.student == "toy":  # the toy preset fills what the user did not set (and keeps a preset toy-sized)
         for k, v in TOY_PRESET.items():
-            if k not in given:
+            if k not in given and (k not in preset or k in TOY_SCALE):
                 setattr(args, k, v)
     if args.resume and "out" not in given:
         args.out = str(Path(find_checkpoint(args.resume)).parent)

@@ -14,7 +14,9 @@ message that says what was wrong; ask_judge re-asks, and a group that stays unsc
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -25,7 +27,14 @@ from prompts import (MAX_CRITERIA, MIN_CRITERIA, OVD_SCHEMA, PAPER_VERDICT_SCHEM
 
 
 class JudgeFormatError(ValueError):
-    """The judge's output could not be turned into a valid rubric or verdict list."""
+    """The judge's output could not be turned into a valid rubric or verdict list. `kind` is what
+    went wrong, as the official code tells failures apart for its per-stage re-ask counts: "empty",
+    "parse" (no JSON value), "schema" (not the asked-for shape) or "validation" (the shape, but
+    counts, ranges or ids wrong)."""
+
+    def __init__(self, message: str, kind: str = "validation"):
+        super().__init__(message)
+        self.kind = kind
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,7 +186,7 @@ def extract_json(text: str, want: Callable[[object], bool] | None = None):
     are ignored, common slips repaired, so "Grading answers [1] and [2]: {...}" gives the object,
     not [1]. Raises JudgeFormatError when no value can be read."""
     if not text or not text.strip():
-        raise JudgeFormatError("empty judge output")
+        raise JudgeFormatError("empty judge output", "empty")
     text = strip_reasoning(text)
     first = None
     for cand in [m.group(1) for m in _FENCE.finditer(text)] + [text]:
@@ -188,8 +197,8 @@ def extract_json(text: str, want: Callable[[object], bool] | None = None):
     if first is not None:
         return first
     if _OPENER.search(text):
-        raise JudgeFormatError("judge output has no complete, valid JSON value (truncated or malformed)")
-    raise JudgeFormatError("judge output contains no JSON")
+        raise JudgeFormatError("judge output has no complete, valid JSON value (truncated or malformed)", "parse")
+    raise JudgeFormatError("judge output contains no JSON", "parse")
 
 
 def _list_under(v, keys) -> list | None:
@@ -210,7 +219,7 @@ def _check_schema(data, expected: str):
     """A schema_version, when the judge gave one, must be the one asked for."""
     got = data.get("schema_version", data.get("schema")) if isinstance(data, dict) else None
     if got is not None and got != expected:
-        raise JudgeFormatError(f"schema_version {got!r}; expected {expected!r}")
+        raise JudgeFormatError(f"schema_version {got!r}; expected {expected!r}", "schema")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,14 +253,14 @@ def parse_rubric(text: str, min_criteria: int = MIN_CRITERIA, max_criteria: int 
     _check_schema(data, RUBRIC_SCHEMAS[variant])
     items = _list_under(data, RUBRIC_KEYS)
     if items is None:
-        raise JudgeFormatError("rubric JSON has no 'rubrics' list")
+        raise JudgeFormatError("rubric JSON has no 'rubrics' list", "schema")
     if not min_criteria <= len(items) <= max_criteria:
         raise JudgeFormatError(f"rubric has {len(items)} criteria; expected {min_criteria}-{max_criteria}")
     criteria, seen = [], set()
     for k, item in enumerate(items):
         where = f"criterion {k + 1}"
         if not isinstance(item, dict):
-            raise JudgeFormatError(f"{where} is not an object")
+            raise JudgeFormatError(f"{where} is not an object", "schema")
         cid = str(item.get("criterion_id", item.get("id", f"c{k + 1}"))).strip() or f"c{k + 1}"
         if cid in seen:
             raise JudgeFormatError(f"duplicate criterion id {cid!r}")
@@ -309,13 +318,13 @@ def parse_verdicts(text: str, rubric: Rubric, n_answers: int) -> list[list[bool]
     _check_schema(data, VERDICT_SCHEMA)
     results = _list_under(data, VERDICT_KEYS)
     if results is None:
-        raise JudgeFormatError("verdict JSON has no 'answers' list")
+        raise JudgeFormatError("verdict JSON has no 'answers' list", "schema")
     if len(results) != n_answers:
         raise JudgeFormatError(f"verdict has {len(results)} answers; expected {n_answers}")
     out: list[list[bool] | None] = [None] * n_answers
     for k, r in enumerate(results):
         if not isinstance(r, dict):
-            raise JudgeFormatError(f"verdict entry {k + 1} is not an object")
+            raise JudgeFormatError(f"verdict entry {k + 1} is not an object", "schema")
         idx = r.get("answer_index", k + 1)
         try:
             idx = int(idx)
@@ -330,6 +339,36 @@ def parse_verdicts(text: str, rubric: Rubric, n_answers: int) -> list[list[bool]
     return out  # type: ignore[return-value]
 
 
+def judge_scores(text: str, n_answers: int, per_response: bool = False) -> list[float]:
+    """--reward final-score: the verifier's own total per answer (answer order 1..n): the batch
+    verifier's `final_score`, or App. D's per-response `weighted_score`. The official code's reward
+    is this total / the rubric's maximum score (not recomputed from the booleans, see `score`). Call
+    it on a text whose verdicts parsed; a total that is missing or not a number is rejected."""
+    key = "weighted_score" if per_response else "final_score"
+    if per_response:
+        data = extract_json(text, lambda v: isinstance(v, dict) and key in v)
+        entries = [data]
+    else:
+        data = extract_json(text, lambda v: isinstance(v, dict) and isinstance(_list_under(v, VERDICT_KEYS), list)
+                            and len(_list_under(v, VERDICT_KEYS)) == n_answers)
+        entries = sorted(_list_under(data, VERDICT_KEYS) or [],
+                         key=lambda r: int(r.get("answer_index", 0)) if isinstance(r, dict) else 0)
+    out = []
+    for k, r in enumerate(entries):
+        value = r.get(key) if isinstance(r, dict) else None
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise JudgeFormatError(f"answer {k + 1}: no numeric {key} (got {value!r})", "schema")
+        out.append(float(value))
+    if len(out) != n_answers:
+        raise JudgeFormatError(f"{len(out)} {key} values; expected {n_answers}", "validation")
+    return out
+
+
 def parse_single_verdict(text: str, rubric: Rubric) -> list[bool]:
     """Eq. 3, App. D's per-response verifier: {"schema_version": "black_opd.verifier.v1",
     "judgements": [...], "weighted_score", "pass_rate"} -> the booleans (the scores are ignored)."""
@@ -337,7 +376,7 @@ def parse_single_verdict(text: str, rubric: Rubric) -> list[bool]:
     data = extract_json(text, has_judgements)
     _check_schema(data, PAPER_VERDICT_SCHEMA)
     if not has_judgements(data):
-        raise JudgeFormatError("verdict JSON has no 'judgements' list")
+        raise JudgeFormatError("verdict JSON has no 'judgements' list", "schema")
     return _judgement(data.get("judgements", data.get("judgement")), rubric, "response")
 
 
@@ -444,6 +483,25 @@ class JudgeSettings:
     per_rollout_rubrics: bool = False  # Table 6 "w/o sharing": one rubric per (references, rollout)
     sighted_verifier: bool = False     # Table 6 "w/o blind scoring": the verifier knows who wrote what
     pool_references: bool = True       # False: a pool of the rollouts alone (no difficulty anchor)
+    reward: str = "pass-rate"          # "pass-rate" (Eq. 4, recomputed) or "final-score" (the judge's own total,
+    #                                    as the official code's reward)
+    retry_policy: str = "uniform"      # "uniform": `retries` re-asks for any failure; "official": per stage and
+    #                                    failure kind (OFFICIAL_REASKS)
+
+
+# The official providers file's re-ask counts per stage and kind of failure. A "transport" failure
+# is a request that failed after its own transport retries (teacher.Transport). The verifier's
+# step retry (the whole call once more on a timeout, HTTP error, empty or incomplete output or an
+# open circuit) is folded in: transport 0 + 1; empty 1 response re-ask, twice over: 3.
+OFFICIAL_REASKS = {
+    "rubricator": {"empty": 0, "parse": 0, "schema": 2, "validation": 2, "transport": 0},
+    "verifier": {"empty": 3, "parse": 1, "schema": 1, "validation": 0, "transport": 1},
+}
+
+
+def reask_budget(settings: "JudgeSettings", stage: str):
+    """How many times `stage` re-asks: an int (any failure) or kind -> count (the official policy)."""
+    return OFFICIAL_REASKS[stage] if settings.retry_policy == "official" and stage in OFFICIAL_REASKS else settings.retries
 
 
 # complete(chats, stage, attempt, valid, tag) -> one text (or an Exception) per chat. `valid(i,
@@ -452,14 +510,17 @@ class JudgeSettings:
 CompleteFn = Callable[..., list]
 
 
-def ask_judge(complete: CompleteFn, chats: dict, stage: str, *, retries: int, parse, errors: dict,
+def ask_judge(complete: CompleteFn, chats: dict, stage: str, *, retries, parse, errors: dict,
               tag: str | None = None):
-    """Send chats (key -> messages), parse each reply; re-ask only the failed ones, up to `retries`
-    more times. Returns key -> parsed value for those that succeeded; errors[key] lists why not.
+    """Send chats (key -> messages), parse each reply; re-ask only the failed ones: up to `retries`
+    more times (an int), or up to retries[kind] times per kind of failure (a dict: the official
+    per-stage policy; kinds are JudgeFormatError.kind, or "transport" for a request that failed).
+    Returns key -> parsed value for those that succeeded; errors[key] lists why not.
     A `complete` that returns more or fewer replies than chats is a bug in it: no reply of that call
     is used (which reply answers which chat is unknown) and every chat's errors say so."""
     done, todo = {}, dict(chats)
-    for attempt in range(retries + 1):
+    used: dict = {}
+    for attempt in itertools.count():
         if not todo:
             break
         keys = list(todo)
@@ -476,6 +537,8 @@ def ask_judge(complete: CompleteFn, chats: dict, stage: str, *, retries: int, pa
             for k in keys:
                 errors.setdefault(k, []).append(f"{stage}: complete returned {len(replies)} replies for "
                                                 f"{len(keys)} chats")
+                if _out_of_reasks(used, key=k, kind="count", attempt=attempt, retries=retries):
+                    del todo[k]
             continue
         for k, reply in zip(keys, replies):
             try:
@@ -485,7 +548,19 @@ def ask_judge(complete: CompleteFn, chats: dict, stage: str, *, retries: int, pa
                 del todo[k]
             except Exception as e:  # JudgeFormatError or a transport error after its own retries
                 errors.setdefault(k, []).append(f"{stage}: {type(e).__name__}: {e}")
+                if _out_of_reasks(used, key=k, kind=getattr(e, "kind", "transport"), attempt=attempt,
+                                  retries=retries):
+                    del todo[k]
     return done
+
+
+def _out_of_reasks(used: dict, *, key, kind: str, attempt: int, retries) -> bool:
+    """Whether a chat that just failed (`kind`) has no re-ask left: `retries` an int counts attempts
+    of any kind; a dict (the official policy) counts each kind apart (a kind it does not name: 0)."""
+    if not isinstance(retries, dict):
+        return attempt >= retries
+    used[key, kind] = used.get((key, kind), 0) + 1
+    return used[key, kind] > retries.get(kind, 0)
 
 
 def induce_rubrics(complete: CompleteFn, groups: Sequence[Group], settings: JudgeSettings, *,
@@ -507,8 +582,8 @@ def induce_rubrics(complete: CompleteFn, groups: Sequence[Group], settings: Judg
 
     def parse(key, text):
         return parse_rubric(text, settings.min_criteria, settings.max_criteria, settings.rubric_prompt)
-    return ask_judge(complete, chats, "rubricator", retries=settings.retries, parse=parse, errors=errors,
-                     tag=RUBRIC_SCHEMAS[settings.rubric_prompt])
+    return ask_judge(complete, chats, "rubricator", retries=reask_budget(settings, "rubricator"), parse=parse,
+                     errors=errors, tag=RUBRIC_SCHEMAS[settings.rubric_prompt])
 
 
 def _units(g: Group, settings: JudgeSettings) -> list[list[str]]:
@@ -524,7 +599,8 @@ def verify_blindly(complete: CompleteFn, groups: Sequence[Group], rubrics: dict,
     answers per call, or one call per answer: App. D's per-response verifier). The references stay
     in the pool: they anchor the scale across problem difficulties (§4.3); Table 6's ablations
     label them (sighted_verifier) or leave them out (pool_references=False). Returns (group, unit)
-    -> [((source, index), judgement), ...] for the units whose every call parsed."""
+    -> [((source, index), judgement, the judge's own total or None), ...] for the units whose every
+    call parsed (the total only with reward="final-score")."""
     pools, chats, sizes = {}, {}, {}
     for (gi, u), rub in rubrics.items():
         g = groups[gi]
@@ -538,18 +614,20 @@ def verify_blindly(complete: CompleteFn, groups: Sequence[Group], rubrics: dict,
             chats[(gi, u, c)], sizes[(gi, u, c)] = chat, n
 
     def parse_chunk(key, text):
-        if settings.verifier == "per-response":
-            return [parse_single_verdict(text, rubrics[key[:2]])]
-        return parse_verdicts(text, rubrics[key[:2]], sizes[key])
+        """-> [(judgement, the judge's own total or None)] per answer of the call."""
+        one = settings.verifier == "per-response"
+        got = [parse_single_verdict(text, rubrics[key[:2]])] if one else parse_verdicts(text, rubrics[key[:2]], sizes[key])
+        totals = judge_scores(text, sizes[key], one) if settings.reward == "final-score" else [None] * len(got)
+        return list(zip(got, totals))
 
     tag = PAPER_VERDICT_SCHEMA if settings.verifier == "per-response" else VERDICT_SCHEMA
-    verdicts = ask_judge(complete, chats, "verifier", retries=settings.retries, parse=parse_chunk, errors=errors,
-                         tag=tag)
+    verdicts = ask_judge(complete, chats, "verifier", retries=reask_budget(settings, "verifier"), parse=parse_chunk,
+                         errors=errors, tag=tag)
     graded = {}
     for unit, (_, owners) in pools.items():
         keys = [k for k in chats if k[:2] == unit]
         if all(k in verdicts for k in keys):
-            graded[unit] = list(zip(owners, [v for k in keys for v in verdicts[k]]))
+            graded[unit] = [(o, j, total) for o, (j, total) in zip(owners, [v for k in keys for v in verdicts[k]])]
     return graded
 
 
@@ -559,7 +637,9 @@ def _verifier_chats(question: str, rub: Rubric, answers: list[str], sources: lis
     verifier)."""
     extra = settings.verifier_instructions
     if settings.verifier == "per-response":
-        return [(prompts.single_verifier_messages(question, rub, a, extra_instructions=extra), 1) for a in answers]
+        return [(prompts.single_verifier_messages(question, rub, a, extra_instructions=extra,
+                                                  source=src if settings.sighted_verifier else None), 1)
+                for a, src in zip(answers, sources)]
     size = settings.verifier_chunk or len(answers)
     return [(prompts.verifier_messages(question, rub, answers[i:i + size], extra_instructions=extra,
                                        sources=sources[i:i + size] if settings.sighted_verifier else None),
@@ -569,17 +649,20 @@ def _verifier_chats(question: str, rub: Rubric, answers: list[str], sources: lis
 
 def weighted_pass_rates(group: Group, units: list[tuple[Rubric, list]]) -> GroupResult:
     """Eq. 4: every pooled answer's weighted pass rate under its rubric (see `score`), given back to
-    its owner. The rollouts' scores are their rewards; the references' (averaged over the rubrics
-    that graded them) are only logged - how often a student beat every reference - never a reward."""
+    its owner; or, where the verifier's own total came with it (--reward final-score, the official
+    code's reward), that total / the rubric's maximum score, as the judge wrote it (a judge that
+    adds wrongly moves the reward; nothing clips it). The rollouts' scores are their rewards; the
+    references' (averaged over the rubrics that graded them) are only logged, never a reward."""
     refs = dedupe(group.references)
     res = GroupResult([0.0] * len(group.rollouts), [rub for rub, _ in units], [None] * len(group.rollouts), refs)
     ref_sums, refs_in_pool = [0.0] * len(refs), False
     for rub, graded in units:
-        for (src, i), judgement in graded:
+        for (src, i), judgement, total in graded:
+            value = score(rub, judgement) if total is None else total / rub.maximum_score
             if src == "student":
-                res.rewards[i], res.judgements[i] = score(rub, judgement), judgement
+                res.rewards[i], res.judgements[i] = value, judgement
             else:
-                ref_sums[i] += score(rub, judgement)
+                ref_sums[i] += value
                 refs_in_pool = True
     res.reference_scores = [x / len(units) for x in ref_sums] if refs_in_pool else []
     return res

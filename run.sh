@@ -34,7 +34,7 @@ done
 if [ "$QUICK" = 1 ]; then
   STEPS=20; SEEDS=${SEEDS:-0}; OUT=${OUT:-results/quick}; METHODS=${METHODS:-"ropd lopd"}
 else
-  STEPS=20; SEEDS=${SEEDS:-"0 1 2 3 4"}; OUT=${OUT:-results}; METHODS=${METHODS:-"ropd lopd exopd tjudge ovd sft grpo"}
+  STEPS=20; SEEDS=${SEEDS:-"0 1 2 3 4"}; OUT=${OUT:-results}; METHODS=${METHODS:-"ropd lopd exopd tjudge ovd gad sft grpo"}
 fi
 EVAL_EVERY=5
 EVAL_SAMPLES=200

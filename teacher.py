@@ -22,6 +22,7 @@ logs, caches or error messages.
 """
 from __future__ import annotations
 
+import collections
 import email.utils
 import functools
 import hashlib
@@ -54,7 +55,7 @@ class TeacherError(RuntimeError):
 
 
 class CircuitOpenError(RuntimeError):
-    """A role failed too often in a row: its requests fail fast for a while (counted, not fatal)."""
+    """A role's circuit breaker is open: its requests fail fast for a while (counted, not fatal)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -84,13 +85,13 @@ class Teacher:
     def __init__(self, model: str, *, cache: Cache | str | Path | None = "default", concurrency: int = 8,
                  rpm: float | None = None, retries: int = 2, timeout: float = 120.0,
                  backoff_base: float = 1.0, backoff_cap: float = 8.0,
-                 breaker_threshold: int = 8, breaker_cooldown: float = 30.0):
+                 breaker: BreakerConfig | None = None, timeouts: dict | None = None):
         self.model = model
         self.cache = open_cache(cache)
-        self.timeout = timeout
+        self.timeout = timeout                # seconds per request, for a role `timeouts` does not name
+        self.timeouts = dict(timeouts or {})  # role -> seconds (the official code: one per stage)
         self.transport = Transport(lambda: self.fingerprint, concurrency=concurrency, rpm=rpm, retries=retries,
-                                   backoff_base=backoff_base, backoff_cap=backoff_cap,
-                                   breaker_threshold=breaker_threshold, breaker_cooldown=breaker_cooldown)
+                                   backoff_base=backoff_base, backoff_cap=backoff_cap, breaker=breaker)
 
     @property
     def fingerprint(self) -> str:
@@ -150,11 +151,13 @@ class Teacher:
                         self.cache.put(key, text, tin // len(texts), tout // len(texts))
         return out
 
-    def as_judge(self, max_tokens: int, *, temperatures: dict | None = None, json_mode: bool = False,
+    def as_judge(self, max_tokens: int | dict, *, temperatures: dict | None = None, json_mode: bool = False,
                  reasoning_effort: str | None = None, retries: int = 2) -> rubric.CompleteFn:
         """This backend as the `complete(chats, stage, attempt, valid, tag)` that rubric.py's judges
         call: one sample per chat at the stage's temperature (`temperatures`: stage -> value; a
-        missing one is not sent), the stage as the usage role; a re-ask (attempt > 0) is a fresh
+        missing one is not sent) and length limit (`max_tokens`: one for every stage, or stage ->
+        limit with "default" for the others: the official code gives the rubricator 8,192 and the
+        verifier 4,096), the stage as the usage role; a re-ask (attempt > 0) is a fresh
         sample, not the cached one, and an output that does not parse is not cached (a rerun asks
         again, but first takes a re-ask already paid for: up to `retries` later samples). With
         `json_mode` the API is asked for the output's JSON schema (judge_options)."""
@@ -162,7 +165,8 @@ class Teacher:
 
         def complete(chats, stage, attempt, valid=None, tag=None):
             options = self.judge_options(tag if json_mode else None, reasoning_effort)
-            out = self.complete(chats, n=1, temperature=(temperatures or {}).get(stage), max_tokens=max_tokens,
+            limit = max_tokens.get(stage, max_tokens["default"]) if isinstance(max_tokens, dict) else max_tokens
+            out = self.complete(chats, n=1, temperature=(temperatures or {}).get(stage), max_tokens=limit,
                                 role=stage, first_sample=attempt, return_exceptions=True, valid=valid,
                                 options=options, reuse_later=max(0, retries - attempt))
             return [o[0] for o in out]
@@ -202,12 +206,15 @@ class Teacher:
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _run(self, requests: list[Request], role: str) -> list:
-        """Send the requests with bounded concurrency; each gets its own retries."""
+        """Send the requests with bounded concurrency; each gets its own retries, and the role's
+        timeout."""
+        timeout = self.timeouts.get(role, self.timeout)
         return self.transport.send_all([functools.partial(self._request, r.chat, n=r.n, temperature=r.temperature,
-                                                          max_tokens=r.max_tokens, options=r.options)
+                                                          max_tokens=r.max_tokens, options=r.options, timeout=timeout)
                                         for r in requests], role)
 
-    def _request(self, chat, *, n, temperature, max_tokens, options) -> tuple[list[str], int, int]:
+    def _request(self, chat, *, n, temperature, max_tokens, options, timeout: float | None = None
+                 ) -> tuple[list[str], int, int]:
         raise NotImplementedError
 
 
@@ -258,8 +265,9 @@ class OpenAITeacher(Teacher):
             out["reasoning_effort"] = reasoning_effort
         return out
 
-    def _request(self, chat, *, n, temperature, max_tokens, options):
-        kwargs = dict(model=self.model, messages=chat, n=n, max_completion_tokens=max_tokens, **options)
+    def _request(self, chat, *, n, temperature, max_tokens, options, timeout=None):
+        kwargs = dict(model=self.model, messages=chat, n=n, max_completion_tokens=max_tokens,
+                      timeout=timeout or self.timeout, **options)
         if temperature is not None:
             kwargs["temperature"] = temperature
         resp = self.client.chat.completions.create(**kwargs)
@@ -377,10 +385,10 @@ class AnthropicTeacher(Teacher):
     def fingerprint(self) -> str:
         return served_fingerprint(self.kind, self.model, self.base_url)
 
-    def _request(self, chat, *, n, temperature, max_tokens, options):
+    def _request(self, chat, *, n, temperature, max_tokens, options, timeout=None):
         system = "\n\n".join(m["content"] for m in chat if m["role"] == "system")
         messages = [m for m in chat if m["role"] != "system"]
-        kwargs = dict(model=self.model, messages=messages, max_tokens=max_tokens)
+        kwargs = dict(model=self.model, messages=messages, max_tokens=max_tokens, timeout=timeout or self.timeout)
         if system:
             kwargs["system"] = system
         # no temperature: API version 2026-10-21 (SDK 2.x) rejects every sampling parameter, so
@@ -761,23 +769,95 @@ class RequestError(RuntimeError):
     reaches the caller, the logs and samples.jsonl instead of the SDK's raw exception."""
 
 
+@dataclass(frozen=True)
+class BreakerConfig:
+    """The official code's circuit breaker, one per stage (its providers file's values): it opens
+    after `consecutive` retriable errors in a row, or when at least `rate` of the last `window`
+    attempts ended in a retriable error; open, every request fails fast for `cooldown` seconds;
+    then `probes` requests go through (half-open): all succeed -> closed; any retriable error ->
+    open again."""
+    consecutive: int = 5
+    window: int = 20
+    rate: float = 0.2
+    cooldown: float = 30.0
+    probes: int = 2
+
+
+class CircuitBreaker:
+    """One stage's breaker (see BreakerConfig). A retriable error (a timeout, a refused connection,
+    HTTP 408/429/5xx) counts against it, on every attempt, retries included; a success resets the
+    run of errors; an error a retry cannot fix (a 400) resets it too and is not counted as one.
+    `clock` is injectable for tests."""
+
+    def __init__(self, config: BreakerConfig = BreakerConfig(), clock=time.monotonic):
+        self.config, self.clock = config, clock
+        self.lock = threading.Lock()
+        self.state, self.opened_at = "closed", 0.0
+        self.run = 0                                           # retriable errors in a row
+        self.recent: collections.deque = collections.deque(maxlen=config.window)  # True: a retriable error
+        self.probing = self.probed = 0                         # half-open: probes in flight / succeeded
+
+    def allow(self) -> bool:
+        """May a request go out now? Open: no, until the cooldown is over (then half-open). Half-open:
+        only `probes` requests at a time."""
+        with self.lock:
+            if self.state == "open":
+                if self.clock() - self.opened_at < self.config.cooldown:
+                    return False
+                self.state, self.probing, self.probed = "half-open", 0, 0
+            if self.state == "half-open":
+                if self.probing >= self.config.probes:
+                    return False
+                self.probing += 1
+            return True
+
+    def success(self):
+        with self.lock:
+            self.run = 0
+            self.recent.append(False)
+            if self.state == "half-open":
+                self.probing, self.probed = max(0, self.probing - 1), self.probed + 1
+                if self.probing == 0 and self.probed >= self.config.probes:
+                    self.state, self.run, self.probing, self.probed = "closed", 0, 0, 0
+                    self.recent.clear()
+
+    def retriable_error(self):
+        with self.lock:
+            self.run += 1
+            self.recent.append(True)
+            full = len(self.recent) >= self.config.window
+            if (self.state == "half-open" or self.run >= self.config.consecutive
+                    or full and sum(self.recent) / len(self.recent) >= self.config.rate):
+                self.state, self.opened_at, self.probing, self.probed = "open", self.clock(), 0, 0
+
+    def other_error(self):
+        """An error no retry fixes: not the server's health; it breaks a run of retriable errors."""
+        with self.lock:
+            self.run = 0
+            if self.state == "half-open":
+                self.probing = max(0, self.probing - 1)
+
+
 class Transport:
     """How a backend's calls are sent: each with retries (exponential backoff with jitter, capped,
     honouring Retry-After), bounded concurrency (a thread pool), a requests-per-minute limit and a
-    per-role circuit breaker; usage is counted per role."""
+    per-role circuit breaker (CircuitBreaker, the official rule); usage is counted per role."""
 
     def __init__(self, name, *, concurrency: int = 8, rpm: float | None = None, retries: int = 2,
-                 backoff_base: float = 1.0, backoff_cap: float = 8.0, breaker_threshold: int = 8,
-                 breaker_cooldown: float = 30.0):
+                 backoff_base: float = 1.0, backoff_cap: float = 8.0, breaker: BreakerConfig | None = None,
+                 clock=time.monotonic):
         self.name = name  # -> the teacher's fingerprint, for messages
         self.concurrency, self.retries = concurrency, retries
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
-        self.breaker_threshold, self.breaker_cooldown = breaker_threshold, breaker_cooldown
+        self.breaker_config, self.clock = breaker or BreakerConfig(), clock
         self.limiter = RateLimiter(rpm)
         self.usage: dict[str, RoleUsage] = {}
         self.lock = threading.Lock()
-        self._consecutive_failures: dict[str, int] = {}
-        self._open_until: dict[str, float] = {}
+        self.breakers: dict[str, CircuitBreaker] = {}
+
+    def breaker(self, role: str) -> CircuitBreaker:
+        with self.lock:
+            return self.breakers.setdefault(role, CircuitBreaker(self.breaker_config, self.clock))
 
     def count(self, role: str, **increments: int):
         """Add to a role's usage counters (thread-safe)."""
@@ -797,19 +877,24 @@ class Transport:
     def send(self, send, role: str):
         """One API call: retries with backoff; a TeacherError for fatal errors; else the exception."""
         self.count(role)
+        breaker = self.breaker(role)
         for attempt in range(self.retries + 1):
-            if time.monotonic() < self._open_until.get(role, 0.0):
+            if not breaker.allow():
                 self.count(role, failures=1)
-                return CircuitOpenError(f"{self.name()}: circuit breaker open for role {role!r} after "
-                                        f"{self.breaker_threshold} consecutive failures")
+                c = self.breaker_config
+                return CircuitOpenError(f"{self.name()}: circuit breaker open for role {role!r} ({c.consecutive} "
+                                        f"retriable errors in a row, or >= {c.rate:.0%} of the last {c.window}); "
+                                        f"failing fast for {c.cooldown:g} s")
             self.limiter.acquire()
             self.count(role, calls=1)
             try:
                 texts, tin, tout = send()
             except TeacherError as e:
+                breaker.other_error()
                 return e
             except Exception as e:  # noqa: BLE001 - classified below
                 kind = classify(e)
+                breaker.retriable_error() if kind == "retry" else breaker.other_error()
                 if kind == "fatal":
                     return TeacherError(f"{self.name()}: {describe(e)}")
                 if kind == "retry" and attempt < self.retries:
@@ -824,13 +909,8 @@ class Transport:
                     continue
                 log.warning("%s [%s] failed: %s", self.name(), role, describe(e))
                 self.count(role, failures=1)
-                with self.lock:
-                    self._consecutive_failures[role] = self._consecutive_failures.get(role, 0) + 1
-                    if self._consecutive_failures[role] >= self.breaker_threshold:
-                        self._open_until[role] = time.monotonic() + self.breaker_cooldown
                 return RequestError(describe(e))
             self.count(role, samples=len(texts), input_tokens=tin, output_tokens=tout)
-            with self.lock:
-                self._consecutive_failures[role] = 0
+            breaker.success()
             return texts, tin, tout
         raise AssertionError("unreachable")

@@ -112,7 +112,8 @@ MUTANTS = [
            (R + "test_gradient_does_not_depend_on_micro_batch_size",
             G + "test_one_update_per_batch_needs_no_old_logprob_pass")),
     Mutant("micro_batch_norm", "grpo.py", "loss normalised per micro-batch, not by the whole mini-batch's token count",
-           'norm = n_tok if loss.agg == "token-mean" else float(len(whole))', "norm = None",
+           "    return float(whole.completion_mask.sum().clamp(min=1))\n",
+           "    return float(mb.completion_mask.sum().clamp(min=1))\n",
            (R + "test_gradient_does_not_depend_on_micro_batch_size",)),
     # ------------------------------------------------------------ grpo.py: masks and log-probs
     Mutant("eos_not_in_mask", "grpo.py", "the completion mask stops before the first EOS: it never learns to stop",
@@ -190,14 +191,7 @@ MUTANTS = [
             E2E + "[ropd]")),
     Mutant("final_score_trusted", "rubric.py",
            "the reward is the judge's own final_score / maximum score, not recomputed from the booleans",
-           (('        out[idx - 1] = _judgement(r.get("judgement", r.get("judgements", r.get("judgment"))), rubric,\n'
-             '                                  f"answer {idx}")\n'),
-            "res.rewards[i], res.judgements[i] = score(rub, judgement), judgement"),
-           (('        out[idx - 1] = type("Verdict", (list,), {})(_judgement(r.get("judgement", r.get("judgements",\n'
-             '                                  r.get("judgment"))), rubric, f"answer {idx}"))\n'
-             '        out[idx - 1].final_score = r.get("final_score")\n'),
-            ('res.rewards[i], res.judgements[i] = (float(judgement.final_score) / rub.maximum_score if getattr(\n'
-             '                    judgement, "final_score", None) is not None else score(rub, judgement)), judgement')),
+           '    reward: str = "pass-rate"          #', '    reward: str = "final-score"        #',
            (BLIND, "tests/test_rubric.py")),
     Mutant("pool_unshuffled", "rubric.py", "the blind pool is not shuffled: the references always come first, in order",
            "    tagged.sort(key=key)\n", "",

@@ -51,7 +51,7 @@ def max_diff(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-@pytest.mark.parametrize("agg", grpo.AGGREGATIONS)
+@pytest.mark.parametrize("agg", grpo.INVARIANT_AGGREGATIONS)
 def test_the_gradient_of_a_mini_batch_is_the_one_process_gradient(agg, tiny_world, tmp_path):
     dist_gradient.main(str(tiny_world.root), agg, str(tmp_path / "one.pt"))
     torchrun(2, "tests/dist_gradient.py", tiny_world.root, agg, tmp_path / "two.pt")

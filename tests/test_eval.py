@@ -5,10 +5,13 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 import answers
 import eval as ev
+import prompts
 import ropd
+import toy
 
 
 def test_roc_auc_hand_examples_with_ties():
@@ -79,7 +82,7 @@ def test_signal_analysis_on_the_small_world(small_world, tmp_path):
     # a group whose 2 teacher references are both unusable falls back (rare; the references' seeds
     # follow the world's path): the rubric AUC is then over the other groups
     assert res["rollouts"] == 48 and res["fallback_groups"] <= 2
-    assert set(res["signals"]) == {"rubric score", "teacher log-prob", "teacher-student log-ratio"}
+    assert set(res["signals"]) == {"rubric score", "teacher log-prob", "teacher-student log-ratio", "top-24 overlap"}
     rows = [r for r in res["rollouts_detail"] if not r["fallback"]]
     assert len(rows) == 48 - 6 * res["fallback_groups"]
     right = [r for r in rows if r["correct"]]
@@ -91,6 +94,13 @@ def test_signal_analysis_on_the_small_world(small_world, tmp_path):
     # the toy rubric gives 5 of its points to the right final line: it separates right from wrong
     # (not perfectly: a right answer without its steps scores below a wrong one that shows them)
     assert auc > 0.8
+    for name in res["signals"]:  # the AUC and Bad-upd. of every signal, recomputed from the detail
+        keep = rows if name == "rubric score" else res["rollouts_detail"]
+        assert res["signals"][name]["auc"] == pytest.approx(
+            ev.roc_auc([r[name] for r in keep], [r["correct"] for r in keep]), nan_ok=True)
+        assert res["signals"][name]["bad_update_rate"] == pytest.approx(
+            ev.bad_update_rate([r[name] for r in keep], [r["correct"] for r in keep], 6), nan_ok=True)
+    assert all(0.0 <= r["top-24 overlap"] <= 1.0 for r in res["rollouts_detail"])
 
 
 def test_phase_analysis_over_a_run(tiny_world, tmp_path):
@@ -105,6 +115,7 @@ def test_phase_analysis_over_a_run(tiny_world, tmp_path):
     for p in pts:
         assert 0.0 <= p["accuracy"] <= 1.0
         assert p["teacher_logprob"] < 0 and p["student_logprob"] < 0
+        assert 0.0 <= p["rubric_reward"] <= 1.0  # Table A5: one fixed rubric per prompt, one verifier
     # with the initial student as its own teacher, step 0's similarity is its own log-prob exactly
     assert ev.main(["phase", "--run", str(tmp_path / "run"), "--teacher", f"hf:{tiny_world.student_path}",
                     "--world", str(tiny_world.root), "--limit", "4", "--samples", "2",
@@ -172,3 +183,68 @@ def test_math_verify_checker_missing_is_one_line(tiny_world, tmp_path, capsys, m
                     "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --checker math-verify needs the math-verify package (pip install math-verify)"]
+
+
+def test_bad_update_rate_by_hand():
+    # group 1 (mixed): right 0.9, 0.2; wrong 0.5, 0.4 -> mean 0.5: right 0.2 is below (bad), wrong 0.5 is
+    # at the mean (not above: fine), wrong 0.4 below (fine), right 0.9 above (fine): 1 bad of 4
+    # group 2: all right -> skipped; group 3 (mixed): right 0.1, wrong 0.9 -> both bad
+    scores = [0.9, 0.2, 0.5, 0.4, 1, 1, 1, 1, 0.1, 0.9, 0.5, 0.5]
+    labels = [1, 1, 0, 0, 1, 1, 1, 1, 1, 0, 1, 0]
+    # group 3: mean 0.5: right 0.1 below (bad), wrong 0.9 above (bad), right 0.5 / wrong 0.5 at the mean
+    assert ev.bad_update_rate(scores, labels, 4) == pytest.approx((1 + 2) / 8)
+    assert math.isnan(ev.bad_update_rate([1, 2], [1, 1], 2))
+
+
+def test_topk_hits_against_a_full_sort():
+    tok = toy.build_tokenizer()
+    model = toy.build_model(tok, hidden=32, layers=1, heads=2, seed=3).eval()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, len(tok), (3, 9), generator=g)
+    attn = torch.ones_like(ids)
+    hits = ev.topk_hits(model, ids, attn, 4, k=5, batch=2)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attn).logits
+    for i in range(3):
+        for t in range(4):
+            pos = 9 - 4 + t
+            rank = int((logits[i, pos - 1] > logits[i, pos - 1, ids[i, pos]]).sum())  # how many beat it
+            assert hits[i, t].item() == float(rank < 5), (i, t)
+
+
+def test_cell_transitions_and_logged_categories_by_hand():
+    before = {("p", "c1"): True, ("p", "c2"): False, ("q", "c1"): False, ("q", "c9"): True}
+    after = {("p", "c1"): False, ("p", "c2"): True, ("q", "c1"): False, ("r", "c1"): True}
+    assert ev.cell_transitions(before, after) == {"fail->pass": 1, "pass->fail": 1, "pass->pass": 0, "fail->fail": 1}
+    rub = {"rubrics": [{"criterion_id": "c1", "category": "A", "criterion": "x", "points": 5},
+                       {"criterion_id": "c2", "category": "B", "criterion": "y", "points": 1},
+                       {"criterion_id": "c3", "category": "A", "criterion": "z", "points": 2}]}
+    samples = [{"step": 1, "rubric": rub, "judgements": [[True, False, False], [True, True, True]]},
+               {"step": 1, "rubric": rub, "judgements": [[False, False, True], None]},
+               {"step": 2, "rubric": None, "judgements": None}]
+    # step 1, A: (T,F) (T,T) (F,T) -> 4 of 6; B: F, T, F -> 1 of 3
+    assert ev.logged_categories(samples) == {1: {"A": 4 / 6, "B": 1 / 3}}
+
+
+def test_categories_over_a_run(tiny_world, tmp_path):
+    from tests.test_ropd import tiny_args
+    assert ropd.main(tiny_args(tiny_world, tmp_path)) == 0
+    run = tmp_path / "run"
+    out = tmp_path / "categories.json"
+    assert ev.main(["categories", "--run", str(run), "--world", str(tiny_world.root), "--samples", "2",
+                    "--prompts", "3", "--max-new-tokens", "12", "--cache", str(tmp_path / "c.sqlite"),
+                    "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    pts = res["checkpoints"]
+    assert [p["step"] for p in pts] == [0, 1, 2] and res["prompts"] == 3
+    for p in pts:
+        assert set(p["pass_rates"]) <= set(prompts.CATEGORIES) and p["pass_rates"]
+        assert all(0.0 <= v <= 1.0 for v in p["pass_rates"].values())
+    logged = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    rubrics = {}
+    for s in logged:  # each prompt's first logged rubric, in the log's order
+        rubrics.setdefault(json.dumps(s["prompt"]), s["rubric"])
+    n_cells = sum(len(r["rubrics"]) for r in list(rubrics.values())[:3])
+    for p in pts[1:]:  # every (prompt, criterion) cell is counted once per pair of checkpoints
+        assert sum(p["transitions"].values()) == n_cells
+    assert res["logged"] == {str(k): v for k, v in ev.logged_categories(logged).items()}

@@ -488,3 +488,61 @@ def test_the_update_clips_the_gradient_norm(tiny):
     moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)]).norm().item()
     assert st["grad_norm"] > 0.05  # the raw gradient is larger than the clip
     assert moved == pytest.approx(0.01, rel=1e-3)
+
+
+# ---------------------------------------------------------------- Eq. 6, Alg. 1 line 25, the official micro-batch weighting
+
+def test_group_advantages_eq6_divides_by_std_plus_eps():
+    r = torch.tensor([1.0, 0.0, 0.5, 0.5])
+    std = math.sqrt(0.125)  # population std of the group
+    adv = grpo.group_advantages(r, group_size=4, scale="eq6", eps=0.01)  # eps outside the root (Eq. 6)
+    assert torch.allclose(adv, torch.tensor([0.5, -0.5, 0, 0]) / (std + 0.01))
+    alg1 = grpo.group_advantages(r, group_size=4, scale="std", eps=0.01)
+    assert not torch.allclose(adv, alg1)  # the two forms differ by where eps sits
+    assert torch.equal(grpo.group_advantages(torch.full((4,), 0.3), 4, scale="eq6"), torch.zeros(4))
+
+
+def test_sequence_ratio_is_one_per_rollout_as_alg1_line_25():
+    # rollout 0: 2 tokens, log-ratios 0.1 and 0.2 -> rho = e^0.3 = 1.3499 > 1.28: clipped (A > 0)
+    # rollout 1: 1 token, log-ratio -0.05 -> rho = 0.9512, A < 0: -A rho vs -A clip = -A 0.9512 (inside)
+    old = torch.zeros(2, 3)
+    logp = torch.tensor([[0.1, 0.2, 7.0], [-0.05, 9.0, 9.0]], requires_grad=True)  # padding is ignored
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    adv = torch.tensor([1.0, -2.0])
+    loss, st = grpo.policy_loss(logp, old, adv, mask, clip_low=0.2, clip_high=0.28, ratio_level="sequence")
+    rho0, rho1 = math.exp(0.3), math.exp(-0.05)
+    expected = (max(-1.0 * rho0, -1.0 * 1.28) + max(2.0 * rho1, 2.0 * max(rho1, 0.8))) / 2
+    assert loss.item() == pytest.approx(expected)
+    loss.backward()
+    # rollout 0 is clipped: no gradient; rollout 1: d/dlogp (2 rho1 / 2) = rho1 on its one token
+    assert torch.allclose(logp.grad, torch.tensor([[0.0, 0.0, 0.0], [rho1, 0.0, 0.0]]))
+    assert st["clip_frac"] == pytest.approx(2 / 3)  # rollout 0's two tokens of three
+    token, _ = grpo.policy_loss(logp, old, adv, mask, clip_low=0.2, clip_high=0.28)
+    assert token.item() != pytest.approx(expected)
+    with pytest.raises(ValueError, match="one advantage per rollout"):
+        grpo.policy_loss(logp, old, torch.ones(2, 3), mask, ratio_level="sequence")
+
+
+def test_micro_token_mean_is_the_official_micro_batch_weighting():
+    """The official weighting: token-mean within each micro-batch of 2 rollouts, micro-batches
+    averaged; computed here by hand, against the micro-batch-invariant token-mean."""
+    lengths = [3, 1, 2, 4]
+    mask = torch.tensor([[1] * n + [0] * (4 - n) for n in lengths])
+    adv = torch.tensor([1.0, -1.0, 0.5, 2.0])
+    logp = torch.zeros(4, 4)
+    whole = grpo.Batch(torch.zeros(4, 5, dtype=torch.long), torch.ones(4, 5, dtype=torch.long), mask,
+                       torch.zeros(4, 4), adv)
+    total = {}
+    for agg in ("micro-token-mean", "token-mean"):
+        cfg = grpo.LossConfig(agg=agg)
+        total[agg] = 0.0
+        for i in (0, 2):
+            mb = whole.select(slice(i, i + 2))
+            norm = grpo.loss_norm(mb, whole, loss=cfg, micro_batch=2)
+            total[agg] += grpo.policy_loss(logp[i:i + 2], logp[i:i + 2], mb.advantages, mb.completion_mask,
+                                           agg=agg, norm=norm)[0].item()
+    # ratio 1: per-token loss -A; micro-batch 1 = rows 0-1 (4 tokens), 2 = rows 2-3 (6 tokens)
+    by_hand = (-(1.0 * 3 - 1.0 * 1) / 4 + -(0.5 * 2 + 2.0 * 4) / 6) / 2
+    assert total["micro-token-mean"] == pytest.approx(by_hand)
+    assert total["token-mean"] == pytest.approx(-(3 - 1 + 1 + 8) / 10)
+    assert by_hand != pytest.approx(total["token-mean"])

@@ -1,4 +1,5 @@
 """ropd.py end to end on a tiny toy world: every method, gradient accumulation, resume, failures."""
+import dataclasses
 import json
 
 import pytest
@@ -120,7 +121,7 @@ def _real_batch(world, agg_adv="seq"):
                              completion_mask=ro.completion_mask, old_logp=old, advantages=adv)
 
 
-@pytest.mark.parametrize("agg", grpo.AGGREGATIONS)
+@pytest.mark.parametrize("agg", grpo.INVARIANT_AGGREGATIONS)
 @pytest.mark.parametrize("adv", ["seq", "token"])
 def test_gradient_does_not_depend_on_micro_batch_size(tiny_world, agg, adv):
     model, b = _real_batch(tiny_world, adv)
@@ -132,6 +133,24 @@ def test_gradient_does_not_depend_on_micro_batch_size(tiny_world, agg, adv):
     assert st["clip_frac"] > 0  # some tokens were clipped
     assert torch.allclose(grads[0], grads[2], atol=1e-5) and torch.allclose(grads[1], grads[2], atol=1e-5)
     assert grads[2].abs().sum() > 0
+
+
+def test_the_official_micro_batch_weighting_depends_on_the_micro_batch(tiny_world):
+    """--agg micro-token-mean is micro-batch dependent by design (the official weighting); with a
+    micro-batch of the whole mini-batch it is the token-mean."""
+    model, b = _real_batch(tiny_world, "seq")
+    mask = b.completion_mask.clone()
+    for i in range(len(b)):  # rollouts of unequal lengths (the tiny student's all run to the limit)
+        mask[i, 2 + 3 * i:] = 0
+    b = dataclasses.replace(b, completion_mask=mask)
+    grads = {}
+    for agg, micro in (("micro-token-mean", 2), ("micro-token-mean", len(b)), ("token-mean", 2)):
+        model.zero_grad(set_to_none=True)
+        loss_fn = grpo.clipped_loss_fn(grpo.LossConfig(agg=agg, micro_batch=micro))
+        grpo.accumulate_gradient(model, b, loss_fn, micro, torch.device("cpu"))
+        grads[agg, micro] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert torch.allclose(grads["micro-token-mean", len(b)], grads["token-mean", 2], atol=1e-5)
+    assert not torch.allclose(grads["micro-token-mean", 2], grads["token-mean", 2], atol=1e-5)
 
 
 def _judge_server(world, faults=None):
@@ -294,3 +313,87 @@ def test_judge_variants_change_the_calls(tiny_world, tmp_path, flags, role, call
     if calls is None:  # K' distinct references + G rollouts per prompt, each graded alone
         calls = sum(len(s["references"]) + 3 for s in samples if not s["fallback"])
     assert m["usage"][role]["calls"] == calls and m["fallbacks"] == 0
+
+
+# ---------------------------------------------------------------- presets, new flags, GAD, the official diagnostic
+
+def test_preset_paper_sets_table_a2_and_explicit_flags_win():
+    a = ropd.parse_args(["--preset", "paper", "--student", "smollm2", "--teacher", "openai:m", "--lr", "3e-6"])
+    assert (a.steps, a.schedule, a.warmup_steps, a.betas, a.weight_decay, a.mini_batches) == \
+        (531, "cosine", 100, (0.9, 0.95), 0.1, 1)
+    assert (a.teacher_temperature, a.rubricator_temperature, a.verifier_temperature) == (0.0, 0.7, 0.0)
+    assert (a.adv_scale, a.agg, a.rubric_prompt, a.verifier, a.reward) == \
+        ("std", "seq-mean-token-mean", "paper", "per-response", "pass-rate")
+    assert a.lr == 3e-6  # given explicitly: it wins
+    assert ropd.parse_args(["--student", "smollm2"]).steps == 200  # no preset: the defaults
+
+
+def test_preset_official_and_the_openai_only_options():
+    a = ropd.parse_args(["--preset", "official", "--student", "smollm2", "--teacher", "openai:gpt-5"])
+    assert (a.steps, a.mini_batches, a.agg, a.micro_batch, a.reward, a.judge_retry_policy) == \
+        (500, 4, "micro-token-mean", 2, "final-score", "official")
+    assert (a.rubricator_max_tokens, a.verifier_max_tokens, a.concurrency, a.rpm) == (8192, 4096, 32, 1920.0)
+    assert a.judge_reasoning_effort == "high" and a.judge_json_mode is True
+    toy_judge = ropd.parse_args(["--preset", "official"])  # the toy judge takes no API options
+    assert toy_judge.judge_reasoning_effort is None and toy_judge.judge_json_mode is False
+    # with the toy student the run stays toy-sized, the method's settings are the preset's
+    assert (toy_judge.steps, toy_judge.lr, toy_judge.mini_batches) == (60, 1e-4, 4)
+    ropd.check_args(dataclasses.replace(toy_judge, out="/tmp/ropd-preset-check-never-written"))
+
+
+def test_help_lists_every_preset_setting(capsys):
+    with pytest.raises(SystemExit):
+        ropd.parse_args(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--preset paper sets: --steps 531," in out and "--betas 0.9 0.95" in out
+    assert "--preset official sets: --steps 500," in out and "--agg micro-token-mean, --micro-batch 2" in out
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--agg", "micro-token-mean", "--micro-batch", "0"], "--agg micro-token-mean weighs each micro-batch"),
+    (["--method", "lopd", "--ratio", "sequence"], "--ratio sequence needs one advantage per rollout"),
+    (["--method", "tjudge", "--reward", "final-score"], "--reward final-score is the ROPD verifier's own total"),
+    (["--verifier-timeout", "0"], "--verifier-timeout must be positive"),
+    (["--preset", "fast"], "argument --preset: invalid choice: 'fast'"),
+])
+def test_new_settings_are_refused_in_one_line(flags, message, tiny_world, tmp_path, capsys):
+    assert ropd.main(tiny_args(tiny_world, tmp_path, *flags)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_new_flags_reach_the_judge_and_the_loss(tiny_world, tmp_path):
+    a = ropd.parse_args(tiny_args(tiny_world, tmp_path, "--reward", "final-score", "--judge-retry-policy", "official",
+                                  "--verifier-timeout", "7", "--agg", "micro-token-mean", "--micro-batch", "2"))
+    t, j, reward = ropd.load_judges(a, None)
+    assert t.timeouts == {"reference": 90.0, "rubricator": 120.0, "verifier": 7.0}
+    settings = reward.args[0].keywords["s"]
+    assert settings.reward == "final-score" and settings.retry_policy == "official"
+
+
+def test_gad_end_to_end_keeps_its_discriminator_across_a_resume(tiny_world, tmp_path):
+    assert ropd.main(tiny_args(tiny_world, tmp_path, "--steps", "3", method="gad", out="a")) == 0
+    ms = metrics(tmp_path / "a")
+    assert all(m["gad_loss"] > 0 and 0 <= m["gad_teacher_wins"] <= 1 for m in ms)
+    assert ms[0]["gad_loss"] == pytest.approx(0.6931, abs=1e-3)  # a zero head at first: -log sigmoid(0)
+    assert all((tmp_path / "a" / f"checkpoint-00000{k}" / "discriminator.pt").is_file() for k in (1, 2, 3))
+    # interrupted after step 2, resumed: the same discriminator, so the same rewards and weights
+    assert ropd.main(tiny_args(tiny_world, tmp_path, "--steps", "2", method="gad", out="b")) == 0
+    assert ropd.main(tiny_args(tiny_world, tmp_path, "--steps", "3", "--resume", str(tmp_path / "b"),
+                               method="gad", out="b")) == 0
+    mb = metrics(tmp_path / "b")
+    assert [m["reward_mean"] for m in mb] == pytest.approx([m["reward_mean"] for m in ms], abs=1e-5)
+    wa, wb = weights(tmp_path / "a" / "checkpoint-000003"), weights(tmp_path / "b" / "checkpoint-000003")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_teacher_below_student_is_the_official_diagnostic():
+    res = [rubric.GroupResult([0.2, 0.9], reference_scores=[0.5, 1.0]),   # min ref 0.5 < best rollout 0.9
+           rubric.GroupResult([0.4, 0.1], reference_scores=[0.5, 0.6]),   # 0.5 > 0.4
+           rubric.GroupResult([1.0, 0.3], reference_scores=[0.8, 0.9])]   # 0.8 < 1.0, and 1.0 > every reference
+    ro = type("R", (), {"lengths": torch.tensor([3, 3, 3, 3, 3, 3]), "truncated": torch.zeros(6, dtype=torch.bool),
+                        "group_size": 2, "texts": [""] * 6})()
+    rw = ropd.Rewards(torch.tensor([x for r in res for x in r.rewards]), [None] * 3, res)
+    m = ropd.rollout_metrics([{}] * 3, ro, rw, [["r"]] * 3, with_accuracy=False)
+    assert m["teacher_below_student"] == pytest.approx(2 / 3)
+    assert m["student_beats_references"] == pytest.approx(1 / 3)

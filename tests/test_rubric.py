@@ -377,6 +377,108 @@ def test_a_group_with_fewer_than_m_references_falls_back():
     assert res[1].rewards == [0.0] * 3
 
 
+def test_sighted_per_response_verifier_labels_each_answer():
+    """B3: --sighted-verifier with App. D's per-response verifier is sighted too (it once ran blind)."""
+    res, calls, sent = _run(sighted_verifier=True, verifier="per-response")
+    verifier = [c for stage, _, c in sent if stage == "verifier"]
+    assert len(verifier) == 2 * (1 + 3)
+    authors = [c[1]["content"].count('author="reference"') + 2 * c[1]["content"].count('author="student"')
+               for c in verifier]
+    assert sorted(authors) == [1, 1, 2, 2, 2, 2, 2, 2]  # each call labels its one answer
+    assert all(prompts.SIGHTED in c[0]["content"] for c in verifier)
+    blind, _, _ = _run(verifier="per-response")
+    assert [r.rewards for r in res] == [r.rewards for r in blind]
+
+
+# ---------------------------------------------------------------- --reward final-score, --judge-retry-policy
+
+def _lying_complete(calls, lie=0.5):
+    """The toy judge, except that the verifier's totals are `lie` x the true ones (an arithmetic slip)."""
+    def complete(chats, stage, attempt, valid, tag=None):
+        calls.append((stage, attempt, len(chats)))
+        out = [toy.toy_judge(c) for c in chats]
+        if stage == "verifier":
+            out = [json.dumps({**d, "answers": [{**a, "final_score": a["final_score"] * lie} for a in d["answers"]]})
+                   if "answers" in d else json.dumps({**d, "weighted_score": d["weighted_score"] * lie})
+                   for d in map(json.loads, out)]
+        return out
+    return complete
+
+
+@pytest.mark.parametrize("verifier", ["batch", "per-response"])
+def test_final_score_reward_is_the_judges_own_total_over_the_maximum(verifier):
+    groups = _groups()
+    honest = rubric.ropd_reward(_lying_complete([]), groups, rubric.JudgeSettings(verifier=verifier))
+    trusted = rubric.ropd_reward(_lying_complete([]), groups, rubric.JudgeSettings(verifier=verifier,
+                                                                                     reward="final-score"))
+    for h, t in zip(honest, trusted):
+        assert h.fallback is None and t.fallback is None
+        assert h.rewards[0] == 1.0  # recomputed from the booleans: the lie does not reach it
+        assert t.rewards == pytest.approx([0.5 * x for x in h.rewards])  # the judge's halved totals do
+        assert t.reference_scores == pytest.approx([0.5 * x for x in h.reference_scores])
+        assert t.judgements == h.judgements
+
+
+def test_final_score_reward_needs_a_numeric_total():
+    r = Rubric((Criterion("c1", "x", "a", 2), Criterion("c2", "x", "b", 3)))
+    ok = {"schema_version": prompts.VERDICT_SCHEMA, "answers": [
+        {"answer_index": 2, "judgement": [True, True], "final_score": 5},
+        {"answer_index": 1, "judgement": [True, False], "final_score": "2"}]}
+    assert rubric.judge_scores(json.dumps(ok), 2) == [2.0, 5.0]  # back in answer order
+    bad = {**ok, "answers": [{**ok["answers"][0], "final_score": None}, ok["answers"][1]]}
+    with pytest.raises(rubric.JudgeFormatError, match="no numeric final_score"):
+        rubric.judge_scores(json.dumps(bad), 2)
+    echoed = "Rubric: " + json.dumps([{"criterion_id": "c1"}, {"criterion_id": "c2"}]) + " " + json.dumps(ok)
+    assert rubric.judge_scores(echoed, 2) == [2.0, 5.0]  # an echoed list is not the verdict
+
+
+def _failing_complete(calls, bad_stage, bad_text):
+    def complete(chats, stage, attempt, valid, tag=None):
+        calls.append((stage, attempt))
+        return [bad_text if stage == bad_stage else toy.toy_judge(c) for c in chats]
+    return complete
+
+
+@pytest.mark.parametrize("stage,bad,kind,official", [
+    ("rubricator", "", "empty", 0),                                   # official: 0 re-asks
+    ("rubricator", "no json here", "parse", 0),
+    ("rubricator", '{"schema_version": "ropd.rubric.v1", "rubrics": [1, 2, 3, 4]}', "schema", 2),
+    ("rubricator", '{"schema_version": "ropd.rubric.v1", "rubrics": []}', "validation", 2),
+    ("verifier", "", "empty", 3),                                     # 1, twice over the step retry
+    ("verifier", "nope", "parse", 1),
+    ("verifier", '{"schema_version": "ropd.batch_verifier.v2"}', "schema", 1),
+    ("verifier", '{"schema_version": "ropd.batch_verifier.v2", "answers": []}', "validation", 0),
+])
+def test_official_retry_policy_reasks_per_stage_and_kind(stage, bad, kind, official):
+    g = _groups(n=1)
+    with pytest.raises(rubric.JudgeFormatError) as e:
+        (rubric.parse_rubric if stage == "rubricator" else lambda t: rubric.parse_verdicts(t, RUB4, 4))(bad)
+    assert e.value.kind == kind
+    for policy, expected in (("official", official), ("uniform", 2)):
+        calls = []
+        res = rubric.ropd_reward(_failing_complete(calls, stage, bad), g, rubric.JudgeSettings(retry_policy=policy))
+        assert res[0].fallback == f"{stage} failed"
+        assert [a for s_, a in calls if s_ == stage] == list(range(expected + 1)), policy
+
+
+RUB4 = Rubric(tuple(Criterion(f"c{i}", "x", f"t{i}", 1) for i in range(1, 5)))
+
+
+def test_official_retry_policy_reasks_a_failed_verifier_request_once():
+    calls = []
+
+    def complete(chats, stage, attempt, valid, tag=None):
+        calls.append((stage, attempt))
+        return [RuntimeError("timed out") if stage == "verifier" else toy.toy_judge(c) for c in chats]
+    rubric.ropd_reward(complete, _groups(n=1), rubric.JudgeSettings(retry_policy="official"))
+    assert calls == [("rubricator", 0), ("verifier", 0), ("verifier", 1)]
+    calls.clear()
+
+    def rubricator_down(chats, stage, attempt, valid, tag=None):
+        calls.append((stage, attempt))
+        return [RuntimeError("timed out") for _ in chats]
+    rubric.ropd_reward(rubricator_down, _groups(n=1), rubric.JudgeSettings(retry_policy="official"))
+    assert calls == [("rubricator", 0)]
 def test_by_default_a_group_needs_every_reference_it_was_given():
     """The standalone default is the run's (--min-references 0: K): a group whose K-th reference
     failed falls back, as it does in training; min_references=1 accepts it."""

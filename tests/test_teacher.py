@@ -165,11 +165,85 @@ def test_rate_limiter_blocks_beyond_rpm():
 
 def test_circuit_breaker_opens_after_consecutive_failures(server):
     server.faults = [{"status": 500}] * 100
-    c = client("openai", server, retries=0, breaker_threshold=2, breaker_cooldown=60)
+    c = client("openai", server, retries=0, breaker=teacher.BreakerConfig(consecutive=2, cooldown=60))
     out = c.complete([CHAT] * 1 + [[{"role": "user", "content": "x"}]], max_tokens=8, return_exceptions=True)
     out += c.complete([[{"role": "user", "content": "y"}]], max_tokens=8, return_exceptions=True)
     assert all(isinstance(o[0], Exception) for o in out)
     assert server.requests == 2 and "circuit breaker" in str(out[-1][0])
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_circuit_breaker_is_the_official_rule():
+    """5 retriable errors in a row open it; 30 s later 2 half-open probes go through; both succeed ->
+    closed; a retriable error while half-open -> open again (the official providers file)."""
+    clock = FakeClock()
+    b = teacher.CircuitBreaker(teacher.BreakerConfig(), clock)
+    assert b.config == teacher.BreakerConfig(consecutive=5, window=20, rate=0.2, cooldown=30.0, probes=2)
+    for _ in range(4):
+        assert b.allow()
+        b.retriable_error()
+    assert b.state == "closed"
+    b.other_error()  # a 400 breaks the run: 4 + 4 retriable errors never open it
+    for _ in range(4):
+        b.retriable_error()
+    assert b.state == "closed" and b.allow()
+    b.retriable_error()  # the 5th in a row
+    assert b.state == "open" and not b.allow()
+    clock.now = 29.9
+    assert not b.allow()
+    clock.now = 30.0
+    assert b.allow() and b.allow() and not b.allow()  # half-open: two probes at a time
+    b.success()
+    assert b.state == "half-open"
+    b.success()
+    assert b.state == "closed" and b.allow()
+    b.retriable_error()
+    assert b.state == "closed"
+    clock.now = 100.0
+    for _ in range(4):
+        b.retriable_error()
+    assert b.state == "open"  # 5 in a row again (the one above, then four)
+    clock.now = 130.0
+    assert b.allow()
+    b.retriable_error()  # a failed probe re-opens it at once
+    assert b.state == "open" and b.opened_at == 130.0
+
+
+def test_circuit_breaker_opens_on_the_error_rate_over_a_window_of_20():
+    b = teacher.CircuitBreaker(teacher.BreakerConfig(), FakeClock())
+    pattern = ([True] + [False] * 4) * 3 + [True, False, False, False]  # 19 outcomes, 4 errors, never 2 in a row
+    for err in pattern:
+        b.retriable_error() if err else b.success()
+    assert b.state == "closed"  # 19 < 20: the window is not full yet
+    b.success()  # 20 outcomes, 4 errors = 20%: not yet a trip (checked on an error)
+    b.retriable_error()  # the last 20: the first error left, this one came: 4/20 = 20% >= 20%
+    assert b.state == "open"
+    b2 = teacher.CircuitBreaker(teacher.BreakerConfig(), FakeClock())
+    for err in ([True] + [False] * 5) * 4:  # 4 errors in 24: the last 20 hold 3 (15%)
+        b2.retriable_error() if err else b2.success()
+    assert b2.state == "closed"
+
+
+def test_transport_counts_every_retriable_attempt_against_the_breaker():
+    clock = FakeClock()
+    t = teacher.Transport(lambda: "x", retries=2, backoff_base=0.0, breaker=teacher.BreakerConfig(consecutive=3),
+                          clock=clock)
+
+    def fails():
+        raise TimeoutError("slow")
+    first = t.send(fails, "verifier")  # 3 attempts, 3 retriable errors: open
+    assert isinstance(first, teacher.RequestError) and t.breaker("verifier").state == "open"
+    assert isinstance(t.send(lambda: (["ok"], 1, 1), "verifier"), teacher.CircuitOpenError)
+    assert t.send(lambda: (["ok"], 1, 1), "rubricator") == (["ok"], 1, 1)  # one breaker per stage
+    clock.now = 30.0
+    assert t.send(lambda: (["ok"], 1, 1), "verifier") == (["ok"], 1, 1)  # a half-open probe
 
 
 @pytest.mark.parametrize("spec,message", [
