@@ -2,12 +2,36 @@
 trusted whole. One test (or a few) per defect, each against a real local server where a server is
 involved (127.0.0.1 only, bounded in time)."""
 import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
 import time
 
 import pytest
 
+import ropd
 import rubric
+import serve
+import teacher
+from test_ropd import tiny_args
 from test_rubric import GOOD_RUBRIC, RUBRIC
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHAT = [{"role": "user", "content": "(3+4)*2"}]
+KEY = "sk-test-ROUND2-0123456789abcdef"
+
+
+@pytest.fixture
+def judge_server(tiny_world):
+    srv = serve.TeacherServer(teacher.load(f"toy:{tiny_world.root}", cache=None), model_name="m").start()
+    yield srv
+    srv.stop()
+
+
+def client(srv, cache=None, **kw):
+    return teacher.load(f"openai:m@{srv.url}/v1", cache=cache, backoff_base=0.01, **kw)
 
 # ---------------------------------------------------------------- 7: the judge's own JSON
 
@@ -49,3 +73,121 @@ def test_a_nested_judge_reply_is_parsed_in_linear_time():
         with pytest.raises(rubric.JudgeFormatError):
             rubric.parse_rubric(reply)
         assert time.perf_counter() - t < 2.0
+
+
+def test_redaction_is_linear_time():
+    for text in ("a" * 100_000, "ab_" * 33_334, "http://" + "a" * 100_000):  # 16 s, 36 s, 14 s before
+        t = time.perf_counter()
+        assert teacher.redact(text) == text
+        assert time.perf_counter() - t < 1.0
+
+
+# ---------------------------------------------------------------- 2: each answer kept as it arrives
+
+def test_answers_are_cached_as_they_arrive_and_ctrl_c_stops_at_once(judge_server, tmp_path):
+    """8 requests, one held 60 s: the 7 that came back are in the cache while the 8th is still in
+    flight, and Ctrl-C ends the process in seconds, not when the slow request returns."""
+    judge_server.faults = [{"delay": 60.0}]
+    cache = tmp_path / "c.sqlite"
+    code = (f"import sys; sys.path.insert(0, {ROOT!r}); import teacher\n"
+            f"t = teacher.load('openai:m@{judge_server.url}/v1', cache={str(cache)!r}, concurrency=8)\n"
+            "t.complete([[{'role': 'user', 'content': f'{i}+1'}] for i in range(8)], max_tokens=8)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and not (cache.exists() and _rows(cache) == 7):
+            time.sleep(0.2)
+        assert _rows(cache) == 7 and proc.poll() is None  # 7 kept, the 8th still in flight
+        t = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+        assert time.monotonic() - t < 5.0
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert _rows(cache) == 7
+
+
+def _rows(path) -> int:
+    try:
+        with sqlite3.connect(path, timeout=1) as db:
+            return db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+    except sqlite3.Error:
+        return -1
+
+
+# ---------------------------------------------------------------- 9: a failure to store loses nothing
+
+def test_a_locked_cache_keeps_the_answers_in_memory_and_writes_them_later(judge_server, tmp_path, caplog):
+    path = tmp_path / "c.sqlite"
+    c = client(judge_server, cache=teacher.Cache(path, wait=0.2))
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")  # another process holds the cache
+    chats = [[{"role": "user", "content": f"{i}+2"}] for i in range(3)]
+    got = c.complete(chats, max_tokens=8)  # was: sqlite3.OperationalError, the batch's answers lost
+    assert all(isinstance(x[0], str) for x in got) and judge_server.requests == 3
+    assert c.complete(chats, max_tokens=8) == got and judge_server.requests == 3  # from memory: not paid twice
+    assert sum("keeping them in memory" in r.message for r in caplog.records) == 1
+    locker.execute("ROLLBACK")
+    c.cache._retry_at = 0.0  # as 30 s later
+    c.complete([CHAT], max_tokens=8)
+    assert len(teacher.Cache(path)) == 4  # the kept answers written with the next write
+
+
+def test_a_lone_surrogate_in_a_reply_is_stored(judge_server, tmp_path):
+    judge_server.faults = [{"reply": "Answer: 14 \ud800"}]
+    c = client(judge_server, cache=tmp_path / "c.sqlite")
+    assert c.complete([CHAT], max_tokens=8) == [["Answer: 14 \ufffd"]]
+    assert client(judge_server, cache=tmp_path / "c.sqlite").complete([CHAT], max_tokens=8) == [["Answer: 14 \ufffd"]]
+    assert judge_server.requests == 1
+
+
+# ---------------------------------------------------------------- 14: a server that ignores n
+
+def test_a_server_that_ignores_n_is_asked_again(judge_server, caplog):
+    judge_server.ignore_n = True
+    c = client(judge_server)
+    got = c.complete([CHAT, [{"role": "user", "content": "2*5"}]], n=3, temperature=1.0, max_tokens=8)
+    assert all(isinstance(x, str) for texts in got for x in texts) and [len(x) for x in got] == [3, 3]
+    assert judge_server.requests == 2 + 4  # one with n=3 per chat, then the 2 left out of each, one by one
+    assert sum("ignores `n`" in r.message for r in caplog.records) == 1
+
+
+# ---------------------------------------------------------------- 15: a 200 that carries an error
+
+@pytest.mark.parametrize("kind,body", [
+    ("openai", {"error": {"message": "model overloaded", "type": "server_error", "code": 503}}),
+    ("anthropic", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})])
+def test_a_200_carrying_an_error_is_that_error(judge_server, kind, body, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    judge_server.faults = [{"raw": json.dumps(body)}]
+    url = judge_server.url + ("/v1" if kind == "openai" else "")
+    c = teacher.load(f"{kind}:m@{url}", cache=None, backoff_base=0.01)
+    assert isinstance(c.complete([CHAT], max_tokens=8)[0][0], str)  # was: TypeError, not retried
+    assert c.usage["teacher"].retries == 1
+    judge_server.faults = [{"raw": json.dumps(body)}] * 3
+    with pytest.raises(teacher.TeacherError, match=r"HTTP 5\d\d: .*carrying this error: (model overloaded|Overloaded)"):
+        c.complete([[{"role": "user", "content": "9-1"}]], max_tokens=8)
+    judge_server.faults = [{"raw": json.dumps({"error": {"message": "bad key", "type": "invalid_api_key"}})}]
+    with pytest.raises(teacher.TeacherError, match="HTTP 401"):  # fatal, as a 401 is
+        c.complete([[{"role": "user", "content": "9-2"}]], max_tokens=8)
+
+
+# ---------------------------------------------------------------- 18: a key in the URL's query string
+
+def test_a_key_in_the_url_query_or_echoed_by_a_server_is_stored_nowhere(tiny_world, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    qkey = "qkey-0123456789abcdef"
+    srv = serve.TeacherServer(teacher.load(f"toy:{tiny_world.root}", cache=None), model_name="toy-judge",
+                              record=True, faults=[{"reply": "no JSON here;", "echo_headers": True}] * 2).start()
+    try:
+        spec = f"openai:toy-judge@{srv.url}/v1?api-key={qkey}"  # the first two references echo the key
+        assert ropd.main(tiny_args(tiny_world, tmp_path, "--teacher", spec, "--judge", spec, "--steps", "1")) == 0
+    finally:
+        srv.stop()
+    seen = capsys.readouterr()
+    blobs = [seen.out, seen.err] + [p.read_bytes().decode("latin-1") for p in tmp_path.rglob("*") if p.is_file()]
+    assert any("api-key=***" in b for b in blobs)  # args.json names the URL, redacted
+    assert any("you sent" in b and "Bearer ***" in b for b in blobs)  # the cache holds the echo, redacted
+    for blob in blobs:
+        assert qkey not in blob and KEY not in blob
