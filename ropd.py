@@ -189,7 +189,10 @@ class Args:
     rpm: float = 0.0
     """teacher/judge requests per minute (0: no limit)"""
     request_timeout: float = 600.0
-    """seconds before a teacher/judge request is retried"""
+    """seconds a whole teacher/judge request may take, first byte sent to last byte received,
+    before it is retried (a server that trickles its reply is cut off too)"""
+    max_reply_bytes: int = 64 << 20
+    """largest teacher/judge reply read, in bytes; a bigger one is cut off and retried like a 5xx"""
     cache: str | None = None
     """teacher/judge cache (default ~/.cache/ropd/teacher_cache.sqlite): nothing is paid twice"""
     save_every: int = 50
@@ -438,7 +441,7 @@ def train(a: Args, log=print) -> dict:
 
 POSITIVE = ("steps", "prompts_per_step", "rollouts", "references", "mini_batches", "epochs", "max_new_tokens",
             "teacher_max_tokens", "judge_max_tokens", "save_every", "concurrency", "lr", "grad_clip",
-            "request_timeout", "temperature", "top_p", "exopd_lambda", "min_criteria")
+            "request_timeout", "temperature", "top_p", "exopd_lambda", "min_criteria", "max_reply_bytes")
 NON_NEGATIVE = ("micro_batch", "warmup_steps", "judge_retries", "verifier_chunk", "min_references", "keep_last",
                 "eval_every", "eval_samples", "eval_max_new_tokens", "rpm", "weight_decay", "kl_beta", "clip_low",
                 "clip_high", "clip_c", "teacher_temperature", "rubricator_temperature", "verifier_temperature",
@@ -583,7 +586,7 @@ def load_judges(a: Args, tok):
     """(teacher, judge, reward function) on rank 0, with the run's cache and transport settings."""
     teacher, judge = teacher_lib.load_teacher_and_judge(a.teacher, a.judge, cache=a.cache or "default",
                                                         concurrency=a.concurrency, rpm=a.rpm or None, retries=2,
-                                                        timeout=a.request_timeout)
+                                                        timeout=a.request_timeout, max_reply_bytes=a.max_reply_bytes)
     if a.method in ("lopd", "exopd"):
         check_lopd_teacher(teacher, tok, a.teacher, a.temperature)
     return teacher, judge, reward_function(a, teacher, judge)

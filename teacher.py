@@ -29,6 +29,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -47,6 +48,7 @@ import rubric
 import toy
 
 log = logging.getLogger("ropd.teacher")
+DEFAULT_MAX_REPLY_BYTES = 64 << 20  # 64 MiB: a reply of 8 samples of 8k tokens is well under 1 MiB
 
 
 
@@ -85,10 +87,12 @@ class Teacher:
     def __init__(self, model: str, cache: Cache | str | Path | None = "default", concurrency: int = 8,
                  rpm: float | None = None, retries: int = 2, timeout: float = 120.0,
                  backoff_base: float = 1.0, backoff_cap: float = 8.0,
-                 breaker_threshold: int = 8, breaker_cooldown: float = 30.0):
+                 breaker_threshold: int = 8, breaker_cooldown: float = 30.0, *,
+                 max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES):
         self.model = model
         self.cache = open_cache(cache)
-        self.timeout = timeout
+        self.timeout = timeout  # a served backend's whole request, connect to last byte
+        self.max_reply_bytes = max_reply_bytes
         self.transport = Transport(lambda: self.fingerprint, concurrency, rpm, retries, backoff_base,
                                    backoff_cap, breaker_threshold, breaker_cooldown)
 
@@ -280,7 +284,8 @@ class OpenAITeacher(Teacher):
         # our own retry policy replaces the SDK's (so retries are counted and bounded)
         base, query = split_query(self.base_url)
         self.client = openai.OpenAI(api_key=key, base_url=base, default_query=query or None, timeout=self.timeout,
-                                    max_retries=0)
+                                    max_retries=0, http_client=bounded_http_client(
+                                        deadline=self.timeout, max_bytes=self.max_reply_bytes))
 
     @property
     def fingerprint(self) -> str:
@@ -402,6 +407,85 @@ def parse_prompt_logprobs(entries, ids: list[int]) -> tuple[list[float], list[st
     return logprobs, decoded
 
 
+class _RequestBudget(threading.local):
+    """What the request this thread is sending may still take: a deadline and a number of bytes."""
+    deadline: float = math.inf
+    bytes_left: int = DEFAULT_MAX_REPLY_BYTES
+
+
+class _BoundedStream:
+    """A connection whose every read and write is held to the request's whole deadline (a server
+    sending 1 byte a second never trips a per-read timeout) and whose reads count against the
+    reply-size cap (an endless body would fill the memory)."""
+
+    def __init__(self, inner, budget: _RequestBudget, cap: int):
+        self._inner, self._budget, self._cap = inner, budget, cap
+
+    def _time_left(self, timeout: float | None) -> float:
+        left = self._budget.deadline - time.monotonic()
+        if left <= 0:
+            import httpcore2
+            raise httpcore2.ReadTimeout("the whole request ran past --request-timeout")
+        return left if timeout is None else min(timeout, left)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        data = self._inner.read(max_bytes, self._time_left(timeout))
+        self._budget.bytes_left -= len(data)
+        if self._budget.bytes_left < 0:
+            import httpcore2
+            raise httpcore2.ReadError(f"the reply is over --max-reply-bytes {self._cap}")
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, self._time_left(timeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None):
+        return _BoundedStream(self._inner.start_tls(ssl_context, server_hostname, self._time_left(timeout)),
+                              self._budget, self._cap)
+
+    def get_extra_info(self, info: str):
+        return self._inner.get_extra_info(info)
+
+
+class _BoundedBackend:
+    """The connection pool's network backend, handing out _BoundedStreams."""
+
+    def __init__(self, inner, budget: _RequestBudget, cap: int):
+        self._inner, self._budget, self._cap = inner, budget, cap
+
+    def connect_tcp(self, *args, **kwargs):
+        return _BoundedStream(self._inner.connect_tcp(*args, **kwargs), self._budget, self._cap)
+
+    def connect_unix_socket(self, *args, **kwargs):
+        return _BoundedStream(self._inner.connect_unix_socket(*args, **kwargs), self._budget, self._cap)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def bounded_http_client(*, deadline: float, max_bytes: int):
+    """An HTTP client for the SDKs (they use httpx2) whose requests each end, like a 5xx that is
+    retried, when the whole request takes more than `deadline` seconds (the SDK's own timeout is
+    per read, so a trickling server is never timed out) or the reply exceeds `max_bytes`."""
+    import httpx2
+
+    class BoundedTransport(httpx2.HTTPTransport):
+        def __init__(self):
+            super().__init__(limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100))
+            self.budget = _RequestBudget()
+            self._pool._network_backend = _BoundedBackend(self._pool._network_backend, self.budget, max_bytes)
+
+        def handle_request(self, request):
+            # the reply is read in this thread, after this returns: the budget is the thread's
+            self.budget.deadline, self.budget.bytes_left = time.monotonic() + deadline, max_bytes
+            return super().handle_request(request)
+
+    return httpx2.Client(transport=BoundedTransport(), timeout=deadline, follow_redirects=True)
+
+
 class ReplyError(RuntimeError):
     """An HTTP 200 whose body is an error object (or lacks what the API promised): treated as the
     error it carries, by its status (retried like a 5xx when it names none)."""
@@ -452,7 +536,8 @@ class AnthropicTeacher(Teacher):
             raise TeacherError("ANTHROPIC_API_KEY is not set")
         base, query = split_query(self.base_url)
         self.client = anthropic.Anthropic(api_key=key, base_url=base, default_query=query or None,
-                                          timeout=self.timeout, max_retries=0)
+                                          timeout=self.timeout, max_retries=0, http_client=bounded_http_client(
+                                              deadline=self.timeout, max_bytes=self.max_reply_bytes))
 
     @property
     def fingerprint(self) -> str:

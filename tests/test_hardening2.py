@@ -191,3 +191,80 @@ def test_a_key_in_the_url_query_or_echoed_by_a_server_is_stored_nowhere(tiny_wor
     assert any("you sent" in b and "Bearer ***" in b for b in blobs)  # the cache holds the echo, redacted
     for blob in blobs:
         assert qkey not in blob and KEY not in blob
+
+
+# ---------------------------------------------------------------- 3: a deadline and a size cap
+
+class Hostile:
+    """A raw HTTP server on 127.0.0.1 that misbehaves below what serve.py can: `trickle` sends a
+    reply 1 byte a second, `endless` a body that never ends, as fast as it can. Each connection
+    ends by stop() or after 30 s; `sent` counts the bytes that went out."""
+
+    def __init__(self, mode: str):
+        import socket
+        import threading
+        self.mode, self.sent, self.stopping = mode, 0, threading.Event()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "Answer: 14"}, "finish_reason": "stop"}]})
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body) if self.mode == 'trickle' else 10 ** 11}\r\n\r\n"
+        end = time.monotonic() + 30
+        try:
+            conn.settimeout(5)
+            conn.recv(65536)
+            if self.mode == "trickle":
+                for ch in (head + body).encode():
+                    if self.stopping.wait(1.0) or time.monotonic() > end:
+                        break
+                    self.sent += conn.send(bytes([ch]))
+            else:
+                conn.sendall(head.encode())
+                chunk = b'{"x": "' + b"a" * 65536
+                while not self.stopping.is_set() and time.monotonic() < end:
+                    self.sent += conn.send(chunk)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def stop(self):
+        self.stopping.set()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("mode,flags,why", [
+    ("trickle", dict(timeout=3.0), "timed out"),
+    ("endless", dict(timeout=30.0, max_reply_bytes=1 << 20), "over --max-reply-bytes 1048576")])
+def test_a_reply_has_a_deadline_and_a_size_cap(mode, flags, why):
+    """1 byte a second was never timed out (the SDK's timeout is per read); an endless body was
+    read whole (590 MB in 30 s). Both now fail like a 5xx: retried, then a RequestError."""
+    srv = Hostile(mode)
+    try:
+        c = teacher.load(f"openai:m@{srv.url}/v1", cache=None, retries=1, backoff_base=0.01, **flags)
+        t = time.monotonic()
+        got = c.complete([CHAT], max_tokens=8, return_exceptions=True)[0][0]
+        took = time.monotonic() - t
+    finally:
+        srv.stop()
+    assert isinstance(got, teacher.RequestError) and why in str(got), got
+    assert c.usage["teacher"].retries == 1
+    if mode == "trickle":
+        assert took < 2 * 3.0 + 3  # two tries of 3 s each, not 2 x len(reply) s
+    else:
+        assert srv.sent < 2 * (4 << 20)  # a little over 1 MiB per try, sent before the cut
