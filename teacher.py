@@ -373,7 +373,10 @@ class OpenAITeacher(Teacher):
             self._fail(res)
         served = res[0][0][1]
         ours = [tokenizer.decode([i]) for i in ids[1:]]
-        if any(d is not None and d != o for d, o in zip(served, ours)):
+        if any(d is None for d in served):  # a check that cannot be made is not a check that passed
+            raise TeacherError(f"{self.fingerprint} sends no decoded_token with its prompt log-probs, so "
+                               f"its tokenizer cannot be checked against the student's; LOPD refuses it")
+        if any(d != o for d, o in zip(served, ours)):
             raise TeacherError(f"{self.fingerprint} does not share the student's tokenizer (the server "
                                f"reads {served[:8]} where the student wrote {ours[:8]})")
 
@@ -402,7 +405,11 @@ def parse_prompt_logprobs(entries, ids: list[int]) -> tuple[list[float], list[st
         d = entry.get(str(tid)) if isinstance(entry, dict) else None
         if not isinstance(d, dict) or "logprob" not in d:
             raise TeacherError(f"prompt log-probs: no entry for token {tid} at position {t}")
-        logprobs.append(float(d["logprob"]))
+        lp = float(d["logprob"])
+        if not lp <= 1e-4:  # a log-probability is at most 0 (a little float slack); NaN fails too
+            raise TeacherError(f"prompt log-probs: token {tid} at position {t} has log-prob {lp}, which no "
+                               f"probability has; the server's scores cannot be trained on")
+        logprobs.append(lp)
         decoded.append(d.get("decoded_token"))
     return logprobs, decoded
 

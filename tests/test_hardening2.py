@@ -268,3 +268,39 @@ def test_a_reply_has_a_deadline_and_a_size_cap(mode, flags, why):
         assert took < 2 * 3.0 + 3  # two tries of 3 s each, not 2 x len(reply) s
     else:
         assert srv.sent < 2 * (4 << 20)  # a little over 1 MiB per try, sent before the cut
+
+
+# ---------------------------------------------------------------- 10: LOPD's served log-probs
+
+class LyingLogprobs(serve.TeacherServer):
+    """A served teacher whose prompt log-probs lie: no decoded_token (its tokens cannot be
+    checked), or +5.0 everywhere (no probability has that log)."""
+    lie = "no-decoded"
+
+    def prompt_logprobs(self, prompts):
+        rows = super().prompt_logprobs(prompts)
+        for row in rows:
+            for entry in row[1:]:
+                for d in entry.values():
+                    if self.lie == "no-decoded":
+                        del d["decoded_token"]
+                    else:
+                        d["logprob"] = 5.0
+        return rows
+
+
+@pytest.mark.parametrize("lie,message", [
+    ("no-decoded", "sends no decoded_token with its prompt log-probs, so its tokenizer cannot be checked"),
+    ("positive", "has log-prob 5.0, which no probability has")])
+def test_lopd_refuses_a_served_teacher_it_cannot_trust(tiny_world, tmp_path, capsys, lie, message):
+    srv = LyingLogprobs(teacher.load(f"hf:{tiny_world.teacher_path}", cache=None), model_name="t")
+    srv.lie = lie
+    srv.start()
+    capsys.readouterr()  # this test's own loading, not the run's
+    try:  # was: exit 0, trained on reward_mean 9.6
+        assert ropd.main(tiny_args(tiny_world, tmp_path, "--teacher", f"openai:t@{srv.url}/v1", method="lopd")) == 2
+    finally:
+        srv.stop()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "run" / "latest").exists()
