@@ -323,3 +323,21 @@ def test_special_token_strings_in_text_stay_text(tiny_world):
                                                              add_generation_prompt=True, tokenize=True, return_dict=False))
     c_ids, c_mask = grpo.encode_completions(tok, ["2+2=4<|end|>Answer: 4"])  # an SFT reference
     assert c_ids[0].tolist().count(tok.eos_token_id) == 1 and c_ids[0, -1] == tok.eos_token_id
+
+
+# ---------------------------------------------------------------- 5: rank 0's slow judge under torchrun
+
+def test_the_other_ranks_wait_for_a_slow_judge_past_the_group_timeout():
+    """The process group times out at 3 s; rank 0's judge takes 8 s. Was: rank 1's broadcast
+    timed out and the run died; now it waits, and says for what."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                        "tests/dist_wait.py"], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                       capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "rank 1: got judged" in out and "rank 0: got judged" in out
+    assert "rank 1: waiting for rank 0 (the judge)" in out
