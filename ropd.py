@@ -37,6 +37,7 @@ import math
 import logging
 import os
 import random
+import re
 import shutil
 import sys
 import textwrap
@@ -810,17 +811,32 @@ def save_checkpoint(out: Path, step: int, model, tok, opt, data_pos: int, args: 
         os.replace(tmp, final)
         (out / "latest.tmp").write_text(final.name)
         os.replace(out / "latest.tmp", out / "latest")
-        for old in sorted(out.glob("checkpoint-*"))[:-keep_last] if keep_last > 0 else []:
+        for old in own_checkpoints(out)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier(world)
     return final
 
 
+CHECKPOINT_NAME = re.compile(r"checkpoint-\d{6}")
+
+
+def own_checkpoints(out: Path) -> list[Path]:
+    """The run's own checkpoints, oldest first: folders named exactly checkpoint-NNNNNN (--keep-last
+    must not delete a user's checkpoint-000001-best)."""
+    return sorted(p for p in out.iterdir() if p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name))
+
+
 def find_checkpoint(path: str) -> Path:
-    """A checkpoint folder, or the one a run folder's `latest` names; refused if it is not whole."""
+    """A checkpoint folder, or the one a run folder's `latest` names; refused if it is not whole.
+    `latest` must name one of the run's own checkpoints by its bare name: a pointer such as
+    ../A/checkpoint-000001 would resume, and then write into, another run."""
     p = Path(path)
     if (p / "latest").is_file():
-        p = p / (p / "latest").read_text().strip()
+        name = (p / "latest").read_text().strip()
+        if not CHECKPOINT_NAME.fullmatch(name):
+            raise UserError(f"--resume {path}: its 'latest' names {name[:80]!r}, not one of its own checkpoints "
+                            f"(checkpoint-NNNNNN); give the checkpoint folder itself")
+        p = p / name
     if not (p / "trainer_state.pt").is_file() or not (p / "config.json").is_file():
         raise UserError(f"--resume {path}: no checkpoint there (it needs trainer_state.pt and the model's files)")
     return p
@@ -841,18 +857,34 @@ def truncate_jsonl(path: Path, max_step: int):
     line (kill -9 mid-write) is dropped; a broken line elsewhere is refused."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-    keep = []
-    for i, ln in enumerate(lines):
+    tmp = path.with_name(path.name + ".tmp")
+    # Written to a temporary file, then renamed over the log: an interrupt mid-rewrite leaves the
+    # log whole (a rewrite in place emptied a 300 MB samples.jsonl). Streamed, line by line.
+    try:
+        with open(path, encoding="utf-8", errors="replace") as src, open(tmp, "w", encoding="utf-8") as dst:
+            for ln in _log_lines_up_to(src, max_step, path):
+                dst.write(ln + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _log_lines_up_to(lines, max_step: int, path: Path):
+    """The non-empty log lines of steps up to max_step; a torn last line is dropped, a broken line
+    elsewhere refused."""
+    broken = None
+    for i, ln in enumerate((x.rstrip("\n") for x in lines), 1):
+        if not ln.strip():
+            continue
+        if broken is not None:  # a broken line with more after it: not a torn last line
+            raise UserError(f"{path}:{broken} is not a log line; the run's logs are damaged")
         try:
             step = json.loads(ln)["step"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            if i == len(lines) - 1:
-                break
-            raise UserError(f"{path}:{i + 1} is not a log line; the run's logs are damaged") from None
+            broken = i
+            continue
         if step <= max_step:
-            keep.append(ln)
-    path.write_text("".join(ln + "\n" for ln in keep))
+            yield ln
 
 
 # ----------------------------------------------------------------------------------------------

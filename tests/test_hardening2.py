@@ -341,3 +341,53 @@ def test_the_other_ranks_wait_for_a_slow_judge_past_the_group_timeout():
     assert r.returncode == 0, out[-3000:]
     assert "rank 1: got judged" in out and "rank 0: got judged" in out
     assert "rank 1: waiting for rank 0 (the judge)" in out
+
+
+# ---------------------------------------------------------------- the run folder: 6, 11, 16
+
+@pytest.fixture(scope="module")
+def done_run(tiny_world, tmp_path_factory):
+    """A finished 2-step run (a checkpoint per step) to copy and resume."""
+    root = tmp_path_factory.mktemp("done")
+    assert ropd.main(tiny_args(tiny_world, root)) == 0
+    return root / "run"
+
+
+def _copy(run, tmp_path, name="copy"):
+    import shutil
+    shutil.copytree(run, tmp_path / name)
+    return tmp_path / name
+
+
+def test_resume_rewrites_the_logs_by_rename_not_in_place(done_run, tiny_world, tmp_path):
+    run = _copy(done_run, tmp_path)
+    before = (run / "samples.jsonl").read_bytes()
+    os.link(run / "samples.jsonl", tmp_path / "old-samples")  # the file as it was, by its inode
+    assert ropd.main(tiny_args(tiny_world, tmp_path, "--out", str(run), "--resume", str(run / "checkpoint-000001"),
+                               "--steps", "1")) == 0  # the logs are cut back to step 1, nothing redone
+    # was: rewritten in place (an interrupt then emptied it); now the old file is never written to
+    assert (tmp_path / "old-samples").read_bytes() == before
+    assert not list(run.glob("*.tmp"))
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert {json.loads(x)["step"] for x in (run / "samples.jsonl").read_text().splitlines()} == {1}
+
+
+def test_keep_last_deletes_only_the_runs_own_checkpoints(done_run, tiny_world, tmp_path):
+    run = _copy(done_run, tmp_path)
+    mine = run / "checkpoint-000001-best"
+    (run / "checkpoint-000001").rename(mine)  # a user's copy of a good checkpoint
+    assert ropd.main(tiny_args(tiny_world, tmp_path, "--out", str(run), "--resume", str(run), "--steps", "3",
+                               "--keep-last", "1")) == 0
+    assert mine.is_dir() and (mine / "trainer_state.pt").is_file()  # was: deleted
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("checkpoint")) == [
+        "checkpoint-000001-best", "checkpoint-000003"]
+
+
+def test_a_latest_pointer_outside_its_run_is_refused(done_run, tiny_world, tmp_path, capsys):
+    a, b = _copy(done_run, tmp_path, "A"), _copy(done_run, tmp_path, "B")
+    (b / "latest").write_text("../A/checkpoint-000001")
+    before = {p: p.read_bytes() for p in a.rglob("*") if p.is_file()}
+    assert ropd.main(tiny_args(tiny_world, tmp_path, "--resume", str(b), "--steps", "3")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "its 'latest' names '../A/checkpoint-000001', not one of its own" in err[0], err
+    assert {p: p.read_bytes() for p in a.rglob("*") if p.is_file()} == before  # was: resumed A, wrote into it
