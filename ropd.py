@@ -137,6 +137,9 @@ class Args:
     """ExOPD's reward-extrapolation factor lambda (1: LOPD; 1.25: its authors' script)"""
     max_new_tokens: int = 8192
     """rollout length limit"""
+    max_prompt_tokens: int = 2048
+    """drop training prompts longer than this many tokens, before any teacher call, and say how
+    many (the official code's filter; 0: keep all)"""
     temperature: float = 1.0
     """rollout sampling temperature"""
     top_p: float = 1.0
@@ -216,6 +219,9 @@ class Args:
     """prompts per step written to samples.jsonl with their rubric and judgements (-1: all)"""
     overwrite: bool = False
     """replace the run already in --out (its logs and checkpoints); without it such a run is refused"""
+    override_saved: bool = False
+    """with --resume, let the flags given change the run's saved settings (each change is logged);
+    without it a flag that contradicts them is refused"""
 
 
 # The toy world's student is tiny: short completions, a larger learning rate with a warm-up (the
@@ -444,7 +450,7 @@ POSITIVE = ("steps", "prompts_per_step", "rollouts", "references", "mini_batches
             "teacher_max_tokens", "judge_max_tokens", "save_every", "concurrency", "lr", "grad_clip",
             "request_timeout", "temperature", "top_p", "exopd_lambda", "min_criteria", "max_reply_bytes")
 NON_NEGATIVE = ("micro_batch", "warmup_steps", "judge_retries", "verifier_chunk", "min_references", "keep_last",
-                "eval_every", "eval_samples", "eval_max_new_tokens", "rpm", "weight_decay", "kl_beta", "clip_low",
+                "eval_every", "eval_samples", "eval_max_new_tokens", "max_prompt_tokens", "rpm", "weight_decay", "kl_beta", "clip_low",
                 "clip_high", "clip_c", "teacher_temperature", "rubricator_temperature", "verifier_temperature",
                 "judge_temperature")
 
@@ -494,6 +500,7 @@ def check_args(a: Args):
         raise UserError(f"--cache {a.cache} is a directory; give it a file name")
     data.pick_device(a.device)
     check_out(Path(a.out), a.resume, a.overwrite)
+    check_resume_changes(a)
 
 
 def check_out(out: Path, resume, overwrite: bool):
@@ -506,6 +513,42 @@ def check_out(out: Path, resume, overwrite: bool):
     probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
     if not os.access(probe, os.W_OK):
         raise UserError(f"--out {out}: {probe} is not writable")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 holds the lock for the run
+        lock_run(out)
+
+
+_LOCKS: dict[Path, object] = {}  # run folder -> its open lock file, held until release_run_locks()
+
+
+def lock_run(out: Path):
+    """One run per folder: an exclusive lock on OUT/.lock, held while this process runs (the
+    kernel drops it if the process dies). Two runs on one --out would interleave their logs and
+    mix one's weights with the other's optimizer; the second is refused, naming the first."""
+    import fcntl
+    key = out.resolve()
+    if key in _LOCKS:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    fh = open(out / ".lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        fh.close()
+        raise UserError(f"--out {out} is in use by another run (process {holder}); wait for it to end, "
+                        f"or give another --out") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    _LOCKS[key] = fh
+
+
+def release_run_locks():
+    """Let other runs have the folders this process ran in (main() calls it when the run ends)."""
+    while _LOCKS:
+        _LOCKS.popitem()[1].close()
 
 
 @dataclass
@@ -558,8 +601,9 @@ def setup_run(a: Args, log) -> Run:
     if a.kl_beta > 0 or a.method == "exopd":  # pi_ref, the initial student
         ref_model, _ = load_policy(a.student, False, world, toy_world)
         ref_model.eval().requires_grad_(False)
+    rows = drop_long_prompts(rows, tok, a.max_prompt_tokens, {"enable_thinking": a.enable_thinking}, log)
     teacher, judge, reward = (None, None, outcome_reward) if a.method == "grpo" else \
-        dist.on_main(lambda: load_judges(a, tok), world, share=False) or (None, None, None)
+        dist.on_main(lambda: load_judges(a, tok, rows), world, share=False) or (None, None, None)
 
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay)
     if state:
@@ -583,13 +627,30 @@ def load_policy(name: str, grad_checkpointing: bool, world: dist.World, toy_worl
     return (dist.shard(model, world) if world.size > 1 else model), tok
 
 
-def load_judges(a: Args, tok):
-    """(teacher, judge, reward function) on rank 0, with the run's cache and transport settings."""
+def drop_long_prompts(rows: list[dict], tok, max_tokens: int, template_kwargs: dict, log) -> list[dict]:
+    """The official code's filter: prompts longer than `max_tokens` (as the student's chat template
+    encodes them) are dropped before anything is paid for, and the run says how many (0: no filter)."""
+    if not max_tokens:
+        return rows
+    kept = [row for row in rows if len(grpo.encode_chat(tok, as_chat(row["prompt"]), template_kwargs)) <= max_tokens]
+    if len(kept) < len(rows):
+        log(f"dropped {len(rows) - len(kept)} of {len(rows)} prompts longer than --max-prompt-tokens {max_tokens}")
+    if not kept:
+        raise UserError(f"every prompt is longer than --max-prompt-tokens {max_tokens} tokens; raise it")
+    return kept
+
+
+def load_judges(a: Args, tok, rows: list[dict]):
+    """(teacher, judge, reward function) on rank 0, with the run's cache and transport settings;
+    the teacher index is checked for every prompt of the run before the first paid call."""
     teacher, judge = teacher_lib.load_teacher_and_judge(a.teacher, a.judge, cache=a.cache or "default",
                                                         concurrency=a.concurrency, rpm=a.rpm or None, retries=2,
                                                         timeout=a.request_timeout, max_reply_bytes=a.max_reply_bytes)
     if a.method in ("lopd", "exopd"):
         check_lopd_teacher(teacher, tok, a.teacher, a.temperature)
+    if a.method in USES_REFERENCES:
+        teacher_lib.check_reference_index(teacher, [as_chat(row["prompt"]) for row in rows], a.teacher_temperature,
+                                          a.teacher_max_tokens, a.new_references)
     return teacher, judge, reward_function(a, teacher, judge)
 
 
@@ -597,8 +658,8 @@ def start_logs(out: Path, a: Args, start: int):
     """The run folder: args.json, and the logs cut back to the resumed step (or emptied, with
     --overwrite, which also removes the old checkpoints)."""
     if a.overwrite:
-        for old in [out / "latest", *out.glob("checkpoint-*")]:
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        for old in [out / "latest", *(own_checkpoints(out) if out.is_dir() else [])]:
+            shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)  # a run killed early has no latest
     out.mkdir(parents=True, exist_ok=True)
     (out / "args.json").write_text(json.dumps(teacher_lib.redact(dataclasses.asdict(a)), indent=2))
     truncate_jsonl(out / "metrics.jsonl", start)
@@ -800,13 +861,22 @@ def save_checkpoint(out: Path, step: int, model, tok, opt, data_pos: int, args: 
         shutil.rmtree(tmp, ignore_errors=True)
     dist.barrier(world)
     weights = dist.full_state_dict(model, world)
+    try:
+        if world.main:
+            dist.unwrap(model).save_pretrained(tmp, state_dict=weights)
+            tok.save_pretrained(tmp)
+        rest = dist.save_optimizer(model, opt, tmp / "optimizer", world)
+        if world.main:
+            torch.save({"step": step, "data_pos": data_pos, "optimizer": rest, "rng": rng_state(),
+                        "args": teacher_lib.redact(args), "world_size": world.size}, tmp / "trainer_state.pt")
+    except Exception as e:  # noqa: BLE001 - a full disk is an OSError, a RuntimeError (torch.save) or a
+        # SafetensorError, as the writer has it: one line, the half-written folder removed
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        last = (out / "latest").read_text().strip() if (out / "latest").is_file() else "none"
+        raise UserError(f"step {step}: the checkpoint could not be written to {out} ({why}); the logs are kept, "
+                        f"and the last whole checkpoint is {last}") from None
     if world.main:
-        dist.unwrap(model).save_pretrained(tmp, state_dict=weights)
-        tok.save_pretrained(tmp)
-    rest = dist.save_optimizer(model, opt, tmp / "optimizer", world)
-    if world.main:
-        torch.save({"step": step, "data_pos": data_pos, "optimizer": rest, "rng": rng_state(),
-                    "args": teacher_lib.redact(args), "world_size": world.size}, tmp / "trainer_state.pt")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         (out / "latest.tmp").write_text(final.name)
@@ -927,13 +997,64 @@ def parse_args(argv=None) -> Args:
     ns = ap.parse_args(argv)
     given = {k: v for k, v in vars(ns).items() if v is not None}
     a = Args(**given)
+    if a.resume:
+        return resumed_args(a, given)
     if a.student == "toy":  # the toy preset fills what the user did not set
         for k, v in TOY_PRESET.items():
             if k not in given:
                 setattr(a, k, v)
-    if a.resume and "out" not in given:
-        a.out = str(Path(find_checkpoint(a.resume)).parent)
     return a
+
+
+# What a resumed run may change freely: where and how long it runs, and how it talks to the
+# teacher; not what it trains (method, models, data, seed, sampling, optimizer, judge settings).
+FREE_ON_RESUME = ("resume", "out", "steps", "device", "overwrite", "override_saved", "concurrency", "rpm",
+                  "request_timeout", "max_reply_bytes", "cache", "save_every", "keep_last", "eval_every",
+                  "eval_samples", "log_samples", "new_references")
+
+
+def resumed_args(a: Args, given: dict) -> Args:
+    """--resume continues the run as it was: every setting the user did not give is the saved one
+    (the checkpoint's trainer_state.pt), and a given one that contradicts it is refused (check_args
+    says so, after the flags' own checks), unless --override-saved, which logs each change."""
+    ckpt = find_checkpoint(a.resume)
+    saved = load_trainer_state(ckpt).get("args") or {}
+    if "out" not in given:
+        given["out"] = str(ckpt.parent)
+    fields = {f.name for f in dataclasses.fields(Args)}
+    merged = {k: v for k, v in saved.items() if k in fields and k not in FREE_ON_RESUME}
+    changed = [k for k, v in given.items() if k in merged and _plain(v) != _plain(merged[k])
+               and "***" not in str(merged[k])]  # a saved value with a redacted secret is given again
+    a = Args(**{**merged, **given})
+    a.betas = tuple(a.betas)
+    redacted = [k for k, v in merged.items() if "***" in str(v) and k not in given]
+    a._resume_changes = [(k, merged[k], given[k]) for k in changed]  # checked in check_args
+    a._resume_redacted = redacted
+    return a
+
+
+def _plain(v):
+    """A setting as plain JSON types (a tuple and a list of the same numbers are one setting)."""
+    return json.loads(json.dumps(v))
+
+
+def check_resume_changes(a: Args, log=print):
+    """Refuse a flag that contradicts the resumed run's saved setting (or, with --override-saved,
+    log it); refuse a saved setting whose secret was redacted and is not given again."""
+    flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+    for name in getattr(a, "_resume_redacted", []):
+        raise UserError(f"--resume: the saved {flag(name)} held a secret that was not saved; give {flag(name)} again")
+    changes = getattr(a, "_resume_changes", [])
+    if changes and not a.override_saved:
+        name, old, new = changes[0]
+        raise UserError(f"--resume: {flag(name)} {_shown(new)} contradicts the run's saved {_shown(old)}; leave it "
+                        f"off to continue the run as it was, or add --override-saved to change it")
+    for name, old, new in changes:
+        log(teacher_lib.redact(f"--override-saved: {flag(name)} {_shown(old)} -> {_shown(new)}"))
+
+
+def _shown(v) -> str:
+    return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
 def main(argv=None) -> int:
@@ -959,6 +1080,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
+    finally:
+        release_run_locks()
     return 0
 
 

@@ -722,6 +722,25 @@ def load_teacher_and_judge(teacher: str, judge: str | None = None, **kw) -> tupl
     return t, (t if not judge or judge == teacher else load(judge, **kw))
 
 
+def check_reference_index(teacher: Teacher, chats: list, temperature: float | None, max_tokens: int,
+                          new_settings: bool = False) -> list[str]:
+    """The teacher index's keys of the prompts not yet indexed with these settings; a prompt indexed
+    with other settings is an error (unless `new_settings`). A run checks its whole dataset with it
+    before its first paid call (a conflict at step 2 would come after step 1 was paid for)."""
+    settings = {"temperature": temperature, "max_tokens": max_tokens}
+    unindexed = []  # the prompts whose index entry is missing or (with new_settings) other
+    for c in chats if teacher.cache is not None else []:
+        key = hashlib.sha256(json.dumps([teacher.fingerprint, "references", c], sort_keys=True).encode()).hexdigest()
+        old = teacher.cache.index_get(key)
+        if old is not None and old != settings and not new_settings:
+            raise TeacherError(f"the teacher index ({teacher.cache.path}) holds references of {teacher.fingerprint} "
+                               f"made with {old}; this run asks {settings}. Pass --new-references to pay for "
+                               f"new ones, or use another --cache")
+        if old != settings:
+            unindexed.append(key)
+    return unindexed
+
+
 def references(teacher: Teacher, chats: list, k: int, temperature: float | None, max_tokens: int,
                new_settings: bool = False) -> list[list[str]]:
     """Eq. 1: K answers of the teacher per prompt (the official code's "teacher index"). They do not
@@ -732,17 +751,7 @@ def references(teacher: Teacher, chats: list, k: int, temperature: float | None,
     asking for a prompt's references with other settings than those it was indexed with is an
     error, not a silent second bill, unless `new_settings` (--new-references) says to pay again."""
     settings = {"temperature": temperature, "max_tokens": max_tokens}
-    keys = [hashlib.sha256(json.dumps([teacher.fingerprint, "references", c], sort_keys=True).encode()).hexdigest()
-            for c in chats]
-    unindexed = []  # the prompts whose index entry is missing or (with new_settings) other
-    for key in keys if teacher.cache is not None else []:
-        old = teacher.cache.index_get(key)
-        if old is not None and old != settings and not new_settings:
-            raise TeacherError(f"the teacher index ({teacher.cache.path}) holds references of {teacher.fingerprint} "
-                               f"made with {old}; this run asks {settings}. Pass --new-references to pay for "
-                               f"new ones, or use another --cache")
-        if old != settings:
-            unindexed.append(key)
+    unindexed = check_reference_index(teacher, chats, temperature, max_tokens, new_settings)
     outs = teacher.complete(chats, n=k, temperature=temperature, max_tokens=max_tokens, role="reference",
                             return_exceptions=True)
     if unindexed:

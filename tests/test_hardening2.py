@@ -391,3 +391,98 @@ def test_a_latest_pointer_outside_its_run_is_refused(done_run, tiny_world, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "its 'latest' names '../A/checkpoint-000001', not one of its own" in err[0], err
     assert {p: p.read_bytes() for p in a.rglob("*") if p.is_file()} == before  # was: resumed A, wrote into it
+
+
+# ---------------------------------------------------------------- 1: resume takes the saved settings
+
+def test_resume_continues_with_the_saved_settings(tiny_world, tmp_path, capsys):
+    first = tiny_args(tiny_world, tmp_path, "--seed", "7", "--lr", "5e-4", "--steps", "1", method="tjudge")
+    assert ropd.main(first) == 0
+    run = tmp_path / "run"
+    saved = (run / "args.json").read_text()
+    assert ropd.main(tiny_args(tiny_world, tmp_path, "--resume", str(run), "--steps", "2")) == 2  # says --method ropd
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--method ropd contradicts the run's saved tjudge" in err[0], err
+    assert (run / "args.json").read_text() == saved  # was: exit 0, args.json rewritten as ropd, seed 0
+    assert ropd.main(["--resume", str(run), "--steps", "2", "--cache", str(tmp_path / "cache.sqlite")]) == 0
+    args = json.loads((run / "args.json").read_text())
+    assert (args["method"], args["seed"], args["lr"], args["steps"]) == ("tjudge", 7, 5e-4, 2)
+    assert ropd.main(["--resume", str(run), "--steps", "3", "--lr", "1e-4", "--override-saved"]) == 0
+    assert "--override-saved: --lr 0.0005 -> 0.0001" in capsys.readouterr().out
+    assert json.loads((run / "args.json").read_text())["lr"] == 1e-4
+
+
+# ---------------------------------------------------------------- 4: one run per folder
+
+def test_a_second_run_on_one_folder_is_refused(tiny_world, tmp_path, capsys):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "ropd.py", *tiny_args(tiny_world, tmp_path, "--steps", "500")], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not ((run / ".lock").exists() and (run / ".lock").read_text().strip()):
+            time.sleep(0.2)
+        assert proc.poll() is None
+        assert ropd.main(tiny_args(tiny_world, tmp_path, "--overwrite", "--steps", "1")) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"is in use by another run (process {proc.pid})" in err[0], err
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert ropd.main(tiny_args(tiny_world, tmp_path, "--overwrite", "--steps", "1")) == 0  # its lock died with it
+
+
+# ---------------------------------------------------------------- 13: a full disk at a checkpoint
+
+def test_a_full_disk_during_a_checkpoint_is_one_line(tiny_world, tmp_path):
+    """RLIMIT_FSIZE: no file may grow past 40 KB, so the student's 68 KB weights cannot be written
+    (EFBIG, as a full disk's ENOSPC). Was: a SafetensorError traceback."""
+    args = tiny_args(tiny_world, tmp_path, "--steps", "1")
+    code = (f"import resource, signal, sys; sys.path.insert(0, {ROOT!r})\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))\n"
+            f"import ropd; sys.exit(ropd.main({[str(x) for x in args]!r}))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("error: step 1: the checkpoint could not be written to ")
+    run = tmp_path / "run"
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1]  # kept
+    assert not list(run.glob("*checkpoint-000001"))  # no half-written folder left
+
+
+# ---------------------------------------------------------------- 17, 19: the dataset, before paying
+
+def _jsonl(path, prompts):
+    path.write_text("".join(json.dumps({"prompt": p, "answer": "0"}) + "\n" for p in prompts))
+    return path
+
+
+def test_a_teacher_index_conflict_anywhere_is_found_before_paying(tiny_world, tmp_path, capsys):
+    import data
+    old, new = ["1+2", "3*2", "4-1"], ["2+2", "5-3", "2*3"]
+    a = _jsonl(tmp_path / "a.jsonl", old)
+    b = _jsonl(tmp_path / "b.jsonl", new + old)
+    # a seed whose first step holds only new prompts: the conflict would come at step 2
+    seed = next(s for s in range(100) if not {r["prompt"] for r in data.next_batch(data.load_data(str(b), s), 0, 3, s)[0]} & set(old))
+    assert ropd.main(tiny_args(tiny_world, tmp_path, "--data", str(a), "--steps", "1", "--out", str(tmp_path / "A"),
+                               "--max-fallback-rate", "1")) == 0  # the toy judge knows only its own task
+    paid = _rows(tmp_path / "cache.sqlite")
+    capsys.readouterr()
+    assert ropd.main(tiny_args(tiny_world, tmp_path, "--data", str(b), "--seed", str(seed), "--teacher-max-tokens", "30",
+                               "--out", str(tmp_path / "B"), "--max-fallback-rate", "1")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the teacher index" in err[0] and "Pass --new-references" in err[0], err
+    assert _rows(tmp_path / "cache.sqlite") == paid  # was: step 1 paid, stopped at step 2
+    assert not (tmp_path / "B" / "metrics.jsonl").exists()
+
+
+def test_prompts_over_max_prompt_tokens_are_dropped_and_counted(tiny_world, tmp_path, capsys):
+    long = "1+" * 1200 + "1"  # 2,401 characters: over 2,048 tokens for the character tokenizer
+    d = _jsonl(tmp_path / "d.jsonl", ["1+2", "3*2", long, "4-1"])
+    assert ropd.main(tiny_args(tiny_world, tmp_path, "--data", str(d), "--steps", "2", "--max-fallback-rate", "1")) == 0
+    assert "dropped 1 of 4 prompts longer than --max-prompt-tokens 2048" in capsys.readouterr().out
+    seen = {json.loads(x)["prompt"] for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()}
+    assert long not in seen and seen <= {"1+2", "3*2", "4-1"}
+    assert ropd.main(tiny_args(tiny_world, tmp_path, "--data", str(d), "--max-prompt-tokens", "2",
+                               "--out", str(tmp_path / "r2"))) == 2
+    assert "every prompt is longer than --max-prompt-tokens 2" in capsys.readouterr().err
