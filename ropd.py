@@ -500,7 +500,6 @@ def check_args(a: Args):
         raise UserError(f"--cache {a.cache} is a directory; give it a file name")
     data.pick_device(a.device)
     check_out(Path(a.out), a.resume, a.overwrite)
-    check_resume_changes(a)
 
 
 def check_out(out: Path, resume, overwrite: bool):
@@ -584,6 +583,7 @@ def setup_run(a: Args, log) -> Run:
     torch.manual_seed(a.seed)
 
     rows = None if a.data == "toy" else data.load_data(a.data, a.seed)  # bad data fails before any build
+    check_resume_changes(a)  # after the flags' and the data's own checks, before any model is loaded
     toy_world = dist.on_main(lambda: toy.build(root=a.world, log=log), world) if "toy" in (a.student, a.data) \
         else None  # --world was checked: no build at a typo's path
     rows = rows or data.load_data(a.data, a.seed, toy_world)
