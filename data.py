@@ -153,11 +153,11 @@ def load_reasoning_gym(spec: str, seed: int, size: int = 2000) -> list[dict]:
     return rows
 
 
-def load_data(spec: str, seed: int, world=None, split: str = "train", n: int | None = None) -> list[dict]:
+def load_data(spec: str, seed: int, toy_world=None, *, split: str = "train", n: int | None = None) -> list[dict]:
     """Rows for --data: 'toy' (the toy world's train or held-out split), 'rg:TASKS' (reasoning-gym;
     the held-out rows are drawn with another seed), or a JSONL file."""
     if spec == "toy":
-        return [p.to_json() for p in world.problems(split, n=n)]
+        return [p.to_json() for p in toy_world.problems(split, n=n)]
     if spec.startswith("rg:"):
         return load_reasoning_gym(spec, seed if split == "train" else seed + 1_000_003, n or 2000)[:n]
     return load_jsonl(spec)[:n]
@@ -199,7 +199,7 @@ def batch_order(n_rows: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
-def next_batch(rows, pos: int, size: int, seed: int) -> tuple[list[dict], int]:
+def next_batch(rows, pos: int, *, size: int, seed: int) -> tuple[list[dict], int]:
     """`size` rows starting at global position `pos` (epochs follow each other)."""
     out, epoch, order = [], None, []
     while len(out) < size:
@@ -282,13 +282,13 @@ def check_model_name(name: str):
         raise UserError(f"no model folder at {name}")
 
 
-def load_model(name: str, device: torch.device, world=None):
+def load_model(name: str, device: torch.device, toy_world=None):
     """(model, tokenizer) in fp32: 'toy' (the toy world's student), 'toy-teacher', 'smollm2' (see
     smollm2_path), a local folder or a hub name. A tokenizer without a pad token pads with EOS."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_model_name(name)
-    path = {"toy": lambda: world.student_path, "toy-teacher": lambda: world.teacher_path,
+    path = {"toy": lambda: toy_world.student_path, "toy-teacher": lambda: toy_world.teacher_path,
             "smollm2": smollm2_path}.get(name, lambda: name)()
     try:
         tok = AutoTokenizer.from_pretrained(str(path))

@@ -108,7 +108,7 @@ class ShardedPolicy(torch.nn.Module):
         if generate is not None:  # generation, through the root too (FSDP2 starts every step there)
             return self.lm.generate(input_ids=input_ids, attention_mask=attention_mask, **generate)
         # a fresh tensor, not a view: FSDP2 hangs its backward hook on what a forward returns
-        return grpo.token_logprobs(self.lm, input_ids, attention_mask, n_completion, temperature).clone()
+        return grpo.token_logprobs(self.lm, input_ids, attention_mask, n_completion, temperature=temperature).clone()
 
     @property
     def config(self):

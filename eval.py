@@ -77,7 +77,7 @@ def group_auc(scores, labels, group_size: int) -> float:
 # ----------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def evaluate(model, tokenizer, rows: list[dict], samples: int = 16, temperature: float = 1.0,
+def evaluate(model, tokenizer, rows: list[dict], *, samples: int = 16, temperature: float = 1.0,
              top_p: float = 0.95, max_new_tokens: int = 32768, batch: int = 64, seed: int = 0,
              chat_template_kwargs: dict | None = None, progress: bool = True, checker: Checker = answers_match,
              n_boot: int = 1000) -> dict:
@@ -116,11 +116,11 @@ def evaluate(model, tokenizer, rows: list[dict], samples: int = 16, temperature:
            "truncated_frac": sum(p["truncated"] for p in problems) / max(1, m * n),
            "problems": problems}
     if n_boot and m:
-        res["ci95"] = intervals(np.array([p["right"] for p in problems]), n_boot, seed)
+        res["ci95"] = intervals(np.array([p["right"] for p in problems]), n_boot=n_boot, seed=seed)
     return res
 
 
-def intervals(right: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
+def intervals(right: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> dict:
     """95% bootstrap intervals of avg@n and of each pass@k, resampling problems and resampling each
     problem's samples (answers.bootstrap_ci): {"avg@n": {"problems": [lo, hi], "samples": ...}, ...}."""
     n = right.shape[1]
@@ -164,30 +164,29 @@ def _scores_student_tokens(teacher, tok) -> bool:
     return True
 
 
-def signal_analysis(student, tok, teacher, judge: rubric.CompleteFn, rows: list[dict], G: int, k: int,
-                    max_new_tokens: int, temperature: float, top_p: float, seed: int,
-                    teacher_temperature: float | None, teacher_max_tokens: int,
-                    settings: rubric.JudgeSettings = rubric.JudgeSettings(),
+def signal_analysis(student, tok, teacher, judge: rubric.CompleteFn, rows: list[dict], *,
+                    sampling: grpo.SamplingConfig, k: int, seed: int, teacher_temperature: float | None,
+                    teacher_max_tokens: int, settings: rubric.JudgeSettings = rubric.JudgeSettings(),
                     template_kwargs: dict | None = None) -> dict:
     """§4.2: how well does each reward signal predict the correctness of student rollouts?
     G rollouts per prompt, each marked right or wrong by the checker, then scored by the ROPD
     reward (K references, rubricator, blind verifier: rubric.ropd_reward through `judge`) and, with
     a white-box teacher that shares the student's tokenizer, by the teacher's mean token log-prob
-    and the mean teacher-student log-ratio."""
-    device = next(student.parameters()).device
-    ro = grpo.sample(student, tok, [r["prompt"] for r in rows], n=G, max_new_tokens=max_new_tokens,
-                     temperature=temperature, top_p=top_p, seed=seed, chat_template_kwargs=template_kwargs)
+    and the mean teacher-student log-ratio (`sampling.group_size` is G)."""
+    device, G, temperature = next(student.parameters()).device, sampling.group_size, sampling.temperature
+    ro = grpo.sample(student, tok, [r["prompt"] for r in rows], n=G, max_new_tokens=sampling.max_new_tokens,
+                     temperature=temperature, top_p=sampling.top_p, seed=seed, chat_template_kwargs=template_kwargs)
     correct = np.array([row_correct(t, rows[i // G]) for i, t in enumerate(ro.texts)])
-    refs = teacher_lib.references(teacher, [data.as_chat(r["prompt"]) for r in rows], k, teacher_temperature,
-                                  teacher_max_tokens)
-    results = rubric.ropd_reward(judge, data.judge_groups(rows, ro.texts, G, refs), settings)
+    refs = teacher_lib.references(teacher, [data.as_chat(r["prompt"]) for r in rows], k=k,
+                                  temperature=teacher_temperature, max_tokens=teacher_max_tokens)
+    results = rubric.ropd_reward(judge, data.judge_groups(rows, ro.texts, G, refs), settings=settings)
     valid = np.repeat([r.fallback is None for r in results], G)
     signals = {"rubric score": np.array([x for r in results for x in r.rewards])}
     if _scores_student_tokens(teacher, tok):
         T = ro.completion_ids.shape[1]
-        t_lp = teacher.token_logprobs(ro.input_ids, ro.attention_mask, T, temperature).float().cpu()
+        t_lp = teacher.token_logprobs(ro.input_ids, ro.attention_mask, T, temperature=temperature).float().cpu()
         s_lp = grpo.batched_logprobs(student, ro.input_ids, ro.attention_mask, ro.completion_mask,
-                                     temperature, 0, device)
+                                     temperature=temperature, micro_batch=0, device=device)
         cmask = ro.completion_mask.cpu()
         signals["teacher log-prob"] = _mean_over_mask(t_lp, cmask).numpy()
         signals["teacher-student log-ratio"] = _mean_over_mask(t_lp - s_lp, cmask).numpy()
@@ -214,7 +213,7 @@ def checkpoints(run: str) -> list[tuple[int, Path]]:
 
 
 @torch.no_grad()
-def similarity(model, tok, teacher, rows: list[dict], samples: int, temperature: float,
+def similarity(model, tok, teacher, rows: list[dict], *, samples: int, temperature: float,
                max_new_tokens: int, seed: int, top_p: float = 0.95, template_kwargs: dict | None = None) -> dict:
     """The student's own samples, scored: accuracy, the teacher's mean token log-prob of them
     (similarity to the teacher), and the student's own (its confidence)."""
@@ -224,16 +223,16 @@ def similarity(model, tok, teacher, rows: list[dict], samples: int, temperature:
     correct = [row_correct(t, rows[i // samples]) for i, t in enumerate(ro.texts)]
     T = ro.completion_ids.shape[1]
     cmask = ro.completion_mask.cpu()
-    t_lp = teacher.token_logprobs(ro.input_ids, ro.attention_mask, T, temperature).float().cpu()
-    s_lp = grpo.batched_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_mask, temperature,
-                                 0, device)
+    t_lp = teacher.token_logprobs(ro.input_ids, ro.attention_mask, T, temperature=temperature).float().cpu()
+    s_lp = grpo.batched_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_mask,
+                                 temperature=temperature, micro_batch=0, device=device)
     return {"accuracy": sum(correct) / len(correct),
             "teacher_logprob": float(_mean_over_mask(t_lp, cmask).mean()),
             "student_logprob": float(_mean_over_mask(s_lp, cmask).mean()),
             "length": float(cmask.float().sum(1).mean())}
 
 
-def phase_analysis(run: str, teacher, rows: list[dict], samples: int, temperature: float,
+def phase_analysis(run: str, teacher, rows: list[dict], *, samples: int, temperature: float,
                    max_new_tokens: int, seed: int, device, load_student, top_p: float = 0.95,
                    template_kwargs: dict | None = None) -> list[dict]:
     """Accuracy and similarity to the teacher at each checkpoint of a run (the paper's phase
@@ -244,15 +243,16 @@ def phase_analysis(run: str, teacher, rows: list[dict], samples: int, temperatur
     points = checkpoints(run)
     if not points:
         raise UserError(f"no checkpoint-* folders under {run}")
-    args = json.loads((Path(run) / "args.json").read_text()) if (Path(run) / "args.json").exists() else {}
-    todo = ([(0, args["student"])] if args.get("student") else []) + [(s, str(p)) for s, p in points]
+    run_args = json.loads((Path(run) / "args.json").read_text()) if (Path(run) / "args.json").exists() else {}
+    todo = ([(0, run_args["student"])] if run_args.get("student") else []) + [(s, str(p)) for s, p in points]
     out = []
     for step, path in tqdm(todo, desc="checkpoints", disable=None, dynamic_ncols=True):
         model, tok = load_student(path, device)
         model.eval()
         out.append({"step": step, "checkpoint": str(path),
-                    **similarity(model, tok, teacher, rows, samples, temperature, max_new_tokens, seed,
-                                 top_p, template_kwargs)})
+                    **similarity(model, tok, teacher, rows, samples=samples, temperature=temperature,
+                                 max_new_tokens=max_new_tokens, seed=seed, top_p=top_p,
+                                 template_kwargs=template_kwargs)})
         del model
     return out
 
@@ -261,11 +261,11 @@ def phase_analysis(run: str, teacher, rows: list[dict], samples: int, temperatur
 # CLI
 # ----------------------------------------------------------------------------------------------
 
-def load_rows(spec: str, limit: int | None, world, instruction: str = "") -> list[dict]:
+def load_rows(spec: str, limit: int | None, toy_world, instruction: str = "") -> list[dict]:
     """Problems with answers: the toy world's held-out set, reasoning-gym tasks (rg:TASKS, the
     held-out seed), or a JSONL file (data.parse_row: AIME, HMMT, MATH-500, GPQA field names), each
     prompt followed by `instruction` if one is given."""
-    rows = data.load_data(spec, 0, world, "test", limit)
+    rows = data.load_data(spec, 0, toy_world, split="test", n=limit)
     if any(r["answer"] is None for r in rows):
         raise UserError(f"{spec}: every row needs an 'answer' to be evaluated")
     if instruction:
@@ -277,7 +277,8 @@ def load_rows(spec: str, limit: int | None, world, instruction: str = "") -> lis
 def _common(ap: argparse.ArgumentParser):
     ap.add_argument("--data", default="toy",
                     help="JSONL with prompt and answer, 'toy' (held-out toy set) or rg:TASK[,TASK...] (reasoning-gym)")
-    ap.add_argument("--world", default=None, help="toy world directory (default: the cache)")
+    ap.add_argument("--world", dest="toy_world", default=None,
+                    help=f"toy world: a name ({', '.join(toy.WORLDS)}) or a folder (default: default)")
     ap.add_argument("--limit", type=int, default=None, help="first N problems (toy default: 200)")
     ap.add_argument("--max-new-tokens", type=int, default=None,
                     help=f"(default: {toy.GENERATION['max_new_tokens']} for toy data, else 32768, as the paper)")
@@ -337,40 +338,47 @@ def parse(argv) -> tuple[str, argparse.Namespace]:
     return command, ap.parse_args(argv)
 
 
-def load_model(name: str, device, world):
-    model, tok = data.load_model(name, device, world)
+def load_model(name: str, device, toy_world):
+    model, tok = data.load_model(name, device, toy_world)
     return model.eval(), tok
 
 
-def run_benchmark(ns, world, device, max_new: int) -> tuple[dict, str]:
+def run_benchmark(ns, toy_world, device, max_new: int) -> tuple[dict, str]:
     try:
         checker = make_checker(ns.checker)
     except ValueError as e:  # the optional package is not installed
         raise UserError(str(e)) from None
-    rows = load_rows(ns.data, ns.limit, world, ns.instruction)
-    model, tok = load_model(ns.model, device, world)
-    res = evaluate(model, tok, rows, ns.samples, ns.temperature, ns.top_p, max_new, ns.batch, ns.seed,
-                   {"enable_thinking": ns.enable_thinking}, checker=checker)
+    rows = load_rows(ns.data, ns.limit, toy_world, ns.instruction)
+    n = 1 if ns.temperature == 0 else ns.samples
+    print(f"eval.py: {len(rows)} problems x {n} samples, up to {max_new} new tokens each"
+          + ("" if ns.limit else " (--limit N takes the first N)"), file=sys.stderr, flush=True)
+    model, tok = load_model(ns.model, device, toy_world)
+    res = evaluate(model, tok, rows, samples=ns.samples, temperature=ns.temperature, top_p=ns.top_p,
+                   max_new_tokens=max_new, batch=ns.batch, seed=ns.seed,
+                   chat_template_kwargs={"enable_thinking": ns.enable_thinking}, checker=checker)
     res.update(model=ns.model, checker=ns.checker, enable_thinking=ns.enable_thinking)
     return res, format_report(res)
 
 
-def run_signal(ns, world, device, max_new: int) -> tuple[dict, str]:
+def run_signal(ns, toy_world, device, max_new: int) -> tuple[dict, str]:
     toy_data = ns.data == "toy"
     g = toy.GENERATION if toy_data else {"teacher_temperature": None, "teacher_max_tokens": 8192,
                                          "judge_max_tokens": 8192}
     pick = lambda v, k: g[k] if v is None else v  # noqa: E731
-    rows = load_rows(ns.data, ns.prompts, world, ns.instruction)
-    model, tok = load_model(ns.model, device, world)
+    rows = load_rows(ns.data, ns.prompts, toy_world, ns.instruction)
+    model, tok = load_model(ns.model, device, toy_world)
     teacher, judge = teacher_lib.load_teacher_and_judge(
         ns.teacher, ns.judge, cache=ns.cache or teacher_lib.default_cache_path(), concurrency=16)
     temperatures = {"rubricator": ns.rubricator_temperature, "verifier": ns.verifier_temperature}
-    res = signal_analysis(model, tok, teacher, judge.as_judge(pick(ns.judge_max_tokens, "judge_max_tokens"),
-                                                              temperatures, retries=ns.judge_retries),
-                          rows, ns.rollouts, ns.references, max_new, ns.temperature, ns.top_p, ns.seed,
-                          pick(ns.teacher_temperature, "teacher_temperature"),
-                          pick(ns.teacher_max_tokens, "teacher_max_tokens"),
-                          rubric.JudgeSettings(retries=ns.judge_retries), {"enable_thinking": ns.enable_thinking})
+    complete = judge.as_judge(pick(ns.judge_max_tokens, "judge_max_tokens"), temperatures=temperatures,
+                              retries=ns.judge_retries)
+    sampling = grpo.SamplingConfig(group_size=ns.rollouts, max_new_tokens=max_new, temperature=ns.temperature,
+                                   top_p=ns.top_p)
+    res = signal_analysis(model, tok, teacher, complete, rows, sampling=sampling, k=ns.references, seed=ns.seed,
+                          teacher_temperature=pick(ns.teacher_temperature, "teacher_temperature"),
+                          teacher_max_tokens=pick(ns.teacher_max_tokens, "teacher_max_tokens"),
+                          settings=rubric.JudgeSettings(retries=ns.judge_retries),
+                          template_kwargs={"enable_thinking": ns.enable_thinking})
     res["model"], res["teacher"], res["judge"] = ns.model, ns.teacher, ns.judge or ns.teacher
     report = "\n".join([f"{res['rollouts']} rollouts of {res['prompts']} prompts, "
                         f"{res['correct_frac']:.1%} correct, {res['fallback_groups']} groups fell back",
@@ -379,14 +387,15 @@ def run_signal(ns, world, device, max_new: int) -> tuple[dict, str]:
     return res, report
 
 
-def run_phase(ns, world, device, max_new: int) -> tuple[dict, str]:
-    rows = load_rows(ns.data, ns.limit or 64, world, ns.instruction)
+def run_phase(ns, toy_world, device, max_new: int) -> tuple[dict, str]:
+    rows = load_rows(ns.data, ns.limit or 64, toy_world, ns.instruction)
     teacher = teacher_lib.load(ns.teacher)
     if not hasattr(teacher, "token_logprobs"):
         raise UserError(f"the phase analysis needs a white-box teacher (hf:PATH or toy), got {ns.teacher!r}")
-    pts = phase_analysis(ns.run, teacher, rows, ns.samples, ns.temperature, max_new, ns.seed, device,
-                         lambda name, dev: load_model(name, dev, world), ns.top_p,
-                         {"enable_thinking": ns.enable_thinking})
+    pts = phase_analysis(ns.run, teacher, rows, samples=ns.samples, temperature=ns.temperature,
+                         max_new_tokens=max_new, seed=ns.seed, device=device,
+                         load_student=lambda name, dev: load_model(name, dev, toy_world), top_p=ns.top_p,
+                         template_kwargs={"enable_thinking": ns.enable_thinking})
     res = {"run": ns.run, "teacher": ns.teacher, "samples": ns.samples, "problems_n": len(rows),
            "checkpoints": pts}
     report = "\n".join([f"{'step':>6}{'accuracy':>10}{'teacher logp':>14}{'student logp':>14}"]
@@ -402,14 +411,18 @@ def main(argv=None) -> int:
     hf_logging.set_verbosity_error()
     try:
         command, ns = parse(sys.argv[1:] if argv is None else argv)
+        toy.pin_cpu_numerics(threads=toy.BUILD_THREADS if getattr(ns, "model", "toy") in ("toy", "toy-teacher") else None)
         run_args = Path(getattr(ns, "run", None) or ".") / "args.json"
-        needs_world = (ns.data == "toy" or getattr(ns, "model", "") in ("toy", "toy-teacher")
+        needs_toy_world = (ns.data == "toy" or getattr(ns, "model", "") in ("toy", "toy-teacher")
                        or (command == "phase" and run_args.exists()
                            and json.loads(run_args.read_text()).get("student") == "toy"))
-        world = toy.build(root=ns.world) if needs_world else None
+        toy_world = toy.load_world(ns.toy_world) if needs_toy_world else None
+        for role in ("teacher", "judge"):  # --teacher toy with --world W: that world's teacher (and judge)
+            if getattr(ns, role, None) == "toy" and ns.toy_world:
+                setattr(ns, role, f"toy:{ns.toy_world}")
         max_new = ns.max_new_tokens or (toy.GENERATION["max_new_tokens"] if ns.data == "toy" else 32768)
         run = {"benchmark": run_benchmark, "signal": run_signal, "phase": run_phase}[command]
-        res, report = run(ns, world, data.pick_device(ns.device), max_new)
+        res, report = run(ns, toy_world, data.pick_device(ns.device), max_new)
     except (UserError, teacher_lib.TeacherError) as e:
         print(f"error: {teacher_lib.redact(str(e))}", file=sys.stderr)
         return 2

@@ -6,16 +6,18 @@ Everything here works on plain tensors and any Hugging Face causal LM:
     token_logprobs    log pi(y_t | x, y_<t) of given completion ids, tiled over positions and vocabulary
     group_advantages  Eq. 6: A_i = s_i - mean(group)   (optionally / std, the paper's text)
     policy_loss       Eqs. 7-8: PPO-clip with asymmetric + dual clip, three loss aggregations, k3 KL
-    update_policy     Eq. 8 optimised: mini-batches of whole groups, micro-batches, grad-norm clip
+    update_policy     Eq. 8 optimised: mini-batches of whole groups, micro-batches, grad-norm clip;
+                      it calls policy_loss itself, so the loop is train -> update_policy -> policy_loss
     lopd_advantages   the LOPD baseline: A_t = log pi_T(y_t) - log pi_old(y_t)
 
 What was dropped from "full" PPO/GRPO, and why:
   * no value function / GAE: the advantage is group-relative (GRPO), one number per rollout;
   * no entropy bonus and, by default, no KL to a reference model: the official ROPD settings use
-    neither (the paper's text names a KL term; `ref_logp` + `beta` give it back, k3 estimator);
+    neither (the paper's text names a KL term; `ref_logp` + `kl_beta` give it back, k3 estimator);
   * no sampler/learner importance correction: here the same model samples and learns.
 
-Nothing in this file knows about rubrics or teachers: rewards arrive as a plain tensor.
+Nothing in this file knows about rubrics or teachers: rewards arrive as a plain tensor. It imports
+torch alone (transformers only inside `sampling_kwargs`), so the loss copies without it.
 """
 from __future__ import annotations
 
@@ -24,10 +26,9 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
@@ -58,14 +59,14 @@ def encode_prompts(tokenizer, prompts, chat_template_kwargs: dict | None = None)
     A prompt is a string (sent as one user message) or a list of chat messages.
     Returns (input_ids [B, P], attention_mask [B, P]).
     """
-    rows = [encode_chat(tokenizer, [{"role": "user", "content": p}] if isinstance(p, str) else p,
-                        chat_template_kwargs) for p in prompts]
-    P = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), P), pad_id(tokenizer), dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), P), dtype=torch.long)
-    for i, r in enumerate(rows):
-        input_ids[i, P - len(r):] = torch.tensor(r, dtype=torch.long)
-        attention_mask[i, P - len(r):] = 1
+    token_lists = [encode_chat(tokenizer, [{"role": "user", "content": p}] if isinstance(p, str) else p,
+                               chat_template_kwargs) for p in prompts]
+    P = max(len(t) for t in token_lists)
+    input_ids = torch.full((len(token_lists), P), pad_id(tokenizer), dtype=torch.long)
+    attention_mask = torch.zeros((len(token_lists), P), dtype=torch.long)
+    for i, t in enumerate(token_lists):
+        input_ids[i, P - len(t):] = torch.tensor(t, dtype=torch.long)
+        attention_mask[i, P - len(t):] = 1
     return input_ids, attention_mask
 
 
@@ -118,16 +119,17 @@ def encode_completions(tokenizer, texts: list[str], max_tokens: int | None = Non
     """
     eos = tokenizer.eos_token_id
     # untrusted text (a teacher's reference): "</s>" in it is text, not an end-of-sequence mid-answer
-    rows = [tokenizer(t, add_special_tokens=False, split_special_tokens=True)["input_ids"] for t in texts]
+    token_lists = [tokenizer(t, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+                   for t in texts]
     if max_tokens is not None:
-        rows = [r[: max_tokens - 1] for r in rows]
-    rows = [r + [eos] for r in rows]
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad_id(tokenizer), dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1
+        token_lists = [t[: max_tokens - 1] for t in token_lists]
+    token_lists = [t + [eos] for t in token_lists]
+    T = max(len(t) for t in token_lists)
+    ids = torch.full((len(token_lists), T), pad_id(tokenizer), dtype=torch.long)
+    mask = torch.zeros((len(token_lists), T), dtype=torch.long)
+    for i, t in enumerate(token_lists):
+        ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+        mask[i, : len(t)] = 1
     return ids, mask
 
 
@@ -193,11 +195,23 @@ def concat_rollouts(parts: list[Rollouts], pad: int) -> Rollouts:
     left = lambda t, v: torch.nn.functional.pad(t, (P - t.shape[1], 0), value=v)  # noqa: E731
     right = lambda t, v: None if t is None else torch.nn.functional.pad(t, (0, T - t.shape[1]), value=v)  # noqa: E731
     cat = lambda ts: None if ts[0] is None else torch.cat(ts)  # noqa: E731
-    return Rollouts(torch.cat([left(r.prompt_ids, pad) for r in parts]), torch.cat([left(r.prompt_mask, 0) for r in parts]),
-                    torch.cat([right(r.completion_ids, pad) for r in parts]),
-                    torch.cat([right(r.completion_mask, 0) for r in parts]), [t for r in parts for t in r.texts],
-                    parts[0].group_size, cat([right(r.old_logp, 0.0) for r in parts]),
-                    cat([right(r.ref_logp, 0.0) for r in parts]))
+    return Rollouts(prompt_ids=torch.cat([left(r.prompt_ids, pad) for r in parts]),
+                    prompt_mask=torch.cat([left(r.prompt_mask, 0) for r in parts]),
+                    completion_ids=torch.cat([right(r.completion_ids, pad) for r in parts]),
+                    completion_mask=torch.cat([right(r.completion_mask, 0) for r in parts]),
+                    texts=[t for r in parts for t in r.texts], group_size=parts[0].group_size,
+                    old_logp=cat([right(r.old_logp, 0.0) for r in parts]),
+                    ref_logp=cat([right(r.ref_logp, 0.0) for r in parts]))
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How rollouts are sampled (§2.1). Eq. 7's log-probs are taken at the same temperature."""
+    group_size: int = 8            # G, rollouts per prompt
+    max_new_tokens: int = 8192     # rollout length limit
+    temperature: float = 1.0
+    top_p: float = 1.0             # nucleus sampling
+    static_cache: bool = False     # a pre-allocated KV cache (compiled by transformers on a GPU)
 
 
 def decode(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
@@ -206,14 +220,16 @@ def decode(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor) -> list[
             for ids, m in zip(completion_ids, mask)]
 
 
-class RowSeededSampling(LogitsProcessor):
-    """Samples row i with its own generator, seeded by seeds[i] (the Gumbel-max trick: the argmax
+class RowSeededSampling:
+    """A logits processor for generate() (any callable (input_ids, scores) -> scores; not a
+    subclass of transformers.LogitsProcessor, so that `import grpo` needs torch alone). Samples row i
+    with its own generator, seeded by seeds[i] (the Gumbel-max trick: the argmax
     of logits / temperature + Gumbel noise is a sample of softmax(logits / temperature), after the
     top-p cut). A row's sample then depends on its seed and its own logits only, not on which
     other rows share its batch: the same request gives the same text in any batch, on any number
     of processes. Used with greedy decoding (generate(do_sample=False))."""
 
-    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, device):
+    def __init__(self, seeds: Sequence[int], *, temperature: float, top_p: float, device):
         self.gens = [torch.Generator(device=device).manual_seed(int(s) % 2 ** 63) for s in seeds]
         self.temperature, self.top_p = temperature, top_p
 
@@ -230,19 +246,21 @@ class RowSeededSampling(LogitsProcessor):
         return logits.sub_(u.clamp_(1e-12, 1 - 1e-7).log_().neg_().log_())  # + Gumbel noise, in place
 
 
-def sampling_kwargs(temperature: float, top_p: float, row_seeds, device) -> dict:
+def sampling_kwargs(*, temperature: float, top_p: float, row_seeds, device) -> dict:
     """generate()'s sampling arguments: greedy at temperature 0; seeded per row (RowSeededSampling
     on top of greedy decoding) with `row_seeds`; else Hugging Face's own sampling."""
     if temperature > 0 and row_seeds is None:
         return dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     greedy = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     if temperature > 0:
-        greedy["logits_processor"] = LogitsProcessorList([RowSeededSampling(row_seeds, temperature, top_p, device)])
+        from transformers import LogitsProcessorList  # here, not at the top: the loss needs torch alone
+        greedy["logits_processor"] = LogitsProcessorList([
+            RowSeededSampling(row_seeds, temperature=temperature, top_p=top_p, device=device)])
     return greedy
 
 
 @torch.no_grad()
-def sample(model, tokenizer, prompts, n: int = 8, max_new_tokens: int = 512,
+def sample(model, tokenizer, prompts, *, n: int = 8, max_new_tokens: int = 512,
            temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
            chat_template_kwargs: dict | None = None, row_seeds: Sequence[int] | None = None,
            static_cache: bool = False) -> Rollouts:
@@ -262,7 +280,8 @@ def sample(model, tokenizer, prompts, n: int = 8, max_new_tokens: int = 512,
     if row_seeds is not None and len(row_seeds) != ids.shape[0]:
         raise ValueError(f"{len(row_seeds)} row seeds for {ids.shape[0]} completions")
     gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_id(tokenizer), eos_token_id=eos,
-                      use_cache=True, **sampling_kwargs(temperature, top_p, row_seeds, device))
+                      use_cache=True,
+                      **sampling_kwargs(temperature=temperature, top_p=top_p, row_seeds=row_seeds, device=device))
     if static_cache:
         gen_kwargs["cache_implementation"] = "static"
     was_training = model.training
@@ -278,7 +297,8 @@ def sample(model, tokenizer, prompts, n: int = 8, max_new_tokens: int = 512,
         completion_ids = torch.full((ids.shape[0], 1), eos[0], device=device)
     cmask = completion_mask(completion_ids, eos)
     texts = decode(tokenizer, completion_ids, cmask)
-    return Rollouts(ids, mask, completion_ids, cmask, texts, n)
+    return Rollouts(prompt_ids=ids, prompt_mask=mask, completion_ids=completion_ids, completion_mask=cmask,
+                    texts=texts, group_size=n)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,7 +332,8 @@ class _TiledLogProb(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, weight, bias, targets, temperature, softcap, chunk_tokens, chunk_vocab):
+    def forward(ctx, h, weight, bias, targets, settings):
+        temperature, softcap, chunk_tokens, chunk_vocab = settings  # (autograd's apply takes no keywords)
         acc = torch.float64 if torch.float64 in (h.dtype, weight.dtype) else torch.float32
         (N, _), V = h.shape, weight.shape[0]
         run_max = torch.full((N,), -math.inf, dtype=acc, device=h.device)
@@ -388,7 +409,7 @@ class _TiledLogProb(torch.autograd.Function):
                 if need_w and not direct:
                     grad_w[v0:v0 + v].copy_(gw)
         return (None if grad_h is None else grad_h.to(h.dtype), grad_w,
-                None if grad_b is None else grad_b.to(bias.dtype), None, None, None, None, None)
+                None if grad_b is None else grad_b.to(bias.dtype), None, None)
 
 
 def _target_columns(targets: torch.Tensor, v0: int, v: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -398,7 +419,7 @@ def _target_columns(targets: torch.Tensor, v0: int, v: int) -> tuple[torch.Tenso
     return local.clamp(0, v - 1), (local >= 0) & (local < v)
 
 
-def head_logprobs(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
+def head_logprobs(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, *,
                   bias: torch.Tensor | None = None, temperature: float = 1.0,
                   softcap: float | None = None, chunk_tokens: int = 1024,
                   chunk_vocab: int = 8192) -> torch.Tensor:
@@ -415,11 +436,11 @@ def head_logprobs(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Ten
         raise ValueError(f"target ids must lie in [0, {weight.shape[0]})")
     if chunk_tokens < 1 or chunk_vocab < 1:
         raise ValueError("chunk_tokens and chunk_vocab must be positive")
-    return _TiledLogProb.apply(hidden, weight, bias, targets, float(temperature),
-                               float(softcap) if softcap else None, chunk_tokens, chunk_vocab)
+    settings = (float(temperature), float(softcap) if softcap else None, chunk_tokens, chunk_vocab)
+    return _TiledLogProb.apply(hidden, weight, bias, targets, settings)
 
 
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int,
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int, *,
                    temperature: float = 1.0, chunk_tokens: int = 1024,
                    chunk_vocab: int = 8192) -> torch.Tensor:
     """log pi(y_t | x, y_<t) (Eq. 7) for the last `n_completion` tokens of `input_ids`, [B, n_completion].
@@ -442,17 +463,18 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     B, T, H = h.shape
     softcap = getattr(model.config, "final_logit_softcapping", None)
     logp = head_logprobs(h.reshape(B * T, H), input_ids[:, -n_completion:].reshape(B * T), head.weight,
-                         getattr(head, "bias", None), temperature, softcap, chunk_tokens, chunk_vocab)
+                         bias=getattr(head, "bias", None), temperature=temperature, softcap=softcap,
+                         chunk_tokens=chunk_tokens, chunk_vocab=chunk_vocab)
     return logp.view(B, T)
 
 
-def policy_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int,
+def policy_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int, *,
                     temperature: float = 1.0) -> torch.Tensor:
     """token_logprobs of the policy: a causal LM, or a wrapper whose forward computes them
     (dist.ShardedPolicy: under FSDP2 the call must run inside the root module's forward)."""
     if getattr(model, "computes_logprobs", False):
-        return model(input_ids, attention_mask, n_completion, temperature)
-    return token_logprobs(model, input_ids, attention_mask, n_completion, temperature)
+        return model(input_ids, attention_mask, n_completion, temperature=temperature)
+    return token_logprobs(model, input_ids, attention_mask, n_completion, temperature=temperature)
 
 
 def naive_token_logprobs(model, input_ids, attention_mask, n_completion, temperature=1.0):
@@ -470,7 +492,7 @@ def naive_token_logprobs(model, input_ids, attention_mask, n_completion, tempera
 # Advantages and the clipped policy-gradient loss (Eqs. 6-8)
 # ----------------------------------------------------------------------------------------------
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "none",
+def group_advantages(rewards: torch.Tensor, group_size: int, *, scale: str = "none",
                      eps: float = 1e-6) -> torch.Tensor:
     """Eq. 6 (Alg. 1 line 20): A_i = s_i - mean_{j in group(i)} s_j, one advantage per rollout.
 
@@ -499,7 +521,7 @@ def lopd_advantages(teacher_logp: torch.Tensor, student_logp: torch.Tensor,
 
 
 def exopd_advantages(teacher_logp: torch.Tensor, student_logp: torch.Tensor, ref_logp: torch.Tensor,
-                     mask: torch.Tensor, lam: float) -> torch.Tensor:
+                     mask: torch.Tensor, *, lam: float) -> torch.Tensor:
     """ExOPD's (§3.1; Yang et al., "Generalized on-policy distillation with reward extrapolation")
     per-token advantage: lam * (log pi_T - log pi_ref) - (log pi_old - log pi_ref), pi_ref the
     initial student. On-policy distillation as KL-regularised RL with the teacher's log-ratio as
@@ -508,17 +530,17 @@ def exopd_advantages(teacher_logp: torch.Tensor, student_logp: torch.Tensor, ref
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.28,
-                agg: str = "token-mean", ref_logp: torch.Tensor | None = None, beta: float = 0.0,
-                clip_c: float | None = None, norm: float | None = None,
+                mask: torch.Tensor, *, clip_low: float = 0.2, clip_high: float = 0.28,
+                clip_c: float | None = 3.0, agg: str = "token-mean", ref_logp: torch.Tensor | None = None,
+                kl_beta: float = 0.0, norm: float | None = None,
                 max_len: int | None = None) -> tuple[torch.Tensor, dict]:
     """Eqs. 7-8 (Alg. 1 line 25): the importance-weighted clipped objective (PPO-clip, as in
     GRPO/DAPO/verl), with the token-level ratio of the official code.
 
     Per token t of rollout i, with ratio r = exp(logp - old_logp):
         l_t = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))           (asymmetric clip)
-        l_t = min(l_t, clip_c * |A|)       where A < 0, if clip_c is set   (dual clip)
-        l_t += beta * k3(ref, logp),  k3 = exp(ref - logp) - (ref - logp) - 1
+        l_t = min(l_t, clip_c * |A|)       where A < 0, if clip_c is set   (dual clip; the run's c = 3)
+        l_t += kl_beta * k3(ref, logp),  k3 = exp(ref - logp) - (ref - logp) - 1
     `advantages` is [B] (one per rollout, broadcast to its tokens) or [B, T] (per token: LOPD).
     The per-token losses are summed and normalised by `aggregate` (`agg`, `norm`, `max_len`: see
     there). Returns (loss, stats); stats are floats over valid tokens.
@@ -539,14 +561,15 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         dual = (adv < 0) & (pg > -adv * clip_c)
         pg = torch.where(dual, -adv * clip_c, pg)
     kl = None
-    if ref_logp is not None and beta != 0.0:
+    if ref_logp is not None and kl_beta != 0.0:
         d = ref_logp - logp
         kl = torch.exp(d) - d - 1.0  # k3: unbiased, always >= 0
-    loss = aggregate(pg if kl is None else pg + beta * kl, mask, agg, norm, max_len)
-    return loss, _loss_stats(mask, ratio, log_ratio, pg, pg_clipped > pg_unclipped, dual, kl)
+    loss = aggregate(pg if kl is None else pg + kl_beta * kl, mask, agg=agg, norm=norm, max_len=max_len)
+    return loss, _loss_stats(mask, ratio=ratio, log_ratio=log_ratio, pg=pg, clipped=pg_clipped > pg_unclipped,
+                             dual=dual, kl=kl)
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, agg: str = "token-mean",
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, *, agg: str = "token-mean",
               norm: float | None = None, max_len: int | None = None) -> torch.Tensor:
     """The loss's normalisation (the classic source of silent bugs), over the valid tokens:
         token-mean              sum_i sum_t l / (number of valid tokens)       DAPO, official ROPD
@@ -565,7 +588,7 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, agg: str = "token-mea
 
 
 @torch.no_grad()
-def _loss_stats(mask, ratio, log_ratio, pg, clipped, dual, kl) -> dict:
+def _loss_stats(mask, *, ratio, log_ratio, pg, clipped, dual, kl) -> dict:
     """policy_loss's diagnostics, as floats averaged over the valid tokens."""
     m, n_tok = mask.bool(), mask.sum().clamp(min=1.0)
     clipped = clipped & m
@@ -587,10 +610,10 @@ def _loss_stats(mask, ratio, log_ratio, pg, clipped, dual, kl) -> dict:
 def sft_loss(logp: torch.Tensor, mask: torch.Tensor, norm: float | None = None) -> torch.Tensor:
     """Supervised fine-tuning: token-mean negative log-likelihood of the target completion
     (EOS included in `mask`). `norm` = the whole mini-batch's token count under accumulation."""
-    return aggregate(-logp, mask, "token-mean", norm)
+    return aggregate(-logp, mask, agg="token-mean", norm=norm)
 
 
-def cosine_lr(step: int, total: int, warmup: int, base_lr: float, min_ratio: float = 0.0) -> float:
+def cosine_lr(step: int, total: int, *, warmup: int, base_lr: float, min_ratio: float = 0.0) -> float:
     """Linear warm-up then cosine decay to min_ratio * base_lr (the paper's text schedule)."""
     if warmup > 0 and step < warmup:
         return base_lr * (step + 1) / warmup
@@ -598,11 +621,11 @@ def cosine_lr(step: int, total: int, warmup: int, base_lr: float, min_ratio: flo
     return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def learning_rate(step: int, total: int, base_lr: float, schedule: str = "constant", warmup: int = 0) -> float:
+def learning_rate(step: int, total: int, *, base_lr: float, schedule: str = "constant", warmup: int = 0) -> float:
     """The learning rate at `step`: constant (official code) or cosine (paper text), either after an
     optional linear warm-up of `warmup` steps."""
     if schedule == "cosine":
-        return cosine_lr(step, total, warmup, base_lr)
+        return cosine_lr(step, total, warmup=warmup, base_lr=base_lr)
     return base_lr * min(1.0, (step + 1) / warmup) if warmup else base_lr
 
 
@@ -623,7 +646,8 @@ class Batch:
     def _map(self, fn) -> "Batch":
         return Batch(*(None if (t := getattr(self, f.name)) is None else fn(t) for f in dataclasses.fields(self)))
 
-    def rows(self, idx) -> "Batch":
+    def select(self, idx) -> "Batch":
+        """The sequences at `idx` (a slice or an index tensor)."""
         return self._map(lambda t: t[idx])
 
     def to(self, device) -> "Batch":  # (dataclasses.astuple would deep-copy every tensor first)
@@ -641,11 +665,11 @@ def trim(b: Batch) -> Batch:
     prompt_cols = b.attention_mask[:, :-T].sum(0).nonzero()
     first = int(prompt_cols.min()) if len(prompt_cols) else 0
     cut = lambda t: t[:, :keep_c]  # noqa: E731
-    return Batch(b.input_ids[:, first:b.input_ids.shape[1] - T + keep_c],
-                 b.attention_mask[:, first:b.attention_mask.shape[1] - T + keep_c],
-                 cut(b.completion_mask), None if b.old_logp is None else cut(b.old_logp),
-                 b.advantages if b.advantages.dim() == 1 else cut(b.advantages),
-                 None if b.ref_logp is None else cut(b.ref_logp))
+    return Batch(input_ids=b.input_ids[:, first:b.input_ids.shape[1] - T + keep_c],
+                 attention_mask=b.attention_mask[:, first:b.attention_mask.shape[1] - T + keep_c],
+                 completion_mask=cut(b.completion_mask), old_logp=None if b.old_logp is None else cut(b.old_logp),
+                 advantages=b.advantages if b.advantages.dim() == 1 else cut(b.advantages),
+                 ref_logp=None if b.ref_logp is None else cut(b.ref_logp))
 
 
 def autocast(device: torch.device):
@@ -656,17 +680,17 @@ def autocast(device: torch.device):
 
 
 @torch.no_grad()
-def batched_logprobs(model, ids, attn, cmask, temperature: float, micro: int, device) -> torch.Tensor:
-    """Log-probs of the sampled completions under `model`, micro-batch by micro-batch, no grad, on
-    the CPU, 0 outside the completion mask: log pi_theta_old at sampling time (Eq. 7), or the
-    initial student's for the KL term."""
+def batched_logprobs(model, ids, attn, cmask, *, temperature: float, micro_batch: int, device) -> torch.Tensor:
+    """Log-probs of the sampled completions under `model`, `micro_batch` rows at a time (0: all at
+    once), no grad, on the CPU, 0 outside the completion mask: log pi_theta_old at sampling time
+    (Eq. 7), or the initial student's for the KL term."""
     out = torch.zeros(cmask.shape, dtype=torch.float32)
-    micro = micro or ids.shape[0]
+    micro = micro_batch or ids.shape[0]
     for s in range(0, ids.shape[0], micro):
         T = cmask.shape[1]
         with autocast(device):
             lp = policy_logprobs(model, ids[s:s + micro].to(device), attn[s:s + micro].to(device),
-                                 T, temperature)
+                                 T, temperature=temperature)
         out[s:s + micro] = lp.float().cpu()
     return out * cmask
 
@@ -686,94 +710,134 @@ class LossConfig:
     max_len: int | None = None     # Dr. GRPO's constant length
 
 
-# loss_fn(logp [n, T], micro-batch, whole mini-batch) -> (loss, stats): the loss is normalised by
-# the whole mini-batch, and each stat is weighted so that summing over micro-batches gives the
-# mini-batch's value
-LossFn = Callable[[torch.Tensor, Batch, Batch], tuple[torch.Tensor, dict]]
+@dataclass(frozen=True)
+class UpdateConfig:
+    """How a step's batch becomes optimizer steps (Eq. 8, Table A2); defaults are the official code's."""
+    mini_batches: int = 4          # optimizer steps per pass over the batch, each on whole groups
+    epochs: int = 1                # passes over the batch
+    grad_clip: float = 1.0         # gradient-norm clip per optimizer step
+    micro_batch: int = 0           # rows per forward/backward (0: a whole mini-batch); not in the gradient
 
 
-def clipped_loss_fn(cfg: LossConfig) -> LossFn:
-    """Eq. 8 over a micro-batch, normalised by the whole mini-batch's token (or rollout) count.
-
-    The classic bug is a per-micro-batch mean, which over-weights the tokens of short
-    micro-batches: with the whole mini-batch's count the accumulated gradient is the same for any
-    micro-batch size."""
-    def loss_fn(logp, mb, whole):
-        n_tok = float(whole.completion_mask.sum().clamp(min=1))
-        norm = n_tok if cfg.agg == "token-mean" else float(len(whole))
-        # one update per batch: pi_theta_old is the policy right now, so the ratio is exactly 1
-        old = logp.detach() if mb.old_logp is None else mb.old_logp
-        loss, st = policy_loss(logp, old, mb.advantages, mb.completion_mask, cfg.clip_low,
-                               cfg.clip_high, cfg.agg, mb.ref_logp, cfg.kl_beta, cfg.clip_c,
-                               norm=norm, max_len=cfg.max_len)
-        w = float(mb.completion_mask.sum()) / n_tok  # token-weighted average of the stats
-        return loss, {k: w * v for k, v in st.items()}
-    return loss_fn
+def group_rows(groups: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The rows of the given groups: group g holds rows g*G .. g*G+G-1."""
+    return (groups[:, None] * group_size + torch.arange(group_size)).flatten()
 
 
-def sft_loss_fn(logp, mb, whole):
-    """Supervised fine-tuning: token-mean NLL over the whole mini-batch (a LossFn)."""
-    loss = sft_loss(logp, mb.completion_mask, norm=float(whole.completion_mask.sum().clamp(min=1)))
-    return loss, {"sft_loss": loss.item()}
+def mini_batches(batch: Batch, *, group_size: int, update: UpdateConfig, seed: int, rank: int = 0,
+                 world_size: int = 1):
+    """`update.epochs` passes over the batch, each split into `update.mini_batches` of whole groups
+    in an order fixed by `seed`. Yields (whole mini-batch, this rank's share of it, how many
+    micro-batches every rank runs): with several ranks (FSDP2, dist.py) each rank takes every
+    `world_size`-th group, and all run as many micro-batches as rank 0 (the largest share), since
+    FSDP2's collectives need every rank to run as many forwards as the others."""
+    order = torch.Generator().manual_seed(seed)
+    for _ in range(update.epochs):
+        for groups in torch.randperm(len(batch) // group_size, generator=order).chunk(update.mini_batches):
+            whole = batch.select(group_rows(groups, group_size))
+            mine = whole if world_size == 1 else batch.select(group_rows(groups[rank::world_size], group_size))
+            share = len(groups[::world_size]) * group_size  # rank 0's share is the largest
+            yield whole, mine, -(-share // (update.micro_batch or share))
 
 
-def accumulate_gradient(model, b: Batch, loss_fn: LossFn, micro_batch: int, device,
-                        temperature: float = 1.0, whole: Batch | None = None, scale: float = 1.0,
-                        n_micro: int | None = None) -> dict:
-    """Backward of `loss_fn` over `b`, `micro_batch` rows at a time (0: all at once), each loss
-    normalised by the `whole` mini-batch (default: `b`; with several ranks, `b` is this rank's
-    share of it) and multiplied by `scale`. Returns the stats of `b`'s share (micro-batches summed).
-    `n_micro`: run that many micro-batches, the missing ones on a row of `whole` at weight 0
-    (FSDP2's collectives need every rank to run as many forwards as the others)."""
-    whole = b if whole is None else whole
-    micro = micro_batch or max(len(b), 1)
-    stats: dict[str, float] = {}
-    for i in range(n_micro or -(-len(b) // micro)):
-        part, weight = (b.rows(slice(i * micro, (i + 1) * micro)), scale) if i * micro < len(b) else (whole.rows(slice(0, 1)), 0.0)
-        mb = trim(part).to(device)
-        with autocast(device):
-            logp = policy_logprobs(model, mb.input_ids, mb.attention_mask, mb.completion_mask.shape[1],
-                                   temperature)
-        loss, st = loss_fn(logp.float(), mb, whole)
-        (loss * weight).backward()
-        for k, v in st.items():
-            stats[k] = stats.get(k, 0.0) + (v if weight else 0.0)
+def micro_batches(mine: Batch, whole: Batch, *, micro_batch: int, n_micro: int, scale: float, device):
+    """`mine`, `micro_batch` rows at a time (0: all at once), trimmed and on `device`, each with the
+    weight of its loss: `scale`, or 0 for the padding micro-batches (one row of `whole`) that a rank
+    with a smaller share runs so that every rank runs `n_micro` forwards."""
+    micro = micro_batch or max(len(mine), 1)
+    for i in range(n_micro):
+        if i * micro < len(mine):
+            yield trim(mine.select(slice(i * micro, (i + 1) * micro))).to(device), scale
+        else:
+            yield trim(whole.select(slice(0, 1))).to(device), 0.0
+
+
+def forward_logprobs(model, mb: Batch, *, temperature: float, device) -> torch.Tensor:
+    """log pi_theta(y_t | x, y_<t) of a micro-batch's completion tokens, with grad (bf16 autocast on
+    a GPU, the result in float32), at the sampling temperature (Eq. 7's numerator)."""
+    with autocast(device):
+        logp = policy_logprobs(model, mb.input_ids, mb.attention_mask, mb.completion_mask.shape[1],
+                               temperature=temperature)
+    return logp.float()
+
+
+def optimizer_step(model, opt, stats: dict, *, grad_clip: float) -> dict:
+    """Clip the gradient norm, then step, unless a statistic or the norm is not finite: then the
+    weights stay as they were and NonFiniteError is raised. Returns `stats` with the grad norm."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    stats["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    bad = {k: v for k, v in stats.items() if not math.isfinite(v)}
+    if bad:  # never step on NaN: the weights stay as they were before this mini-batch
+        opt.zero_grad(set_to_none=True)
+        raise NonFiniteError(f"the loss or gradient is not finite ({', '.join(f'{k} {v}' for k, v in bad.items())})")
+    opt.step()
     return stats
 
 
-def update_policy(model, opt, batch: Batch, group_size: int, mini_batches: int, epochs: int, seed: int,
-                  loss_fn: LossFn, grad_clip: float, micro_batch: int, device, temperature: float = 1.0,
-                  rank: int = 0, world: int = 1, sum_stats=lambda st: st) -> dict:
-    """The policy update (Eq. 8): `epochs` passes over the batch, each split into `mini_batches`
-    of whole groups in an order fixed by `seed`, one optimizer step (with grad-norm clipping)
-    per mini-batch. Returns each stat averaged over the optimizer steps.
-
-    With `world` ranks (FSDP2, dist.py), every rank holds the whole batch, takes its share of
-    each mini-batch's groups and normalises by the whole mini-batch; FSDP2 averages the gradients
-    over the ranks, so each loss is multiplied by `world`: the gradient is the one-process one.
-    `sum_stats` adds up the ranks' shares of the statistics. No step is taken on a NaN."""
-    model.train()
-    g = torch.Generator().manual_seed(seed)
+def mean_stats(per_step: list[dict]) -> dict:
+    """Each statistic averaged over the optimizer steps."""
     totals: dict[str, float] = {}
-    n_updates = 0
-    rows = lambda gs: (gs[:, None] * group_size + torch.arange(group_size)).flatten()  # noqa: E731
-    for _ in range(epochs):
-        for groups in torch.randperm(len(batch) // group_size, generator=g).chunk(mini_batches):
-            whole = batch.rows(rows(groups))
-            mine = whole if world == 1 else batch.rows(rows(groups[rank::world]))
-            share = len(groups[::world]) * group_size  # rank 0's share is the largest
-            n_micro = -(-share // (micro_batch or share))  # the same number on every rank
-            opt.zero_grad(set_to_none=True)
-            st = sum_stats(accumulate_gradient(model, mine, loss_fn, micro_batch, device, temperature, whole, world,
-                                               n_micro))
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            st["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-            bad = {k: v for k, v in st.items() if not math.isfinite(v)}
-            if bad:  # never step on NaN: the weights stay as they were before this mini-batch
-                opt.zero_grad(set_to_none=True)
-                raise NonFiniteError(f"the loss or gradient is not finite ({', '.join(f'{k} {v}' for k, v in bad.items())})")
-            opt.step()
-            n_updates += 1
+    for st in per_step:
+        for k, v in st.items():
+            totals[k] = totals.get(k, 0.0) + v
+    return {k: v / len(per_step) for k, v in totals.items()}
+
+
+def _same(stats: dict) -> dict:
+    return stats
+
+
+def update_policy(model, opt, batch: Batch, *, group_size: int, seed: int, loss: LossConfig,
+                  update: UpdateConfig, device, temperature: float = 1.0, rank: int = 0, world_size: int = 1,
+                  sum_stats=_same) -> dict:
+    """The policy update (Eq. 8, Alg. 1 line 25): mini-batches of whole groups (`mini_batches`),
+    each a sum over micro-batches of `policy_loss` normalised by the *whole* mini-batch's token (or
+    rollout) count - a per-micro-batch mean would over-weight short micro-batches - then one
+    optimizer step with grad-norm clipping. Returns each stat averaged over the optimizer steps.
+
+    With `world_size` ranks (FSDP2, dist.py), every rank holds the whole batch and takes its share
+    of each mini-batch; FSDP2 averages the gradients over the ranks, so each loss is multiplied by
+    `world_size`: the gradient is the one-process one. `sum_stats` adds up the ranks' statistics."""
+    model.train()
+    per_step = []
+    for whole, mine, n_micro in mini_batches(batch, group_size=group_size, update=update, seed=seed, rank=rank,
+                                             world_size=world_size):
+        opt.zero_grad(set_to_none=True)
+        n_tok = float(whole.completion_mask.sum().clamp(min=1))
+        norm = n_tok if loss.agg == "token-mean" else float(len(whole))
+        stats: dict[str, float] = {}
+        for mb, weight in micro_batches(mine, whole, micro_batch=update.micro_batch, n_micro=n_micro,
+                                        scale=world_size, device=device):
+            logp = forward_logprobs(model, mb, temperature=temperature, device=device)
+            # one update per batch (old_logp None): pi_theta_old is the policy right now, the ratio is exactly 1
+            old = logp.detach() if mb.old_logp is None else mb.old_logp
+            value, st = policy_loss(logp, old, mb.advantages, mb.completion_mask, clip_low=loss.clip_low,
+                                    clip_high=loss.clip_high, clip_c=loss.clip_c, agg=loss.agg, ref_logp=mb.ref_logp,
+                                    kl_beta=loss.kl_beta, norm=norm, max_len=loss.max_len)
+            (value * weight).backward()
+            share = float(mb.completion_mask.sum()) / n_tok  # token-weighted: the sum is the mini-batch's
             for k, v in st.items():
-                totals[k] = totals.get(k, 0.0) + v
-    return {k: v / n_updates for k, v in totals.items()}
+                stats[k] = stats.get(k, 0.0) + (share * v if weight else 0.0)
+        per_step.append(optimizer_step(model, opt, sum_stats(stats), grad_clip=update.grad_clip))
+    return mean_stats(per_step)
+
+
+def sft_update(model, opt, batch: Batch, *, seed: int, update: UpdateConfig, device, rank: int = 0,
+               world_size: int = 1, sum_stats=_same) -> dict:
+    """The SFT baseline's update (§3.1): `update_policy`'s mini-batches (of single rows) with the
+    token-mean NLL of the references (`sft_loss`) in place of Eq. 8, at temperature 1."""
+    model.train()
+    per_step = []
+    for whole, mine, n_micro in mini_batches(batch, group_size=1, update=update, seed=seed, rank=rank,
+                                             world_size=world_size):
+        opt.zero_grad(set_to_none=True)
+        n_tok = float(whole.completion_mask.sum().clamp(min=1))
+        stats = {"sft_loss": 0.0}
+        for mb, weight in micro_batches(mine, whole, micro_batch=update.micro_batch, n_micro=n_micro,
+                                        scale=world_size, device=device):
+            logp = forward_logprobs(model, mb, temperature=1.0, device=device)
+            value = sft_loss(logp, mb.completion_mask, norm=n_tok)
+            (value * weight).backward()
+            stats["sft_loss"] += value.item() if weight else 0.0
+        per_step.append(optimizer_step(model, opt, sum_stats(stats), grad_clip=update.grad_clip))
+    return mean_stats(per_step)

@@ -81,8 +81,9 @@ class Args:
     """the model that plays rubricator, verifier and T-Judge (default: the teacher itself)"""
     data: str = "toy"
     """training prompts: 'toy', a JSONL file, or rg:TASK[,TASK...][:N] (reasoning-gym)"""
-    world: str | None = None
-    """the toy world's folder (default: built once and cached under ~/.cache/ropd/toy)"""
+    toy_world: str | None = None
+    """(--world) the toy world: a name (default, mimicry, xtok, imperfect; README "Worlds"), built once and
+    cached under ~/.cache/ropd/toy, or a world's folder; with it, --teacher toy is that world's teacher"""
     eval_data: str | None = None
     """held-out JSONL with answers (default: the held-out split of toy or rg: data; else none)"""
     out: str = "runs/ropd"
@@ -235,24 +236,24 @@ TOY_PRESET = dict(steps=60, prompts_per_step=16, mini_batches=2, lr=1e-4, warmup
 # Algorithm 1, one function per step
 # ----------------------------------------------------------------------------------------------
 
-def sample_rollouts(model, tok, prompts: list, G: int, max_new_tokens: int, temperature: float, top_p: float,
-                    seed: int, step: int, template_kwargs: dict, world: dist.World = dist.World(),
-                    ref_model=None, need_old: bool = True, micro_batch: int = 0,
-                    static_cache: bool = False) -> grpo.Rollouts:
+def sample_rollouts(model, tok, prompts: list, *, sampling: grpo.SamplingConfig, seed: int, step: int,
+                    template_kwargs: dict, world: dist.World = dist.World(), ref_model=None,
+                    need_old: bool = True, micro_batch: int = 0) -> grpo.Rollouts:
     """§2.1: G rollouts y_i ~ pi_theta_old(. | x) per prompt, and their log-probs under
-    pi_theta_old (Eq. 7's denominator) and under the initial student (KL, ExOPD). Each rank samples
-    its slice of the prompts; every rollout has its own seed (seed, step, prompt, j), so it is the
-    same on any number of ranks and after a resume. Returns the whole step's batch on every rank."""
-    mine = dist.my_slice(len(prompts), world)
+    pi_theta_old (Eq. 7's denominator) and under the initial student (KL, ExOPD), both at the
+    sampling temperature. Each rank samples its slice of the prompts; every rollout has its own
+    seed (seed, step, prompt, j), so it is the same on any number of ranks and after a resume.
+    Returns the whole step's batch on every rank."""
+    mine, G = dist.my_slice(len(prompts), world), sampling.group_size
     seeds = [rollout_seed(seed, step, i, j) for i in range(len(prompts))[mine] for j in range(G)]
-    ro = grpo.sample(model, tok, [as_chat(p) for p in prompts[mine]], n=G, max_new_tokens=max_new_tokens,
-                     temperature=temperature, top_p=top_p, chat_template_kwargs=template_kwargs, row_seeds=seeds,
-                     static_cache=static_cache)
+    ro = grpo.sample(model, tok, [as_chat(p) for p in prompts[mine]], n=G, max_new_tokens=sampling.max_new_tokens,
+                     temperature=sampling.temperature, top_p=sampling.top_p, chat_template_kwargs=template_kwargs,
+                     row_seeds=seeds, static_cache=sampling.static_cache)
     ro = dataclasses.replace(ro, prompt_ids=ro.prompt_ids.cpu(), prompt_mask=ro.prompt_mask.cpu(),
                              completion_ids=ro.completion_ids.cpu(), completion_mask=ro.completion_mask.cpu())
-    ro = dataclasses.replace(ro, old_logp=old_logprobs(model, ro, temperature, micro_batch, world.device) if need_old
-                             else None, ref_logp=None if ref_model is None else old_logprobs(
-                                 ref_model, ro, temperature, micro_batch, world.device))
+    at = dict(temperature=sampling.temperature, micro_batch=micro_batch, device=world.device)
+    ro = dataclasses.replace(ro, old_logp=old_logprobs(model, ro, **at) if need_old else None,
+                             ref_logp=None if ref_model is None else old_logprobs(ref_model, ro, **at))
     return grpo.concat_rollouts(dist.gather(ro, world), grpo.pad_id(tok))
 
 
@@ -261,18 +262,18 @@ def rollout_seed(seed: int, step: int, prompt: int, j: int) -> int:
     return int(hashlib.sha256(f"{seed}/{step}/{prompt}/{j}".encode()).hexdigest()[:15], 16)
 
 
-def old_logprobs(model, ro: grpo.Rollouts, temperature: float, micro_batch: int, device) -> torch.Tensor:
+def old_logprobs(model, ro: grpo.Rollouts, *, temperature: float, micro_batch: int, device) -> torch.Tensor:
     """Eq. 7's denominator: log pi_theta_old(y_t | x, y_<t) of every sampled token, recorded
     before any update of this step, at the sampling temperature."""
     return grpo.batched_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_mask,
-                                 temperature, micro_batch, device)
+                                 temperature=temperature, micro_batch=micro_batch, device=device)
 
 
-def get_references(teacher, prompts: list, k: int, temperature: float | None, max_tokens: int,
+def get_references(teacher, prompts: list, *, k: int, temperature: float | None, max_tokens: int,
                    new_settings: bool = False) -> list[list[str]]:
     """Eq. 1: K teacher answers per prompt (see teacher.references: cached, so paid once)."""
-    return teacher_lib.references(teacher, [as_chat(p) for p in prompts], k, temperature, max_tokens,
-                                  new_settings)
+    return teacher_lib.references(teacher, [as_chat(p) for p in prompts], k=k, temperature=temperature,
+                                  max_tokens=max_tokens, new_settings=new_settings)
 
 
 @dataclass
@@ -290,13 +291,13 @@ class Rewards:
 RewardFn = Callable[[list, grpo.Rollouts, "list[list[str]] | None"], Rewards]
 
 
-def judged_reward(score_groups, rows, ro: grpo.Rollouts, references) -> Rewards:
+def judged_reward(rows, ro: grpo.Rollouts, references, *, score_groups) -> Rewards:
     """A reward from a judge: `score_groups` is rubric.ropd_reward (ROPD: rubric induction, blind
     verification, weighted pass rates; Eqs. 2-4) or a baseline's judge (rubric.tjudge_reward,
     rubric.ovd_reward)."""
     results = score_groups(data.judge_groups(rows, ro.texts, ro.group_size, references))
-    return Rewards(torch.tensor([x for res in results for x in res.rewards]),
-                   [res.fallback for res in results], results)
+    return Rewards(scores=torch.tensor([x for res in results for x in res.rewards]),
+                   fallback=[res.fallback for res in results], groups=results)
 
 
 def outcome_reward(rows, ro: grpo.Rollouts, references=None) -> Rewards:
@@ -306,31 +307,32 @@ def outcome_reward(rows, ro: grpo.Rollouts, references=None) -> Rewards:
     last number in it may happen to be right."""
     G = ro.group_size
     scores = [float(answers.row_correct(x, rows[i // G], strict=True)) for i, x in enumerate(ro.texts)]
-    return Rewards(torch.tensor(scores), [None] * len(rows))
+    return Rewards(scores=torch.tensor(scores), fallback=[None] * len(rows))
 
 
-def lopd_reward(teacher, temperature: float, rows, ro: grpo.Rollouts, references=None) -> Rewards:
+def lopd_reward(rows, ro: grpo.Rollouts, references=None, *, teacher, temperature: float) -> Rewards:
     """The logit-based baseline (LOPD, §3.1): the white-box teacher scores the student's own
     tokens at the sampling temperature; the per-token advantage is log pi_T(y_t) -
     log pi_theta_old(y_t), a one-sample estimate of the negative reverse KL (grpo.lopd_advantages)."""
     T = ro.completion_ids.shape[1]
-    teacher_logp = teacher.token_logprobs(ro.input_ids, ro.attention_mask, T, temperature)
+    teacher_logp = teacher.token_logprobs(ro.input_ids, ro.attention_mask, T, temperature=temperature)
     adv = grpo.lopd_advantages(teacher_logp, ro.old_logp, ro.completion_mask)
     mean_log_ratio = (adv.sum(1) / ro.lengths.clamp(min=1)).float()
-    return Rewards(mean_log_ratio, [None] * len(rows), token_advantages=adv)
+    return Rewards(scores=mean_log_ratio, fallback=[None] * len(rows), token_advantages=adv)
 
 
-def exopd_reward(teacher, temperature: float, lam: float, rows, ro: grpo.Rollouts, references=None) -> Rewards:
+def exopd_reward(rows, ro: grpo.Rollouts, references=None, *, teacher, temperature: float, lam: float) -> Rewards:
     """The ExOPD baseline (§3.1): LOPD with the teacher's log-ratio reward extrapolated by lam
     (grpo.exopd_advantages); pi_ref is the initial student, whose log-probs the rollouts carry."""
     T = ro.completion_ids.shape[1]
-    teacher_logp = teacher.token_logprobs(ro.input_ids, ro.attention_mask, T, temperature)
-    adv = grpo.exopd_advantages(teacher_logp, ro.old_logp, ro.ref_logp, ro.completion_mask, lam)
+    teacher_logp = teacher.token_logprobs(ro.input_ids, ro.attention_mask, T, temperature=temperature)
+    adv = grpo.exopd_advantages(teacher_logp, ro.old_logp, ro.ref_logp, ro.completion_mask, lam=lam)
     log_ratio = grpo.lopd_advantages(teacher_logp, ro.old_logp, ro.completion_mask)  # logged, as LOPD's reward
-    return Rewards((log_ratio.sum(1) / ro.lengths.clamp(min=1)).float(), [None] * len(rows), token_advantages=adv)
+    return Rewards(scores=(log_ratio.sum(1) / ro.lengths.clamp(min=1)).float(), fallback=[None] * len(rows),
+                   token_advantages=adv)
 
 
-def apply_failure_policy(fallback: list[str | None], groups, max_rate: float, where: str = "") -> int:
+def apply_failure_policy(fallback: list[str | None], groups, *, max_rate: float, where: str = "") -> int:
     """The official code's failure policy (the paper describes none): a group whose judging failed
     (or that has no references) gets no signal, so compute_advantages gives it zero advantage. Too
     many such groups in one step means the judge is broken, and training on the rest would be
@@ -345,31 +347,32 @@ def apply_failure_policy(fallback: list[str | None], groups, max_rate: float, wh
     return len(failed)
 
 
-def compute_advantages(rewards: Rewards, G: int, scale: str) -> torch.Tensor:
+def compute_advantages(rewards: Rewards, G: int, *, scale: str) -> torch.Tensor:
     """Eq. 6 (Alg. 1 line 20): A_i = s_i - mean of its group, broadcast to every token of rollout
     i (official code; scale="std" divides by the group std, the paper's text); a group that fell
     back gets 0. LOPD brings its own per-token advantages."""
     if rewards.token_advantages is not None:
         return rewards.token_advantages
-    adv = grpo.group_advantages(rewards.scores, G, scale).view(-1, G)
+    adv = grpo.group_advantages(rewards.scores, G, scale=scale).view(-1, G)
     adv[torch.tensor([why is not None for why in rewards.fallback], dtype=torch.bool)] = 0.0
     return adv.view(-1)
 
 
-def sft_step(model, opt, tok, prompts: list, references: list[list[str]], max_new_tokens: int,
-             mini_batches: int, seed: int, grad_clip: float, micro_batch: int, world: dist.World,
-             template_kwargs) -> dict:
-    """The SFT baseline (§3.1): off-policy, so no rollouts and no reward: one pass of token-mean
-    NLL on the teacher's references, in `mini_batches` optimizer steps."""
+def sft_step(model, opt, tok, prompts: list, references: list[list[str]], *, max_new_tokens: int,
+             update: grpo.UpdateConfig, seed: int, world: dist.World, template_kwargs: dict) -> dict:
+    """The SFT baseline (§3.1): off-policy, so no rollouts and no reward: one pass (whatever
+    `update.epochs`) of token-mean NLL on the teacher's references, in `update.mini_batches`
+    optimizer steps."""
     pairs = [(p, x) for p, rs in zip(prompts, references) for x in rubric.dedupe([r for r in rs if isinstance(r, str)])]
     if not pairs:
         raise UserError("no teacher references at all in this step; cannot fine-tune")
     p_ids, p_mask = grpo.encode_prompts(tok, [as_chat(p) for p, _ in pairs], template_kwargs)
     c_ids, c_mask = grpo.encode_completions(tok, [x for _, x in pairs], max_new_tokens)
-    batch = grpo.Batch(torch.cat([p_ids, c_ids], 1), torch.cat([p_mask, c_mask], 1), c_mask,
-                       torch.zeros(c_mask.shape), torch.zeros(len(pairs)))
-    stats = grpo.update_policy(model, opt, batch, 1, mini_batches, 1, seed, grpo.sft_loss_fn, grad_clip, micro_batch,
-                               world.device, 1.0, world.rank, world.size, functools.partial(dist.sum_stats, world=world))
+    batch = grpo.Batch(input_ids=torch.cat([p_ids, c_ids], 1), attention_mask=torch.cat([p_mask, c_mask], 1),
+                       completion_mask=c_mask, old_logp=torch.zeros(c_mask.shape), advantages=torch.zeros(len(pairs)))
+    stats = grpo.sft_update(model, opt, batch, seed=seed, update=dataclasses.replace(update, epochs=1),
+                            device=world.device, rank=world.rank, world_size=world.size,
+                            sum_stats=functools.partial(dist.sum_stats, world=world))
     return {**stats, "references": len(pairs), "fallbacks": sum(not any(isinstance(r, str) for r in rs) for rs in references)}
 
 
@@ -377,69 +380,72 @@ def sft_step(model, opt, tok, prompts: list, references: list[list[str]], max_ne
 # The loop
 # ----------------------------------------------------------------------------------------------
 
-def train(a: Args, log=print) -> dict:
+def train(args: Args, log=print) -> dict:
     """Algorithm 1: for each step, a batch of prompts -> rollouts -> references -> rewards ->
     advantages -> clipped updates; then logs, held-out accuracy and checkpoints. Returns the
     run's summary (accuracy before/after, paths). Under torchrun the same loop runs on every
     rank (dist.py: FSDP2; the teacher and the judge on rank 0)."""
-    check_args(a)
-    r = setup_run(a, log)
-    model, tok, opt, world, log = r.model, r.tok, r.opt, r.world, log if r.world.main else (lambda *x: None)
-    template = {"enable_thinking": a.enable_thinking}
-    loss = grpo.LossConfig(a.clip_low, a.clip_high, a.clip_c or None, a.agg, a.kl_beta, max_len=a.max_new_tokens)
-    one_update = a.mini_batches == 1 and a.epochs == 1 and a.method not in ("lopd", "exopd")
-    acc_before = held_out_accuracy(model, tok, r.eval_rows, a, world)
-    log(f"{a.method}: student {a.student}, " + (f"teacher {a.teacher}, " if r.teacher else "")
-        + f"{len(r.rows)} prompts, {a.prompts_per_step} x {a.rollouts} rollouts/step, device {world.device.type}"
-        + (f" x {world.size} processes" if world.size > 1 else "") + (f"; held-out accuracy {acc_before:.1%}" if r.eval_rows else ""))
-    bar = progress(a.method, r.start_step, a.steps, world.main)
+    check_args(args)
+    run = setup_run(args, log)
+    model, tok, opt, world, log = run.model, run.tok, run.opt, run.world, log if run.world.main else (lambda *x: None)
+    template = {"enable_thinking": args.enable_thinking}
+    sampling, loss, update = sampling_config(args), loss_config(args), update_config(args)
+    one_update = args.mini_batches == 1 and args.epochs == 1 and args.method not in ("lopd", "exopd")
+    acc_before = held_out_accuracy(model, tok, run.eval_rows, args, world)
+    log(run_banner(args, run, acc_before))
+    bar = progress(args.method, start=run.start_step, total=args.steps, show=world.main)
     for step in bar:
         clock = Clock()
-        lr = grpo.learning_rate(step, a.steps, a.lr, a.schedule, a.warmup_steps)
+        lr = grpo.learning_rate(step, args.steps, base_lr=args.lr, schedule=args.schedule, warmup=args.warmup_steps)
         for g in opt.param_groups:
             g["lr"] = lr
-        rows, r.data_pos = data.next_batch(r.rows, r.data_pos, a.prompts_per_step, a.seed)
+        rows, run.data_pos = data.next_batch(run.train_rows, run.data_pos, size=args.prompts_per_step, seed=args.seed)
         prompts = [row["prompt"] for row in rows]
-        step_seed = a.seed * 1_000_003 + step  # the update order is a function of (seed, step): exact resume
-        usage_before = usage_of(r.teacher, r.judge)
+        step_seed = args.seed * 1_000_003 + step  # the update order is a function of (seed, step): exact resume
+        usage_before = usage_of(run.teacher, run.judge)
         m: dict = {"step": step + 1, "lr": lr}
         refs = None
-        if a.method in USES_REFERENCES:
-            refs = dist.on_main(lambda: get_references(r.teacher, prompts, a.references, a.teacher_temperature,
-                                                       a.teacher_max_tokens, a.new_references), world)
+        if args.method in USES_REFERENCES:
+            refs = dist.on_main(lambda: get_references(
+                run.teacher, prompts, k=args.references, temperature=args.teacher_temperature,
+                max_tokens=args.teacher_max_tokens, new_settings=args.new_references), world)
             clock.lap("references")
-        if a.method == "sft":  # the off-policy baseline: the references are its training data
-            m.update(sft_step(model, opt, tok, prompts, refs, a.max_new_tokens, a.mini_batches, step_seed,
-                              a.grad_clip, a.micro_batch, world, template))
+        if args.method == "sft":  # the off-policy baseline: the references are its training data
+            m.update(sft_step(model, opt, tok, prompts, refs, max_new_tokens=args.max_new_tokens, update=update,
+                              seed=step_seed, world=world, template_kwargs=template))
             clock.lap("update")
             samples = [{"step": step + 1, "prompt": p, "references": logged(rs)} for p, rs in zip(prompts, refs)]
         else:
-            ro = sample_rollouts(model, tok, prompts, a.rollouts, a.max_new_tokens, a.temperature, a.top_p, a.seed,
-                                 step, template, world, r.ref_model, not one_update, a.micro_batch, a.static_cache)
+            ro = sample_rollouts(model, tok, prompts, sampling=sampling, seed=args.seed, step=step,
+                                 template_kwargs=template, world=world, ref_model=run.ref_model,
+                                 need_old=not one_update, micro_batch=args.micro_batch)
             clock.lap("rollouts")
-            rewards = dist.on_main(lambda: r.reward(rows, ro, refs), world)
+            rewards = dist.on_main(lambda: run.reward(rows, ro, refs), world)
             clock.lap("judge")
-            m["fallbacks"] = apply_failure_policy(rewards.fallback, rewards.groups, a.max_fallback_rate,
-                                                  f"step {step + 1} (last checkpoint: {r.last_ckpt or 'none'})")
-            adv = compute_advantages(rewards, a.rollouts, a.adv_scale)
-            batch = grpo.Batch(ro.input_ids, ro.attention_mask, ro.completion_mask, ro.old_logp, adv, ro.ref_logp)
-            m.update(grpo.update_policy(model, opt, batch, a.rollouts, a.mini_batches, a.epochs, step_seed,
-                                        grpo.clipped_loss_fn(loss), a.grad_clip, a.micro_batch, world.device,
-                                        a.temperature, world.rank, world.size, functools.partial(dist.sum_stats, world=world)))
+            m["fallbacks"] = apply_failure_policy(rewards.fallback, rewards.groups, max_rate=args.max_fallback_rate,
+                                                  where=f"step {step + 1} (last checkpoint: {run.last_ckpt or 'none'})")
+            adv = compute_advantages(rewards, args.rollouts, scale=args.adv_scale)
+            batch = grpo.Batch(input_ids=ro.input_ids, attention_mask=ro.attention_mask,
+                               completion_mask=ro.completion_mask, old_logp=ro.old_logp, advantages=adv,
+                               ref_logp=ro.ref_logp)
+            m.update(grpo.update_policy(model, opt, batch, group_size=args.rollouts, seed=step_seed, loss=loss,
+                                        update=update, device=world.device, temperature=sampling.temperature,
+                                        rank=world.rank, world_size=world.size,
+                                        sum_stats=functools.partial(dist.sum_stats, world=world)))
             clock.lap("update")
-            m.update(rollout_metrics(rows, ro, rewards, refs, with_accuracy=a.method not in ("lopd", "exopd")))
-            samples = sample_records(step + 1, rows, ro, rewards, refs, a.log_samples, adv)
+            m.update(rollout_metrics(rows, ro, rewards, refs, with_accuracy=args.method not in ("lopd", "exopd")))
+            samples = sample_records(rows, ro, rewards, refs, step=step + 1, n=args.log_samples, advantages=adv)
         m["seconds"] = clock.seconds()
-        if r.teacher is not None:
-            m["usage"] = usage_delta(usage_before, usage_of(r.teacher, r.judge))
-        if a.eval_every and (step + 1) % a.eval_every == 0 and r.eval_rows and step + 1 < a.steps:
-            m["eval_accuracy"] = held_out_accuracy(model, tok, r.eval_rows, a, world)
-        write_logs(r.out, m, samples, bar) if world.main else None
-        if (step + 1) % a.save_every == 0 or step + 1 == a.steps:
-            r.last_ckpt = save_checkpoint(r.out, step + 1, model, tok, opt, r.data_pos, dataclasses.asdict(a),
-                                          a.keep_last, world)
+        if run.teacher is not None:
+            m["usage"] = usage_delta(usage_before, usage_of(run.teacher, run.judge))
+        if args.eval_every and (step + 1) % args.eval_every == 0 and run.eval_rows and step + 1 < args.steps:
+            m["eval_accuracy"] = held_out_accuracy(model, tok, run.eval_rows, args, world)
+        write_logs(run.out, m, samples, bar) if world.main else None
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            run.last_ckpt = save_checkpoint(run.out, model, tok, opt, step=step + 1, data_pos=run.data_pos,
+                                            run_args=dataclasses.asdict(args), keep_last=args.keep_last, world=world)
     bar.close()
-    return finish_run(a, r, acc_before, log)
+    return finish_run(args, run, acc_before, log)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -455,51 +461,52 @@ NON_NEGATIVE = ("micro_batch", "warmup_steps", "judge_retries", "verifier_chunk"
                 "judge_temperature")
 
 
-def check_args(a: Args):
+def check_args(args: Args):
     """Refuse, in one line, any setting that cannot work, before anything is loaded or paid for:
     sizes that would train nothing, maths that is undefined (a temperature of 0 divides the
     log-probs by zero), files that are not there, a run folder that already holds a run."""
-    flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+    flag = lambda name: FLAGS.get(name, "--" + name.replace("_", "-"))  # noqa: E731
     for name in POSITIVE + NON_NEGATIVE:
-        v = getattr(a, name)
+        v = getattr(args, name)
         if v is not None and not (math.isfinite(v) and (v > 0 if name in POSITIVE else v >= 0)):
             raise UserError(f"{flag(name)} must be {'positive' if name in POSITIVE else 'at least 0'}, got {v}"
                             + ("; sampling must be stochastic to be trained on" if name == "temperature" else ""))
     checks = [
-        (a.top_p <= 1, f"--top-p must be in (0, 1], got {a.top_p}"),
-        (all(0 <= b < 1 for b in a.betas), f"--betas must be in [0, 1), got {a.betas}"),
-        (a.clip_low < 1, f"--clip-low must be below 1, got {a.clip_low}"),
-        (a.clip_c == 0 or a.clip_c > 1, f"--clip-c must be 0 (off) or above 1, got {a.clip_c}"),
-        (0 <= a.max_fallback_rate <= 1, f"--max-fallback-rate must be in [0, 1], got {a.max_fallback_rate}"),
-        (a.min_criteria <= a.max_criteria, f"--min-criteria {a.min_criteria} is above --max-criteria {a.max_criteria}"),
-        (a.log_samples >= -1, f"--log-samples must be -1 (all) or more, got {a.log_samples}"),
-        (a.rollouts >= 2 or a.method in ("lopd", "exopd", "sft"),
-         f"--rollouts {a.rollouts}: a group of one rollout has zero advantage and teaches nothing"),
-        (not (a.resume and a.overwrite), "--resume and --overwrite contradict each other"),
-        (a.prompts_per_step % dist.world_size() == 0,
-         f"--prompts-per-step {a.prompts_per_step} does not split evenly over {dist.world_size()} processes"),
+        (args.top_p <= 1, f"--top-p must be in (0, 1], got {args.top_p}"),
+        (all(0 <= b < 1 for b in args.betas), f"--betas must be in [0, 1), got {args.betas}"),
+        (args.clip_low < 1, f"--clip-low must be below 1, got {args.clip_low}"),
+        (args.clip_c == 0 or args.clip_c > 1, f"--clip-c must be 0 (off) or above 1, got {args.clip_c}"),
+        (0 <= args.max_fallback_rate <= 1, f"--max-fallback-rate must be in [0, 1], got {args.max_fallback_rate}"),
+        (args.min_criteria <= args.max_criteria, f"--min-criteria {args.min_criteria} is above --max-criteria {args.max_criteria}"),
+        (args.log_samples >= -1, f"--log-samples must be -1 (all) or more, got {args.log_samples}"),
+        (args.rollouts >= 2 or args.method in ("lopd", "exopd", "sft"),
+         f"--rollouts {args.rollouts}: a group of one rollout has zero advantage and teaches nothing"),
+        (not (args.resume and args.overwrite), "--resume and --overwrite contradict each other"),
+        (args.prompts_per_step % dist.world_size() == 0,
+         f"--prompts-per-step {args.prompts_per_step} does not split evenly over {dist.world_size()} processes"),
     ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-    for spec in filter(None, (a.teacher if a.method != "grpo" else None, a.judge)):
+    for spec in filter(None, (args.teacher if args.method != "grpo" else None, args.judge)):
         teacher_lib.check_spec(spec)
-    judge_kind = teacher_lib.check_spec(a.judge or a.teacher)[0]
-    for used, name in ((a.judge_json_mode, "--judge-json-mode"), (a.judge_reasoning_effort, "--judge-reasoning-effort")):
+    judge_kind = teacher_lib.check_spec(args.judge or args.teacher)[0]
+    for used, name in ((args.judge_json_mode, "--judge-json-mode"), (args.judge_reasoning_effort, "--judge-reasoning-effort")):
         if used and judge_kind != "openai":
             raise UserError(f"{name}: the {judge_kind} backend takes no such option; leave it off (it is for "
                             f"OpenAI and OpenAI-compatible servers)")
-    data.check_model_name(a.student)
-    for path, what in ((None if a.data == "toy" or a.data.startswith("rg:") else a.data, "--data"),
-                       (a.eval_data, "--eval-data")):
+    data.check_model_name(args.student)
+    for path, what in ((None if args.data == "toy" or args.data.startswith("rg:") else args.data, "--data"),
+                       (args.eval_data, "--eval-data")):
         if path:
             data.check_file(path, what)
-    if a.world and not (Path(a.world) / "world.json").is_file():
-        raise UserError(f"--world {a.world}: no toy world there (python toy.py --root {a.world} builds one)")
-    if a.cache and Path(a.cache).is_dir():
-        raise UserError(f"--cache {a.cache} is a directory; give it a file name")
-    data.pick_device(a.device)
-    check_out(Path(a.out), a.resume, a.overwrite)
+    if args.toy_world and args.toy_world not in toy.WORLDS and not (Path(args.toy_world) / "world.json").is_file():
+        raise UserError(f"--world {args.toy_world}: no toy world there (a world's name is one of "
+                        f"{', '.join(toy.WORLDS)}; python toy.py --root {args.toy_world} builds one in a folder)")
+    if args.cache and Path(args.cache).is_dir():
+        raise UserError(f"--cache {args.cache} is a directory; give it a file name")
+    data.pick_device(args.device)
+    check_out(Path(args.out), args.resume, args.overwrite)
 
 
 def check_out(out: Path, resume, overwrite: bool):
@@ -558,7 +565,7 @@ class Run:
     tok: object
     opt: torch.optim.Optimizer
     world: dist.World
-    rows: list[dict]
+    train_rows: list[dict]
     eval_rows: list[dict]
     teacher: teacher_lib.Teacher | None  # rank 0 only
     judge: teacher_lib.Teacher | None
@@ -569,56 +576,59 @@ class Run:
     last_ckpt: Path | None = None
 
 
-def setup_run(a: Args, log) -> Run:
+def setup_run(args: Args, log) -> Run:
     """The process group (if torchrun started several), seeds, data, models, teacher and judge
     (rank 0), optimizer, and the resumed state if any."""
-    world = dist.setup(data.pick_device(a.device))
+    world = dist.setup(data.pick_device(args.device))
     log = log if world.main else (lambda *x: None)
-    ckpt = find_checkpoint(a.resume) if a.resume else None
+    ckpt = find_checkpoint(args.resume) if args.resume else None
     state = load_trainer_state(ckpt) if ckpt else None
     if ckpt:
         log(f"resuming from {ckpt} (step {state['step']})")
-    random.seed(a.seed)
-    np.random.seed(a.seed)
-    torch.manual_seed(a.seed)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
 
-    rows = None if a.data == "toy" else data.load_data(a.data, a.seed)  # bad data fails before any build
-    check_resume_changes(a)  # after the flags' and the data's own checks, before any model is loaded
-    toy_world = dist.on_main(lambda: toy.build(root=a.world, log=log), world) if "toy" in (a.student, a.data) \
-        else None  # --world was checked: no build at a typo's path
-    rows = rows or data.load_data(a.data, a.seed, toy_world)
-    if a.eval_data:
-        eval_rows = data.load_jsonl(a.eval_data)[:a.eval_samples]
-    elif a.data == "toy" or a.data.startswith("rg:"):
-        eval_rows = data.load_data(a.data, a.seed, toy_world, "test", a.eval_samples)
+    train_rows = None if args.data == "toy" else data.load_data(args.data, args.seed)  # bad data fails before any build
+    check_resume_changes(args)  # after the flags' and the data's own checks, before any model is loaded
+    toy_world = dist.on_main(lambda: toy.load_world(args.toy_world, log=log), world) \
+        if "toy" in (args.student, args.data) else None  # --world was checked: no build at a typo's path
+    train_rows = train_rows or data.load_data(args.data, args.seed, toy_world)
+    if args.eval_data:
+        eval_rows = data.load_jsonl(args.eval_data)[:args.eval_samples]
+    elif args.data == "toy" or args.data.startswith("rg:"):
+        eval_rows = data.load_data(args.data, args.seed, toy_world, split="test", n=args.eval_samples)
     else:
         eval_rows = []
-    if a.method == "grpo" and any(row["answer"] is None for row in rows):
+    if args.method == "grpo" and any(row["answer"] is None for row in train_rows):
         raise UserError("--method grpo needs an 'answer' on every data row")
 
-    model, tok = load_policy(str(ckpt) if ckpt else a.student, a.grad_checkpointing, world, toy_world)
+    model, tok = load_policy(str(ckpt) if ckpt else args.student, grad_checkpointing=args.grad_checkpointing,
+                             world=world, toy_world=toy_world)
     ref_model = None
-    if a.kl_beta > 0 or a.method == "exopd":  # pi_ref, the initial student
-        ref_model, _ = load_policy(a.student, False, world, toy_world)
+    if args.kl_beta > 0 or args.method == "exopd":  # pi_ref, the initial student
+        ref_model, _ = load_policy(args.student, grad_checkpointing=False, world=world, toy_world=toy_world)
         ref_model.eval().requires_grad_(False)
-    rows = drop_long_prompts(rows, tok, a.max_prompt_tokens, {"enable_thinking": a.enable_thinking}, log)
-    teacher, judge, reward = (None, None, outcome_reward) if a.method == "grpo" else \
-        dist.on_main(lambda: load_judges(a, tok, rows), world, share=False) or (None, None, None)
+    train_rows = drop_long_prompts(train_rows, tok=tok, max_tokens=args.max_prompt_tokens,
+                                   template_kwargs={"enable_thinking": args.enable_thinking}, log=log)
+    teacher, judge, reward = (None, None, outcome_reward) if args.method == "grpo" else \
+        dist.on_main(lambda: load_judges(args, tok, train_rows), world, share=False) or (None, None, None)
 
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=tuple(args.betas), weight_decay=args.weight_decay)
     if state:
         dist.load_optimizer(model, opt, ckpt / "optimizer", state["optimizer"], world)
         set_rng_state(state["rng"])
     start = state["step"] if state else 0
-    out = Path(a.out)
+    out = Path(args.out)
     if world.main:
-        start_logs(out, a, start)
+        start_logs(out, args, start)
     dist.barrier(world)
-    return Run(out, model, tok, opt, world, rows, eval_rows, teacher, judge, reward, ref_model, start,
-               state["data_pos"] if state else 0, ckpt)
+    return Run(out=out, model=model, tok=tok, opt=opt, world=world, train_rows=train_rows, eval_rows=eval_rows,
+               teacher=teacher, judge=judge, reward=reward, ref_model=ref_model, start_step=start,
+               data_pos=state["data_pos"] if state else 0, last_ckpt=ckpt)
 
 
-def load_policy(name: str, grad_checkpointing: bool, world: dist.World, toy_world):
+def load_policy(name: str, *, grad_checkpointing: bool, world: dist.World, toy_world):
     """The student (or the initial student, pi_ref), sharded with FSDP2 when there are several ranks."""
     model, tok = data.load_model(name, world.device, toy_world)
     if grad_checkpointing:
@@ -627,7 +637,7 @@ def load_policy(name: str, grad_checkpointing: bool, world: dist.World, toy_worl
     return (dist.shard(model, world) if world.size > 1 else model), tok
 
 
-def drop_long_prompts(rows: list[dict], tok, max_tokens: int, template_kwargs: dict, log) -> list[dict]:
+def drop_long_prompts(rows: list[dict], *, tok, max_tokens: int, template_kwargs: dict, log) -> list[dict]:
     """The official code's filter: prompts longer than `max_tokens` (as the student's chat template
     encodes them) are dropped before anything is paid for, and the run says how many (0: no filter)."""
     if not max_tokens:
@@ -640,48 +650,86 @@ def drop_long_prompts(rows: list[dict], tok, max_tokens: int, template_kwargs: d
     return kept
 
 
-def load_judges(a: Args, tok, rows: list[dict]):
+def load_judges(args: Args, tok, train_rows: list[dict]):
     """(teacher, judge, reward function) on rank 0, with the run's cache and transport settings;
     the teacher index is checked for every prompt of the run before the first paid call."""
-    teacher, judge = teacher_lib.load_teacher_and_judge(a.teacher, a.judge, cache=a.cache or "default",
-                                                        concurrency=a.concurrency, rpm=a.rpm or None, retries=2,
-                                                        timeout=a.request_timeout, max_reply_bytes=a.max_reply_bytes)
-    if a.method in ("lopd", "exopd"):
-        check_lopd_teacher(teacher, tok, a.teacher, a.temperature)
-    if a.method in USES_REFERENCES:
-        teacher_lib.check_reference_index(teacher, [as_chat(row["prompt"]) for row in rows], a.teacher_temperature,
-                                          a.teacher_max_tokens, a.new_references)
-    return teacher, judge, reward_function(a, teacher, judge)
+    in_world = lambda spec: f"toy:{args.toy_world}" if spec == "toy" and args.toy_world else spec  # noqa: E731
+    teacher, judge = teacher_lib.load_teacher_and_judge(in_world(args.teacher), args.judge and in_world(args.judge),
+                                                        cache=args.cache or "default",
+                                                        concurrency=args.concurrency, rpm=args.rpm or None, retries=2,
+                                                        timeout=args.request_timeout,
+                                                        max_reply_bytes=args.max_reply_bytes)
+    if args.method in ("lopd", "exopd"):
+        check_lopd_teacher(teacher, tok, args.teacher, args.temperature)
+    if args.method in USES_REFERENCES:
+        teacher_lib.check_reference_index(teacher, [as_chat(row["prompt"]) for row in train_rows],
+                                          temperature=args.teacher_temperature, max_tokens=args.teacher_max_tokens,
+                                          new_settings=args.new_references)
+    return teacher, judge, reward_function(args, teacher, judge)
 
 
-def start_logs(out: Path, a: Args, start: int):
+def start_logs(out: Path, args: Args, start: int):
     """The run folder: args.json, and the logs cut back to the resumed step (or emptied, with
     --overwrite, which also removes the old checkpoints)."""
-    if a.overwrite:
+    if args.overwrite:
         for old in [out / "latest", *(own_checkpoints(out) if out.is_dir() else [])]:
             shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)  # a run killed early has no latest
     out.mkdir(parents=True, exist_ok=True)
-    (out / "args.json").write_text(json.dumps(teacher_lib.redact(dataclasses.asdict(a)), indent=2))
+    (out / "args.json").write_text(json.dumps(teacher_lib.redact(dataclasses.asdict(args)), indent=2))
     truncate_jsonl(out / "metrics.jsonl", start)
     truncate_jsonl(out / "samples.jsonl", start)
 
 
-def reward_function(a: Args, teacher, judge) -> RewardFn | None:
+def reward_function(args: Args, teacher, judge) -> RewardFn | None:
     """The method's reward function, with its settings bound (sft has none)."""
-    if a.method in ("lopd", "exopd", "grpo", "sft"):
-        return {"lopd": functools.partial(lopd_reward, teacher, a.temperature),
-                "exopd": functools.partial(exopd_reward, teacher, a.temperature, a.exopd_lambda),
-                "grpo": outcome_reward, "sft": None}[a.method]
-    complete = judge.as_judge(a.judge_max_tokens, {
-        "rubricator": a.rubricator_temperature, "verifier": a.verifier_temperature,
-        "tjudge": a.judge_temperature, "ovd": a.judge_temperature}, a.judge_json_mode, a.judge_reasoning_effort,
-        a.judge_retries)
-    settings = rubric.JudgeSettings(
-        a.judge_retries, a.min_criteria, a.max_criteria, a.verifier_chunk or None, a.rubricator_instructions,
-        a.verifier_instructions, a.rubric_prompt, a.verifier, a.min_references or a.references,
-        a.per_rollout_rubrics, a.sighted_verifier, a.pool_references)
-    score_groups = {"ropd": rubric.ropd_reward, "tjudge": rubric.tjudge_reward, "ovd": rubric.ovd_reward}[a.method]
-    return functools.partial(judged_reward, functools.partial(score_groups, complete, s=settings))
+    if args.method in ("lopd", "exopd", "grpo", "sft"):
+        return {"lopd": functools.partial(lopd_reward, teacher=teacher, temperature=args.temperature),
+                "exopd": functools.partial(exopd_reward, teacher=teacher, temperature=args.temperature,
+                                           lam=args.exopd_lambda),
+                "grpo": outcome_reward, "sft": None}[args.method]
+    temperatures = {"rubricator": args.rubricator_temperature, "verifier": args.verifier_temperature,
+                    "tjudge": args.judge_temperature, "ovd": args.judge_temperature}
+    complete = judge.as_judge(args.judge_max_tokens, temperatures=temperatures, json_mode=args.judge_json_mode,
+                              reasoning_effort=args.judge_reasoning_effort, retries=args.judge_retries)
+    score_groups = {"ropd": rubric.ropd_reward, "tjudge": rubric.tjudge_reward, "ovd": rubric.ovd_reward}[args.method]
+    return functools.partial(judged_reward, score_groups=functools.partial(score_groups, complete,
+                                                                           settings=judge_settings(args)))
+
+
+def judge_settings(args: Args) -> rubric.JudgeSettings:
+    """How the rubricator and the verifier are asked (§2.2, App. D, Table 6), from the flags."""
+    return rubric.JudgeSettings(
+        retries=args.judge_retries, min_criteria=args.min_criteria, max_criteria=args.max_criteria,
+        verifier_chunk=args.verifier_chunk or None, rubricator_instructions=args.rubricator_instructions,
+        verifier_instructions=args.verifier_instructions, rubric_prompt=args.rubric_prompt, verifier=args.verifier,
+        min_references=args.min_references or args.references, per_rollout_rubrics=args.per_rollout_rubrics,
+        sighted_verifier=args.sighted_verifier, pool_references=args.pool_references)
+
+
+def sampling_config(args: Args) -> grpo.SamplingConfig:
+    """How rollouts are sampled (§2.1): G, length, temperature, top-p."""
+    return grpo.SamplingConfig(group_size=args.rollouts, max_new_tokens=args.max_new_tokens,
+                               temperature=args.temperature, top_p=args.top_p, static_cache=args.static_cache)
+
+
+def loss_config(args: Args) -> grpo.LossConfig:
+    """The clipped objective's settings (Eq. 8); --clip-c 0 turns the dual clip off."""
+    return grpo.LossConfig(clip_low=args.clip_low, clip_high=args.clip_high, clip_c=args.clip_c or None,
+                           agg=args.agg, kl_beta=args.kl_beta, max_len=args.max_new_tokens)
+
+
+def update_config(args: Args) -> grpo.UpdateConfig:
+    """How a step's batch becomes optimizer steps (Eq. 8, Table A2)."""
+    return grpo.UpdateConfig(mini_batches=args.mini_batches, epochs=args.epochs, grad_clip=args.grad_clip,
+                             micro_batch=args.micro_batch)
+
+
+def run_banner(args: Args, run: Run, acc_before: float) -> str:
+    """The run's first line: method, models, batch, devices, and the held-out accuracy before."""
+    return (f"{args.method}: student {args.student}, " + (f"teacher {args.teacher}, " if run.teacher else "")
+            + f"{len(run.train_rows)} prompts, {args.prompts_per_step} x {args.rollouts} rollouts/step, "
+            + f"device {run.world.device.type}" + (f" x {run.world.size} processes" if run.world.size > 1 else "")
+            + (f"; held-out accuracy {acc_before:.1%}" if run.eval_rows else ""))
 
 
 def check_lopd_teacher(teacher, tok, spec: str, temperature: float):
@@ -699,7 +747,7 @@ def check_lopd_teacher(teacher, tok, spec: str, temperature: float):
         raise UserError(f"--method lopd: {e}") from None
 
 
-def held_out_accuracy(model, tok, rows, a: Args, world: dist.World = dist.World(), batch: int = 128) -> float:
+def held_out_accuracy(model, tok, rows, args: Args, world: dist.World = dist.World(), batch: int = 128) -> float:
     """Greedy accuracy on rows with answers (the toy held-out set by default), by eval.evaluate on
     rank 0 (with the weights gathered there); eval.py reports the paper's sampled avg@k and pass@k."""
     if not rows:
@@ -707,8 +755,8 @@ def held_out_accuracy(model, tok, rows, a: Args, world: dist.World = dist.World(
     with dist.gathered(model):
         return dist.on_main(lambda: evaluation.evaluate(
             model, tok, rows, temperature=0.0, batch=batch, progress=False,
-            max_new_tokens=a.eval_max_new_tokens or a.max_new_tokens,
-            chat_template_kwargs={"enable_thinking": a.enable_thinking}, n_boot=0)["avg@1"], world)
+            max_new_tokens=args.eval_max_new_tokens or args.max_new_tokens,
+            chat_template_kwargs={"enable_thinking": args.enable_thinking}, n_boot=0)["avg@1"], world)
 
 
 class Clock:
@@ -727,7 +775,7 @@ class Clock:
         return {**self.laps, "total": round(time.time() - self.start, 3)}
 
 
-def progress(desc: str, start: int, total: int, show: bool = True):
+def progress(desc: str, *, start: int, total: int, show: bool = True):
     from tqdm import tqdm
     return tqdm(range(start, total), initial=start, total=total, desc=desc, dynamic_ncols=True,
                 disable=None if show else True)
@@ -770,7 +818,7 @@ def rollout_metrics(rows, ro: grpo.Rollouts, rewards: Rewards, refs, with_accura
     return m
 
 
-def sample_records(step: int, rows, ro: grpo.Rollouts, rewards: Rewards, refs, n: int,
+def sample_records(rows, ro: grpo.Rollouts, rewards: Rewards, refs, *, step: int, n: int,
                    advantages: torch.Tensor | None = None) -> list[dict]:
     """samples.jsonl: the first n prompts of the step (-1: all), with what the judge did and the
     advantage each rollout got (per token, LOPD: its mean over the rollout)."""
@@ -812,18 +860,18 @@ def write_logs(out: Path, m: dict, samples: list[dict], bar):
     bar.set_postfix({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in shown.items()})
 
 
-def finish_run(a: Args, r: Run, acc_before: float, log) -> dict:
-    acc_after = held_out_accuracy(r.model, r.tok, r.eval_rows, a, r.world)
-    summary = {"method": a.method, "steps": a.steps, "accuracy_before": acc_before,
-               "accuracy_after": acc_after, "out": str(r.out),
-               "checkpoint": str(r.last_ckpt) if r.last_ckpt else None,
-               "usage": None if r.teacher is None else usage_of(r.teacher, r.judge)}
-    if r.world.main:
-        (r.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    dist.close(r.world)
-    if r.eval_rows:
-        log(f"held-out accuracy: {acc_before:.1%} -> {acc_after:.1%} ({len(r.eval_rows)} problems)")
-    log(f"checkpoint: {r.last_ckpt}; metrics: {r.out / 'metrics.jsonl'}; samples: {r.out / 'samples.jsonl'}")
+def finish_run(args: Args, run: Run, acc_before: float, log) -> dict:
+    acc_after = held_out_accuracy(run.model, run.tok, run.eval_rows, args, run.world)
+    summary = {"method": args.method, "steps": args.steps, "accuracy_before": acc_before,
+               "accuracy_after": acc_after, "out": str(run.out),
+               "checkpoint": str(run.last_ckpt) if run.last_ckpt else None,
+               "usage": None if run.teacher is None else usage_of(run.teacher, run.judge)}
+    if run.world.main:
+        (run.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    dist.close(run.world)
+    if run.eval_rows:
+        log(f"held-out accuracy: {acc_before:.1%} -> {acc_after:.1%} ({len(run.eval_rows)} problems)")
+    log(f"checkpoint: {run.last_ckpt}; metrics: {run.out / 'metrics.jsonl'}; samples: {run.out / 'samples.jsonl'}")
     return summary
 
 
@@ -849,7 +897,7 @@ def set_rng_state(st: dict):
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def save_checkpoint(out: Path, step: int, model, tok, opt, data_pos: int, args: dict, keep_last: int,
+def save_checkpoint(out: Path, model, tok, opt, *, step: int, data_pos: int, run_args: dict, keep_last: int,
                     world: dist.World = dist.World()) -> Path:
     """Write then rename: a checkpoint directory either exists whole or not at all. The student is
     in save_pretrained format (AutoModelForCausalLM.from_pretrained loads it), written by rank 0;
@@ -868,7 +916,7 @@ def save_checkpoint(out: Path, step: int, model, tok, opt, data_pos: int, args: 
         rest = dist.save_optimizer(model, opt, tmp / "optimizer", world)
         if world.main:
             torch.save({"step": step, "data_pos": data_pos, "optimizer": rest, "rng": rng_state(),
-                        "args": teacher_lib.redact(args), "world_size": world.size}, tmp / "trainer_state.pt")
+                        "args": teacher_lib.redact(run_args), "world_size": world.size}, tmp / "trainer_state.pt")
     except Exception as e:  # noqa: BLE001 - a full disk is an OSError, a RuntimeError (torch.save) or a
         # SafetensorError, as the writer has it: one line, the half-written folder removed
         shutil.rmtree(tmp, ignore_errors=True)
@@ -973,6 +1021,9 @@ CHOICES = {"method": METHODS, "schedule": ("constant", "cosine"), "adv_scale": (
            "judge_reasoning_effort": ("minimal", "low", "medium", "high")}
 
 
+FLAGS = {"toy_world": "--world"}  # a field whose flag is not its name: --world NAME reads as the README says
+
+
 def parse_args(argv=None) -> Args:
     """The command line -> Args: one flag per field, its docstring as the help (python ropd.py -h)."""
     ap = data.ArgumentParser(usage="%(prog)s [options]", description=__doc__.split("\n\n")[0],
@@ -980,11 +1031,11 @@ def parse_args(argv=None) -> Args:
                                  + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in TOY_PRESET.items()))
     defaults, docs = Args(), field_docs(Args)
     for f in dataclasses.fields(Args):
-        name = "--" + f.name.replace("_", "-")
+        name = FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
         d, doc = getattr(defaults, f.name), docs.get(f.name, "")
         toy_note = f"; toy preset: {TOY_PRESET[f.name]}" if f.name in TOY_PRESET else ""
         shown = "" if "default" in doc and not toy_note else f" (default: {d}{toy_note})"
-        kw = dict(default=None, help=(doc + shown).replace("%", "%%"))
+        kw = dict(default=None, dest=f.name, help=(doc + shown).replace("%", "%%"))
         if isinstance(d, bool):
             ap.add_argument(name, action=argparse.BooleanOptionalAction, **kw)
         elif isinstance(d, tuple):
@@ -996,14 +1047,14 @@ def parse_args(argv=None) -> Args:
             ap.add_argument(name, type=typ, metavar={int: "N", float: "X", str: "S"}[typ], **kw)
     ns = ap.parse_args(argv)
     given = {k: v for k, v in vars(ns).items() if v is not None}
-    a = Args(**given)
-    if a.resume:
-        return resumed_args(a, given)
-    if a.student == "toy":  # the toy preset fills what the user did not set
+    args = Args(**given)
+    if args.resume:
+        return resumed_args(args, given)
+    if args.student == "toy":  # the toy preset fills what the user did not set
         for k, v in TOY_PRESET.items():
             if k not in given:
-                setattr(a, k, v)
-    return a
+                setattr(args, k, v)
+    return args
 
 
 # What a resumed run may change freely: where and how long it runs, and how it talks to the
@@ -1013,11 +1064,11 @@ FREE_ON_RESUME = ("resume", "out", "steps", "device", "overwrite", "override_sav
                   "eval_samples", "log_samples", "new_references")
 
 
-def resumed_args(a: Args, given: dict) -> Args:
+def resumed_args(args: Args, given: dict) -> Args:
     """--resume continues the run as it was: every setting the user did not give is the saved one
     (the checkpoint's trainer_state.pt), and a given one that contradicts it is refused (check_args
     says so, after the flags' own checks), unless --override-saved, which logs each change."""
-    ckpt = find_checkpoint(a.resume)
+    ckpt = find_checkpoint(args.resume)
     saved = load_trainer_state(ckpt).get("args") or {}
     if "out" not in given:
         given["out"] = str(ckpt.parent)
@@ -1025,12 +1076,12 @@ def resumed_args(a: Args, given: dict) -> Args:
     merged = {k: v for k, v in saved.items() if k in fields and k not in FREE_ON_RESUME}
     changed = [k for k, v in given.items() if k in merged and _plain(v) != _plain(merged[k])
                and "***" not in str(merged[k])]  # a saved value with a redacted secret is given again
-    a = Args(**{**merged, **given})
-    a.betas = tuple(a.betas)
+    args = Args(**{**merged, **given})
+    args.betas = tuple(args.betas)
     redacted = [k for k, v in merged.items() if "***" in str(v) and k not in given]
-    a._resume_changes = [(k, merged[k], given[k]) for k in changed]  # checked in check_args
-    a._resume_redacted = redacted
-    return a
+    args._resume_changes = [(k, merged[k], given[k]) for k in changed]  # checked in check_args
+    args._resume_redacted = redacted
+    return args
 
 
 def _plain(v):
@@ -1038,14 +1089,14 @@ def _plain(v):
     return json.loads(json.dumps(v))
 
 
-def check_resume_changes(a: Args, log=print):
+def check_resume_changes(args: Args, log=print):
     """Refuse a flag that contradicts the resumed run's saved setting (or, with --override-saved,
     log it); refuse a saved setting whose secret was redacted and is not given again."""
-    flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
-    for name in getattr(a, "_resume_redacted", []):
+    flag = lambda name: FLAGS.get(name, "--" + name.replace("_", "-"))  # noqa: E731
+    for name in getattr(args, "_resume_redacted", []):
         raise UserError(f"--resume: the saved {flag(name)} held a secret that was not saved; give {flag(name)} again")
-    changes = getattr(a, "_resume_changes", [])
-    if changes and not a.override_saved:
+    changes = getattr(args, "_resume_changes", [])
+    if changes and not args.override_saved:
         name, old, new = changes[0]
         raise UserError(f"--resume: {flag(name)} {_shown(new)} contradicts the run's saved {_shown(old)}; leave it "
                         f"off to continue the run as it was, or add --override-saved to change it")
@@ -1063,13 +1114,15 @@ def main(argv=None) -> int:
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     try:
-        a = parse_args(argv)
-        train(a, log=lambda *x: print(*map(teacher_lib.redact, x)))
+        args = parse_args(argv)
+        # the same numbers on any x86 CPU, before the first tensor operation (README, the default run)
+        toy.pin_cpu_numerics(threads=toy.BUILD_THREADS if args.student == "toy" else None)
+        train(args, log=lambda *x: print(*map(teacher_lib.redact, x)))
     except (UserError, teacher_lib.TeacherError) as e:
         print(f"error: {teacher_lib.redact(str(e))}", file=sys.stderr)
         return 2
     except grpo.NonFiniteError as e:  # the update was not taken; the last checkpoint is good
-        out = Path(a.out)
+        out = Path(args.out)
         done = sum(1 for _ in open(out / "metrics.jsonl")) if (out / "metrics.jsonl").exists() else 0
         latest = (out / "latest").read_text().strip() if (out / "latest").exists() else "none"
         print(f"error: step {done + 1}: {e}; stopping (last checkpoint: {latest})", file=sys.stderr)

@@ -477,7 +477,8 @@ class JudgeSettings:
     verifier_instructions: str = ""    # appended to the verifier prompt
     rubric_prompt: str = "official"    # "official" or "paper" (App. D's multi-teacher rubricator)
     verifier: str = "batch"            # "batch" (official) or "per-response" (App. D)
-    min_references: int = 1            # a group with fewer teacher answers falls back (official: m)
+    min_references: int | None = None  # fewer teacher answers: the group falls back (None: all K it was
+                                       # given, failed ones included, as the run's default)
     per_rollout_rubrics: bool = False  # Table 6 "w/o sharing": one rubric per (references, rollout)
     sighted_verifier: bool = False     # Table 6 "w/o blind scoring": the verifier knows who wrote what
     pool_references: bool = True       # False: a pool of the rollouts alone (no difficulty anchor)
@@ -489,10 +490,12 @@ class JudgeSettings:
 CompleteFn = Callable[..., list]
 
 
-def ask_judge(complete: CompleteFn, chats: dict, stage: str, retries: int, parse, errors: dict,
+def ask_judge(complete: CompleteFn, chats: dict, stage: str, *, retries: int, parse, errors: dict,
               tag: str | None = None):
     """Send chats (key -> messages), parse each reply; re-ask only the failed ones, up to `retries`
-    more times. Returns key -> parsed value for those that succeeded; errors[key] lists why not."""
+    more times. Returns key -> parsed value for those that succeeded; errors[key] lists why not.
+    A `complete` that returns more or fewer replies than chats is a bug in it: no reply of that call
+    is used (which reply answers which chat is unknown) and every chat's errors say so."""
     done, todo = {}, dict(chats)
     for attempt in range(retries + 1):
         if not todo:
@@ -507,6 +510,11 @@ def ask_judge(complete: CompleteFn, chats: dict, stage: str, retries: int, parse
                 return False
 
         replies = complete([todo[k] for k in keys], stage, attempt, valid, tag=tag)
+        if len(replies) != len(keys):
+            for k in keys:
+                errors.setdefault(k, []).append(f"{stage}: complete returned {len(replies)} replies for "
+                                                f"{len(keys)} chats")
+            continue
         for k, reply in zip(keys, replies):
             try:
                 if isinstance(reply, Exception):
@@ -518,7 +526,7 @@ def ask_judge(complete: CompleteFn, chats: dict, stage: str, retries: int, parse
     return done
 
 
-def induce_rubrics(complete: CompleteFn, groups: Sequence[Group], s: JudgeSettings,
+def induce_rubrics(complete: CompleteFn, groups: Sequence[Group], settings: JudgeSettings, *,
                    errors: dict) -> dict[tuple[int, int], Rubric]:
     """Rubric induction (§2.2, Eq. 2): one rubricator call per group, which sees the question, the
     references and the rollouts - labelled as such, the contrast is the point - and writes one
@@ -527,24 +535,27 @@ def induce_rubrics(complete: CompleteFn, groups: Sequence[Group], s: JudgeSettin
     Returns (group, unit) -> rubric, unit 0 for a shared rubric, unit j for rollout j's."""
     chats = {}
     for gi, g in enumerate(groups):
-        if len(g.references) < max(1, s.min_references):
+        if len(g.references) < min_references(g, settings):
             continue
         refs = dedupe(g.references)
-        for u, rollouts in enumerate(_units(g, s)):
-            chats[(gi, u)] = prompts.rubricator_messages(g.question, refs, rollouts, s.min_criteria,
-                                                         s.max_criteria, s.rubricator_instructions, s.rubric_prompt)
-    return ask_judge(complete, chats, "rubricator", s.retries,
-                     lambda k, t: parse_rubric(t, s.min_criteria, s.max_criteria, s.rubric_prompt), errors,
-                     RUBRIC_SCHEMAS[s.rubric_prompt])
+        for u, rollouts in enumerate(_units(g, settings)):
+            chats[(gi, u)] = prompts.rubricator_messages(
+                g.question, refs, rollouts, min_criteria=settings.min_criteria, max_criteria=settings.max_criteria,
+                extra_instructions=settings.rubricator_instructions, variant=settings.rubric_prompt)
+
+    def parse(key, text):
+        return parse_rubric(text, settings.min_criteria, settings.max_criteria, settings.rubric_prompt)
+    return ask_judge(complete, chats, "rubricator", retries=settings.retries, parse=parse, errors=errors,
+                     tag=RUBRIC_SCHEMAS[settings.rubric_prompt])
 
 
-def _units(g: Group, s: JudgeSettings) -> list[list[str]]:
+def _units(g: Group, settings: JudgeSettings) -> list[list[str]]:
     """The rollouts each rubric of a group covers: all of them (one shared rubric), or one each
     (Table 6's per-rollout rubrics)."""
-    return [[r] for r in g.rollouts] if s.per_rollout_rubrics else [list(g.rollouts)]
+    return [[r] for r in g.rollouts] if settings.per_rollout_rubrics else [list(g.rollouts)]
 
 
-def verify_blindly(complete: CompleteFn, groups: Sequence[Group], rubrics: dict, s: JudgeSettings,
+def verify_blindly(complete: CompleteFn, groups: Sequence[Group], rubrics: dict, settings: JudgeSettings, *,
                    errors: dict) -> dict[tuple[int, int], list]:
     """Blind verification (§2.2, Eq. 3): a rubric's references and rollouts are shuffled into one
     pool (blind_pool) and graded criterion by criterion, in one verifier call (or `verifier_chunk`
@@ -555,21 +566,23 @@ def verify_blindly(complete: CompleteFn, groups: Sequence[Group], rubrics: dict,
     pools, chats, sizes = {}, {}, {}
     for (gi, u), rub in rubrics.items():
         g = groups[gi]
-        refs = dedupe(g.references) if s.pool_references else []
-        answers, owners = blind_pool(g.prompt_id, refs, _units(g, s)[u])
-        if s.per_rollout_rubrics:  # the one rollout of unit u is rollout u of the group
+        refs = dedupe(g.references) if settings.pool_references else []
+        answers, owners = blind_pool(g.prompt_id, refs, _units(g, settings)[u])
+        if settings.per_rollout_rubrics:  # the one rollout of unit u is rollout u of the group
             owners = [(src, u if src == "student" else i) for src, i in owners]
         pools[(gi, u)] = (answers, owners)
-        for c, (chat, n) in enumerate(_verifier_chats(g.question, rub, answers, [src for src, _ in owners], s)):
+        sources = [src for src, _ in owners]
+        for c, (chat, n) in enumerate(_verifier_chats(g.question, rub, answers, sources, settings)):
             chats[(gi, u, c)], sizes[(gi, u, c)] = chat, n
 
     def parse_chunk(key, text):
-        if s.verifier == "per-response":
+        if settings.verifier == "per-response":
             return [parse_single_verdict(text, rubrics[key[:2]])]
         return parse_verdicts(text, rubrics[key[:2]], sizes[key])
 
-    tag = PAPER_VERDICT_SCHEMA if s.verifier == "per-response" else VERDICT_SCHEMA
-    verdicts = ask_judge(complete, chats, "verifier", s.retries, parse_chunk, errors, tag)
+    tag = PAPER_VERDICT_SCHEMA if settings.verifier == "per-response" else VERDICT_SCHEMA
+    verdicts = ask_judge(complete, chats, "verifier", retries=settings.retries, parse=parse_chunk, errors=errors,
+                         tag=tag)
     graded = {}
     for unit, (_, owners) in pools.items():
         keys = [k for k in chats if k[:2] == unit]
@@ -578,15 +591,17 @@ def verify_blindly(complete: CompleteFn, groups: Sequence[Group], rubrics: dict,
     return graded
 
 
-def _verifier_chats(question: str, rub: Rubric, answers: list[str], sources: list[str], s: JudgeSettings):
+def _verifier_chats(question: str, rub: Rubric, answers: list[str], sources: list[str], settings: JudgeSettings):
     """The verifier calls for one pool, each with the number of answers it grades: every answer in
     one call (official), `verifier_chunk` answers per call, or one per call (App. D's per-response
     verifier)."""
-    if s.verifier == "per-response":
-        return [(prompts.single_verifier_messages(question, rub, a, s.verifier_instructions), 1) for a in answers]
-    size = s.verifier_chunk or len(answers)
-    return [(prompts.verifier_messages(question, rub, answers[i:i + size], s.verifier_instructions,
-                                       sources[i:i + size] if s.sighted_verifier else None), len(answers[i:i + size]))
+    extra = settings.verifier_instructions
+    if settings.verifier == "per-response":
+        return [(prompts.single_verifier_messages(question, rub, a, extra_instructions=extra), 1) for a in answers]
+    size = settings.verifier_chunk or len(answers)
+    return [(prompts.verifier_messages(question, rub, answers[i:i + size], extra_instructions=extra,
+                                       sources=sources[i:i + size] if settings.sighted_verifier else None),
+             len(answers[i:i + size]))
             for i in range(0, len(answers), size)]
 
 
@@ -609,42 +624,50 @@ def weighted_pass_rates(group: Group, units: list[tuple[Rubric, list]]) -> Group
 
 
 def ropd_reward(complete: CompleteFn, groups: Sequence[Group],
-                s: JudgeSettings = JudgeSettings()) -> list[GroupResult]:
+                settings: JudgeSettings = JudgeSettings()) -> list[GroupResult]:
     """The ROPD reward (§2.2, Eqs. 2-4) for a batch of groups: prompts, references and rollouts in;
     one reward per rollout and a record of what the judge did out. Needs only this module,
     prompts.py and a `complete` function that sends chats to the judge (CompleteFn).
 
     Each stage's calls go out as one batch (a concurrent backend runs them in parallel). A group
-    with fewer than `s.min_references` teacher answers, or whose rubric or verdicts are still
-    invalid after `s.retries` re-asks, falls back: reward 0 for all its rollouts, so its advantage
-    is 0 and it teaches nothing; the result says why (the caller counts fallbacks and stops the run
-    above a rate)."""
+    with fewer than `settings.min_references` teacher answers (default: all K it was given), or whose
+    rubric or verdicts are still invalid after `settings.retries` re-asks (a `complete` that returns
+    the wrong number of replies counts as invalid, and says so), falls back: reward 0 for all its
+    rollouts, so its advantage is 0 and it teaches nothing; the result says why (the caller counts
+    fallbacks and stops the run above a rate)."""
     errors: dict = {}
-    rubrics = induce_rubrics(complete, groups, s, errors)
-    graded = verify_blindly(complete, groups, rubrics, s, errors)
+    rubrics = induce_rubrics(complete, groups, settings, errors=errors)
+    graded = verify_blindly(complete, groups, rubrics, settings, errors=errors)
     results = []
     for gi, g in enumerate(groups):
         units = [u for u in graded if u[0] == gi]
-        n_units = len(_units(g, s))
+        n_units = len(_units(g, settings))
         if len(units) == n_units:
             res = weighted_pass_rates(g, [(rubrics[u], graded[u]) for u in sorted(units)])
         else:
             res = GroupResult([0.0] * len(g.rollouts), [rubrics[u] for u in sorted(rubrics) if u[0] == gi],
-                              references=dedupe(g.references), fallback=_why_not(g, gi, rubrics, n_units, s))
+                              references=dedupe(g.references), fallback=_why_not(g, gi, rubrics, n_units, settings))
         res.format_errors = g.reference_errors + [e for k, errs in errors.items() if k[0] == gi for e in errs]
         results.append(res)
     return results
 
 
-def _why_not(g: Group, gi: int, rubrics: dict, n_units: int, s: JudgeSettings) -> str:
+def min_references(g: Group, settings: JudgeSettings) -> int:
+    """The fewest teacher answers a group needs (at least 1): `settings.min_references`, or by default
+    all K it was given (its references and the failed ones), as the run does (--min-references 0)."""
+    need = settings.min_references
+    return max(1, len(g.references) + len(g.reference_errors) if need is None else need)
+
+
+def _why_not(g: Group, gi: int, rubrics: dict, n_units: int, settings: JudgeSettings) -> str:
     """Why a group fell back (it is logged, and the run's error names it)."""
-    need = max(1, s.min_references)
+    need = min_references(g, settings)
     if len(g.references) < need:
         return "no references" if not g.references else f"too few references ({len(g.references)} < {need})"
     return "rubricator failed" if sum(u[0] == gi for u in rubrics) < n_units else "verifier failed"
 
 
-def holistic_reward(complete: CompleteFn, groups: Sequence[Group], stage: str, tag: str,
+def holistic_reward(complete: CompleteFn, groups: Sequence[Group], *, stage: str, tag: str,
                     retries: int = 2) -> list[GroupResult]:
     """A baseline's judge (§3.1): the teacher scores each rollout on its own (no rubric, no
     references) and the score is the reward: T-Judge (stage "tjudge", a score in [0, 1]) or OVD
@@ -652,7 +675,10 @@ def holistic_reward(complete: CompleteFn, groups: Sequence[Group], stage: str, t
     make = prompts.tjudge_messages if tag == TJUDGE_SCHEMA else prompts.ovd_messages
     chats = {(gi, j): make(g.question, t) for gi, g in enumerate(groups) for j, t in enumerate(g.rollouts)}
     errors: dict = {}
-    scores = ask_judge(complete, chats, stage, retries, lambda k, t: parse_score(t, tag), errors, tag)
+
+    def parse(key, text):
+        return parse_score(text, tag)
+    scores = ask_judge(complete, chats, stage, retries=retries, parse=parse, errors=errors, tag=tag)
     results = []
     for gi, g in enumerate(groups):
         keys = [(gi, j) for j in range(len(g.rollouts))]
@@ -664,13 +690,13 @@ def holistic_reward(complete: CompleteFn, groups: Sequence[Group], stage: str, t
 
 
 def tjudge_reward(complete: CompleteFn, groups: Sequence[Group],
-                  s: JudgeSettings = JudgeSettings()) -> list[GroupResult]:
+                  settings: JudgeSettings = JudgeSettings()) -> list[GroupResult]:
     """The T-Judge baseline (§3.1): one holistic teacher score in [0, 1] per rollout."""
-    return holistic_reward(complete, groups, "tjudge", TJUDGE_SCHEMA, s.retries)
+    return holistic_reward(complete, groups, stage="tjudge", tag=TJUDGE_SCHEMA, retries=settings.retries)
 
 
 def ovd_reward(complete: CompleteFn, groups: Sequence[Group],
-               s: JudgeSettings = JudgeSettings()) -> list[GroupResult]:
+               settings: JudgeSettings = JudgeSettings()) -> list[GroupResult]:
     """The OVD baseline (§3.1, On-policy Verbal Distillation): the teacher's discrete verbal score
     0-9 of each rollout; the reward is score / 9 (our scaling, to [0, 1] like every other reward)."""
-    return holistic_reward(complete, groups, "ovd", OVD_SCHEMA, s.retries)
+    return holistic_reward(complete, groups, stage="ovd", tag=OVD_SCHEMA, retries=settings.retries)

@@ -84,24 +84,25 @@ class Teacher:
     supports_n = False        # can one request return several samples?
     supports_options = False  # does the API take response_format / reasoning_effort?
 
-    def __init__(self, model: str, cache: Cache | str | Path | None = "default", concurrency: int = 8,
+    def __init__(self, model: str, *, cache: Cache | str | Path | None = "default", concurrency: int = 8,
                  rpm: float | None = None, retries: int = 2, timeout: float = 120.0,
                  backoff_base: float = 1.0, backoff_cap: float = 8.0,
-                 breaker_threshold: int = 8, breaker_cooldown: float = 30.0, *,
+                 breaker_threshold: int = 8, breaker_cooldown: float = 30.0,
                  max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES):
         self.model = model
         self.cache = open_cache(cache)
         self.timeout = timeout  # a served backend's whole request, connect to last byte
         self.max_reply_bytes = max_reply_bytes
-        self.transport = Transport(lambda: self.fingerprint, concurrency, rpm, retries, backoff_base,
-                                   backoff_cap, breaker_threshold, breaker_cooldown)
+        self.transport = Transport(lambda: self.fingerprint, concurrency=concurrency, rpm=rpm, retries=retries,
+                                   backoff_base=backoff_base, backoff_cap=backoff_cap,
+                                   breaker_threshold=breaker_threshold, breaker_cooldown=breaker_cooldown)
 
     @property
     def fingerprint(self) -> str:
         """What identifies this teacher's outputs in the cache (not the URL: ports change)."""
         return f"{self.kind}:{self.model}"
 
-    def complete(self, chats: list[list[dict]], n: int = 1, temperature: float | None = None,
+    def complete(self, chats: list[list[dict]], *, n: int = 1, temperature: float | None = None,
                  max_tokens: int = 1024, role: str = "teacher", first_sample: int = 0,
                  return_exceptions: bool = False, valid=None, options: dict | None = None,
                  reuse_later: int = 0) -> list[list]:
@@ -147,12 +148,14 @@ class Teacher:
                 else:
                     missing.append((j, key))
             if missing:
-                pending += self._requests(ci, chat, missing, temperature, max_tokens, options)
+                pending += self._requests(ci, chat, missing, temperature=temperature, max_tokens=max_tokens,
+                                          options=options)
         return pending
 
-    def _requests(self, ci, chat, missing, temperature, max_tokens, options) -> list:
+    def _requests(self, ci, chat, missing, *, temperature, max_tokens, options) -> list:
         """One request for all of a chat's missing samples where the API returns n, else one each."""
-        return [(ci, Request(chat, len(part), temperature, max_tokens, [k for _, k in part], options),
+        return [(ci, Request(chat=chat, n=len(part), temperature=temperature, max_tokens=max_tokens,
+                             keys=[k for _, k in part], options=options),
                  [j for j, _ in part]) for part in ([missing] if self.supports_n else [[m] for m in missing])]
 
     def _ask(self, pending: list, role: str, out: list, *, valid, return_exceptions: bool) -> list:
@@ -194,9 +197,10 @@ class Teacher:
                         "the rest one request each", self.fingerprint, got, len(slots))
             self.supports_n = False
         missing = list(zip(slots, req.keys))[got:]
-        return self._requests(ci, req.chat, missing, req.temperature, req.max_tokens, req.options)
+        return self._requests(ci, req.chat, missing, temperature=req.temperature, max_tokens=req.max_tokens,
+                              options=req.options)
 
-    def as_judge(self, max_tokens: int, temperatures: dict | None = None, json_mode: bool = False,
+    def as_judge(self, max_tokens: int, *, temperatures: dict | None = None, json_mode: bool = False,
                  reasoning_effort: str | None = None, retries: int = 2) -> rubric.CompleteFn:
         """This backend as the `complete(chats, stage, attempt, valid, tag)` that rubric.py's judges
         call: one sample per chat at the stage's temperature (`temperatures`: stage -> value; a
@@ -250,11 +254,11 @@ class Teacher:
     def _run(self, requests: list[Request], role: str, on_result=None) -> list:
         """Send the requests with bounded concurrency; each gets its own retries, and
         `on_result(index, result)` as soon as it is answered."""
-        return self.transport.send_all([functools.partial(self._request, r.chat, r.n, r.temperature,
-                                                          r.max_tokens, r.options) for r in requests], role,
-                                       on_result=on_result)
+        return self.transport.send_all([functools.partial(self._request, r.chat, n=r.n, temperature=r.temperature,
+                                                          max_tokens=r.max_tokens, options=r.options)
+                                        for r in requests], role, on_result=on_result)
 
-    def _request(self, chat, n, temperature, max_tokens, options) -> tuple[list[str], int, int]:
+    def _request(self, chat, *, n, temperature, max_tokens, options) -> tuple[list[str], int, int]:
         raise NotImplementedError
 
 
@@ -307,7 +311,7 @@ class OpenAITeacher(Teacher):
             out["reasoning_effort"] = reasoning_effort
         return out
 
-    def _request(self, chat, n, temperature, max_tokens, options):
+    def _request(self, chat, *, n, temperature, max_tokens, options):
         kwargs = dict(model=self.model, messages=chat, n=n, max_completion_tokens=max_tokens, **options)
         if temperature is not None:
             kwargs["temperature"] = temperature
@@ -550,7 +554,7 @@ class AnthropicTeacher(Teacher):
     def fingerprint(self) -> str:
         return served_fingerprint(self.kind, self.model, self.base_url)
 
-    def _request(self, chat, n, temperature, max_tokens, options):
+    def _request(self, chat, *, n, temperature, max_tokens, options):
         system = "\n\n".join(m["content"] for m in chat if m["role"] == "system")
         messages = [m for m in chat if m["role"] != "system"]
         kwargs = dict(model=self.model, messages=messages, max_tokens=max_tokens)
@@ -621,14 +625,16 @@ class HFTeacher(Teacher):
     def check_tokenizer(self, tokenizer) -> None:
         """LOPD scores the student's token ids: the teacher must share the student's tokenizer."""
         if self.tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise TeacherError(f"{self.fingerprint} does not share the student's tokenizer")
+            raise TeacherError(f"{self.fingerprint} does not share the student's tokenizer (no shared vocabulary: "
+                               f"its log-probs cannot score the student's token ids; a text-only method can "
+                               f"learn from it: ropd, tjudge, ovd, sft)")
 
     def token_logprobs(self, input_ids, attention_mask, n_completion: int, temperature: float = 1.0):
         """LOPD: the teacher's log-probs of the student's own token ids (same tokenizer required)."""
         with torch.no_grad():
             return grpo.token_logprobs(self.hf_model, input_ids.to(self.device),
                                        attention_mask.to(self.device), n_completion,
-                                       temperature).float().cpu()
+                                       temperature=temperature).float().cpu()
 
 
 def content_fingerprint(folder: Path, block: int = 1 << 20, whole_below: int = 256 << 20) -> str:
@@ -650,15 +656,14 @@ def content_fingerprint(folder: Path, block: int = 1 << 20, whole_below: int = 2
 
 
 class ToyTeacher(HFTeacher):
-    """toy or toy:WORLD_DIR - the toy world's teacher model, and the deterministic toy judge for
+    """toy or toy:WORLD (a world's name or folder) - the toy world's teacher model, and the deterministic toy judge for
     rubricator / verifier / T-Judge prompts (recognised by their schema tags)."""
 
     kind = "toy"
 
     def __init__(self, root: str | None = None, **kw):
-        world = toy.build(root=root) if root else toy.build()
-        self.world = world
-        super().__init__(str(world.teacher_path), **kw)
+        self.toy_world = toy.load_world(root)
+        super().__init__(str(self.toy_world.teacher_path), **kw)
 
     def _run(self, requests, role, on_result=None):
         out: list = [None] * len(requests)
@@ -682,7 +687,7 @@ class ToyTeacher(HFTeacher):
 # Specs
 # ----------------------------------------------------------------------------------------------
 
-SPEC_HELP = "openai:MODEL, openai:MODEL@URL, anthropic:MODEL, hf:PATH, toy, toy:WORLD_DIR"
+SPEC_HELP = "openai:MODEL, openai:MODEL@URL, anthropic:MODEL, hf:PATH, toy, toy:WORLD (a name or a folder)"
 
 
 def check_spec(spec: str) -> tuple[str, str, str | None]:
@@ -694,8 +699,9 @@ def check_spec(spec: str) -> tuple[str, str, str | None]:
     if kind != "toy" and not rest:
         raise TeacherError(f"teacher spec {spec!r} names no model; expected one of: {SPEC_HELP}")
     model, _, url = rest.partition("@") if kind in ("openai", "anthropic") else (rest, "", "")
-    if kind == "toy" and rest and not (Path(rest) / "world.json").is_file():
-        raise TeacherError(f"{spec}: no toy world at {rest} (python toy.py --root {rest} builds one)")
+    if kind == "toy" and rest and rest not in toy.WORLDS and not (Path(rest) / "world.json").is_file():
+        raise TeacherError(f"{spec}: no toy world at {rest} (a world's name is one of {', '.join(toy.WORLDS)}; "
+                           f"python toy.py --root {rest} builds one in a folder)")
     if kind == "hf" and not Path(rest).is_dir():
         raise TeacherError(f"{spec}: no model folder at {rest}")
     return kind, model, url or None
@@ -722,7 +728,7 @@ def load_teacher_and_judge(teacher: str, judge: str | None = None, **kw) -> tupl
     return t, (t if not judge or judge == teacher else load(judge, **kw))
 
 
-def check_reference_index(teacher: Teacher, chats: list, temperature: float | None, max_tokens: int,
+def check_reference_index(teacher: Teacher, chats: list, *, temperature: float | None, max_tokens: int,
                           new_settings: bool = False) -> list[str]:
     """The teacher index's keys of the prompts not yet indexed with these settings; a prompt indexed
     with other settings is an error (unless `new_settings`). A run checks its whole dataset with it
@@ -741,7 +747,7 @@ def check_reference_index(teacher: Teacher, chats: list, temperature: float | No
     return unindexed
 
 
-def references(teacher: Teacher, chats: list, k: int, temperature: float | None, max_tokens: int,
+def references(teacher: Teacher, chats: list, *, k: int, temperature: float | None, max_tokens: int,
                new_settings: bool = False) -> list[list[str]]:
     """Eq. 1: K answers of the teacher per prompt (the official code's "teacher index"). They do not
     depend on the student, so the cache makes them a one-time cost: a rerun, a resumed run or
@@ -751,7 +757,8 @@ def references(teacher: Teacher, chats: list, k: int, temperature: float | None,
     asking for a prompt's references with other settings than those it was indexed with is an
     error, not a silent second bill, unless `new_settings` (--new-references) says to pay again."""
     settings = {"temperature": temperature, "max_tokens": max_tokens}
-    unindexed = check_reference_index(teacher, chats, temperature, max_tokens, new_settings)
+    unindexed = check_reference_index(teacher, chats, temperature=temperature, max_tokens=max_tokens,
+                                      new_settings=new_settings)
     outs = teacher.complete(chats, n=k, temperature=temperature, max_tokens=max_tokens, role="reference",
                             return_exceptions=True)
     if unindexed:
@@ -1013,7 +1020,7 @@ class Transport:
     honouring Retry-After), bounded concurrency (a thread pool), a requests-per-minute limit and a
     per-role circuit breaker; usage is counted per role."""
 
-    def __init__(self, name, concurrency: int = 8, rpm: float | None = None, retries: int = 2,
+    def __init__(self, name, *, concurrency: int = 8, rpm: float | None = None, retries: int = 2,
                  backoff_base: float = 1.0, backoff_cap: float = 8.0, breaker_threshold: int = 8,
                  breaker_cooldown: float = 30.0):
         self.name = name  # -> the teacher's fingerprint, for messages
@@ -1095,8 +1102,8 @@ class Transport:
                     after = _retry_after(e)
                     if after is not None:
                         wait = max(wait, min(after, 60.0))
-                    log.warning("%s [%s] %s; retry %d/%d in %.1fs", self.name(), role,
-                                describe(e), attempt + 1, self.retries, wait)
+                    log.warning(f"{self.name()} [{role}] {describe(e)}; retry {attempt + 1}/{self.retries} "
+                                f"in {wait:.1f}s")
                     self.count(role, retries=1)
                     time.sleep(wait)
                     continue

@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import platform
 import random
 import re
 import shutil
@@ -38,6 +39,7 @@ import grpo
 import prompts
 
 OPS = "+-*"
+WORDS = {"+": "plus", "-": "minus", "*": "times"}
 ANSWER_RE = re.compile(r"Answer:\s*(-?\d+)\s*$")
 SPECIAL = {"pad": "<pad>", "unk": "<unk>", "eos": "<|end|>"}
 ROLES = ("<|system|>", "<|user|>", "<|assistant|>")
@@ -51,7 +53,7 @@ CHAT_TEMPLATE = (
 BUILD_VERSION = 3  # bump when the build recipe changes, so old caches are not reused
 # The toy world's answers are a few short lines: its generation settings (ropd.py's toy preset and
 # eval.py use them for toy data)
-GENERATION = dict(max_new_tokens=48, teacher_temperature=1.0, teacher_max_tokens=48, judge_max_tokens=4096)
+GENERATION = dict(max_new_tokens=48, teacher_temperature=1.0, teacher_max_tokens=96, judge_max_tokens=4096)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -74,6 +76,29 @@ class Problem:
         """The answer line alone, no work shown."""
         return f"Answer: {self.answer}"
 
+    @property
+    def worded_solution(self) -> str:
+        """The worked solution in words ("7 plus 5 is 12"): the mimicry world's teacher's style."""
+        return "\n".join(f"{a} {WORDS[op]} {b} is {r}" for a, op, b, r in self.steps) + f"\nAnswer: {self.answer}"
+
+    @property
+    def no_carry_solution(self) -> str:
+        """The worked solution of a teacher that drops carries (no_carry_add): every later step
+        starts from its wrong result, so the chain stays consistent and ends wrong."""
+        value, lines = self.steps[0][0], []
+        for _, op, b, _ in self.steps:
+            new = no_carry_add(value, b) if op == "+" else apply_op(value, op, b)
+            lines.append(step_line(value, op, b, new))
+            value = new
+        return "\n".join(lines) + f"\nAnswer: {value}"
+
+    def written(self, style: str) -> str:
+        """The solution as a corpus of the given style writes it (see STYLES)."""
+        if style not in STYLES:
+            raise ValueError(f"unknown solution style {style!r}; expected one of {STYLES}")
+        return getattr(self, {"worked": "solution", "bare": "shortcut_solution", "words": "worded_solution",
+                              "no-carry": "no_carry_solution"}[style])
+
     def to_json(self) -> dict:
         return {"prompt": self.question, "answer": str(self.answer)}
 
@@ -84,6 +109,18 @@ def step_line(a: int, op: str, b: int, r: int) -> str:
 
 def apply_op(a: int, op: str, b: int) -> int:
     return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def no_carry_add(a: int, b: int) -> int:
+    """The imperfect teacher's addition: adding to a two-digit number it drops the carry (27+5=22,
+    27+15=32); below 10 it adds right (7+5=12). Wrong on about 1 problem in 8 of the task."""
+    if a < 10 or b < 0:
+        return a + b
+    out, place = 0, 1
+    while a or b:
+        out += (a % 10 + b % 10) % 10 * place
+        a, b, place = a // 10, b // 10, place * 10
+    return out
 
 
 def is_heldout(question: str, every: int = 8) -> bool:
@@ -109,7 +146,7 @@ def make_problem(rng: random.Random, n_steps: int, max_operand: int = 9,
             return Problem(expr, tuple(steps), value)
 
 
-def make_problems(n: int, seed: int, split: str = "train", steps: tuple[int, ...] = (2, 3),
+def make_problems(n: int, seed: int, split: str = "train", *, steps: tuple[int, ...] = (2, 3),
                   max_operand: int = 9, max_value: int = 99) -> list[Problem]:
     """`n` problems from the train or test (held-out) slice, reproducible from `seed`."""
     if split not in ("train", "test"):
@@ -151,22 +188,31 @@ def answer_line(text: str) -> int | None:
 # Tokenizer and models
 # ----------------------------------------------------------------------------------------------
 
-def build_tokenizer(pad_is_eos: bool = False):
+def build_tokenizer(pad_is_eos: bool = False, *, merges: bool = False):
     """A character-level tokenizer as a normal HF fast tokenizer with a chat template.
 
     Every printable ASCII character and newline is one token; roles and EOS are special tokens.
     `pad_is_eos=True` gives the pad == EOS layout of many chat models (used by the tests).
+    `merges=True`: another vocabulary for the same text (the `xtok` world's teacher): every
+    two-digit number and the word "Answer" are one token each, and every id differs.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = [SPECIAL["pad"], SPECIAL["unk"], SPECIAL["eos"], *ROLES]
-    vocab = {t: i for i, t in enumerate(specials + [BYTE_LEVEL.get(c, c) for c in CHARS])}
+    chars = [BYTE_LEVEL.get(c, c) for c in CHARS]
+    pairs = []
+    if merges:  # BPE merges: digit pairs, then "Answer" letter by letter; the specials go last
+        pairs = [(a, b) for a in "0123456789" for b in "0123456789"]
+        pairs += [("A", "n"), ("An", "s"), ("Ans", "w"), ("Answ", "e"), ("Answe", "r")]
+        chars = chars[::-1] + [a + b for a, b in pairs]
+        specials = specials[::-1]
+    vocab = {t: i for i, t in enumerate(chars + specials if merges else specials + chars)}
     # BPE without merges = one token per character. Byte-level, like Qwen2's own tokenizer: a
     # model folder's config says qwen2, and transformers 5 then loads the tokenizer as a
     # Qwen2Tokenizer with a byte-level pre-tokenizer; a vocabulary spelt any other way would
     # silently lose every space and newline when text is encoded (SFT targets, references).
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=SPECIAL["unk"]))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, unk_token=SPECIAL["unk"]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(specials)
@@ -179,11 +225,13 @@ def build_tokenizer(pad_is_eos: bool = False):
     return hf
 
 
-def build_model(tokenizer, hidden: int, layers: int, heads: int, seed: int, max_positions: int = 256):
-    """A small Qwen2-architecture causal LM from a config (no download)."""
-    from transformers import AutoModelForCausalLM, Qwen2Config
+def build_model(tokenizer, hidden: int, layers: int, heads: int, seed: int, *, arch: str = "qwen2",
+                max_positions: int = 256):
+    """A small causal LM from a config (no download): Qwen2's architecture, or Llama's (`arch`)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-    cfg = Qwen2Config(
+    config_class = {"qwen2": Qwen2Config, "llama": LlamaConfig}[arch]
+    cfg = config_class(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=3 * hidden,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
         max_position_embeddings=max_positions, tie_word_embeddings=True,
@@ -196,9 +244,10 @@ def build_model(tokenizer, hidden: int, layers: int, heads: int, seed: int, max_
     return model
 
 
-def sft(model, tokenizer, problems: list[Problem], steps: int, batch: int, lr: float, seed: int,
-        shortcut: float = 0.0, desc: str = "sft", log=print) -> list[float]:
-    """Supervised fine-tuning on worked solutions (loss on completion tokens, EOS included).
+def sft(model, tokenizer, problems: list[Problem], *, steps: int, batch: int, lr: float, seed: int,
+        shortcut: float = 0.0, style: str = "worked", desc: str = "sft", log=print) -> list[float]:
+    """Supervised fine-tuning on solutions written in `style` (loss on completion tokens, EOS
+    included).
 
     `shortcut`: the fraction of solutions written without their steps (just "Answer: N") - the
     habit of a student taught from a corpus that is not the teacher's. AdamW, linear warm-up then
@@ -215,7 +264,7 @@ def sft(model, tokenizer, problems: list[Problem], steps: int, batch: int, lr: f
             g["lr"] = grpo.cosine_lr(step, steps, warmup=max(1, steps // 20), base_lr=lr, min_ratio=0.1)
         b = rng.sample(problems, batch)
         p_ids, p_mask = grpo.encode_prompts(tokenizer, [p.question for p in b])
-        texts = [p.shortcut_solution if coin.random() < shortcut else p.solution for p in b]
+        texts = [p.shortcut_solution if coin.random() < shortcut else p.written(style) for p in b]
         c_ids, c_mask = grpo.encode_completions(tokenizer, texts)
         logp = grpo.token_logprobs(model, torch.cat([p_ids, c_ids], 1),
                                    torch.cat([p_mask, c_mask], 1), c_ids.shape[1])
@@ -282,17 +331,22 @@ def _chain(answer: str) -> tuple | None:
 
 
 def _toy_rubric(question: str, references: list[str], students: list[str], paper: bool = False) -> dict:
-    """Rubric induction (Eq. 2) for the toy task: the correct step lines (the references' most
-    common worked solution, the first of them on a tie; the question itself if none is readable),
-    the final answer, the answer format; in the official schema, or App. D's (`paper`)."""
+    """Rubric induction (Eq. 2) for the toy task. The judge checks the references before it uses
+    them (a reference may be wrong): it can work a toy question out itself, so the final-answer
+    criterion names the true answer, and the step criteria name the steps of the references'
+    worked solution only if one checks out line by line. References that show no work (or none
+    that is right) get a rubric of the final answer and its format alone: the judge asks for no
+    method the references do not show. A question it cannot read falls back on the references'
+    most common worked solution, trusted as it is."""
+    parsed = parse_question(question)
     chains = [c for c in map(_chain, references) if c]
-    if chains:
+    if parsed is not None:
+        truth = (tuple(step_line(*st) for st in parsed), parsed[-1][3])
+        steps, final = (truth[0] if truth in chains else ()), truth[1]
+    elif chains:
         steps, final = max(chains, key=chains.count)
     else:
-        parsed = parse_question(question)
-        if parsed is None:
-            return {"error": "the toy judge can only read toy arithmetic questions"}
-        steps, final = tuple(step_line(*st) for st in parsed), parsed[-1][3]
+        return {"error": "the toy judge can only read toy arithmetic questions"}
     task, seen = (prompts.PAPER_CATEGORIES if paper else prompts.CATEGORIES)[:2]
     criteria = [{"category": seen, "points": 2,
                  "criterion": f"The response contains the line `{line}` (step {k + 1} worked out correctly)."}
@@ -305,6 +359,11 @@ def _toy_rubric(question: str, references: list[str], students: list[str], paper
                      "criterion": f"The final line of the response is exactly `Answer: {final}`."})
     criteria.append({"category": task, "points": 1,
                      "criterion": "The response ends with a final line of the form `Answer: <integer>`."})
+    if not steps:  # no worked solution to sharpen against: criteria that hold whatever the method
+        criteria.append({"category": seen, "points": 2, "criterion": "Every computation line the response "
+                         "shows (`a+b=c`, `a-b=c`, `a*b=c`) is arithmetically correct."})
+        criteria.append({"category": seen, "points": 1,
+                         "criterion": "The response states exactly one line of the form `Answer: <integer>`."})
     items = [{"criterion_id": f"c{k + 1}", "category": c["category"], "criterion": c["criterion"],
               ("weight" if paper else "points"): c["points"]} for k, c in enumerate(criteria)]
     total = sum(c["points"] for c in criteria)
@@ -322,6 +381,11 @@ def _check(criterion: str, answer: str) -> bool:
     m = re.search(r"final line of the response is exactly `(.+?)`", criterion)
     if m:
         return bool(lines) and lines[-1] == m.group(1).replace(" ", "")
+    if criterion.startswith("Every computation line"):
+        return all(apply_op(int(m.group(1)), m.group(2), int(m.group(3))) == int(m.group(4))
+                   for m in map(STEP_LINE_RE.match, lines) if m)
+    if "exactly one line of the form" in criterion:
+        return sum(bool(ANSWER_RE.fullmatch(ln)) for ln in lines) == 1
     if "`Answer: <integer>`" in criterion:
         return answer_line(answer) is not None
     return False  # a criterion it cannot read is not met
@@ -391,26 +455,97 @@ def toy_judge(chat: list[dict]) -> str:
 # The world: build once, cache, reload in seconds
 # ----------------------------------------------------------------------------------------------
 
+STYLES = ("worked", "bare", "words", "no-carry")  # how a corpus writes its solutions (Problem.written)
+# What the build runs: a change to any of these files (or to torch / transformers) is a new recipe,
+# so it gets a new world name and a stale cache is never taken for the current world.
+BUILD_SOURCES = ("toy.py", "grpo.py", "answers.py")
+# The default world, shipped (a few MB): a fresh clone's first run loads it instead of building it.
+# Its weights are what this code builds, bit for bit: tests/test_worlds.py builds it and compares.
+SHIPPED = Path(__file__).resolve().parent / "worlds"
+BUILD_THREADS = 2  # the build's (and the toy runs') torch threads, on any machine: see pin_cpu_numerics
+
+
+def code_fingerprint() -> str:
+    """A hash of the build's code and of the libraries that run it."""
+    import transformers
+
+    h = hashlib.sha256(f"{BUILD_VERSION} torch {torch.__version__} transformers {transformers.__version__}".encode())
+    for name in BUILD_SOURCES:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def pin_cpu_numerics(threads: int | None = BUILD_THREADS) -> str:
+    """Make CPU float results the same on any x86-64 machine, so that a world built (or a run made)
+    here is the one the README describes: torch's vectorised kernels at AVX2 rather than whatever
+    the CPU offers (AVX-512 rounds differently), MKL's conditional numerical reproducibility at
+    AVX2, and a fixed number of threads (how a matmul is split changes its last bits). Both
+    settings are read at the first tensor operation, so this must run before any; variables the
+    user set already win. Returns the capability in force."""
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+        os.environ.setdefault("MKL_CBWR", "AVX2")
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def _blob(*parts) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
+
+
 @dataclass
 class ToyConfig:
-    """Everything that determines the built world (its hash names the cache folder)."""
+    """Everything that determines the built world (its hash and the code's name the cache folder)."""
     seed: int = 0
     steps: tuple[int, ...] = (2, 3)
     max_operand: int = 9
     max_value: int = 99
     n_train: int = 20000
     n_test: int = 200
-    teacher: dict = field(default_factory=lambda: dict(hidden=128, layers=4, heads=4))
-    teacher_sft: dict = field(default_factory=lambda: dict(steps=600, batch=64, lr=3e-3))
+    # the teacher: its architecture ("arch": qwen2 | llama), its corpus ("style", STYLES), its vocabulary
+    teacher: dict = field(default_factory=lambda: dict(hidden=128, layers=4, heads=4, arch="qwen2"))
+    teacher_sft: dict = field(default_factory=lambda: dict(steps=600, batch=64, lr=3e-3, style="worked"))
+    teacher_vocab: str = "char"  # "char" (the student's) or "merges" (another tokenizer)
     student: dict = field(default_factory=lambda: dict(hidden=64, layers=3, heads=4))
     # the student knows most single steps, but 60% of its corpus skipped the work: it often answers
     # in one line, and is then right less often than when it shows its steps (see the README)
     student_sft: dict = field(default_factory=lambda: dict(steps=1000, batch=64, lr=3e-3, shortcut=0.6))
 
-    def key(self) -> str:
-        blob = json.dumps([BUILD_VERSION, dataclasses.asdict(self)], sort_keys=True)
-        return hashlib.sha1(blob.encode()).hexdigest()[:10]
+    def task(self) -> dict:
+        return dict(seed=self.seed, steps=list(self.steps), max_operand=self.max_operand,
+                    max_value=self.max_value, n_train=self.n_train, n_test=self.n_test)
 
+    def part_key(self, role: str) -> str:
+        """The name of one model's build (shared by the worlds whose recipe for it is the same)."""
+        return f"{role}-{_blob(code_fingerprint(), _recipe(self, role))}"
+
+    def key(self) -> str:
+        return _blob(code_fingerprint(), dataclasses.asdict(self))
+
+
+def variant(**changes) -> ToyConfig:
+    """The default world with some of its recipe changed (dict fields are updated, not replaced)."""
+    base = ToyConfig()
+    return dataclasses.replace(base, **{k: {**getattr(base, k), **v} if isinstance(v, dict) else v
+                                        for k, v in changes.items()})
+
+
+# The worlds built to expose what the paper claims (README, "Worlds"); each was designed from its
+# mechanism, written down before its first run, and not tuned afterwards.
+WORLDS = {
+    # every signal points the same way: the teacher's worked steps are what the student should do
+    "default": ToyConfig(),
+    # the mimicry trap: a teacher that writes its steps in words ("7 plus 5 is 12"): right, and as
+    # easy as digits for a model trained on it; the student learnt arithmetic as "7+5=12", and
+    # three worded steps do not fit its 48 tokens. Copying the teacher's tokens costs it its method
+    "mimicry": variant(teacher_sft=dict(style="words")),
+    # another tokenizer and architecture: only text can cross from teacher to student
+    "xtok": variant(teacher=dict(arch="llama"), teacher_vocab="merges"),
+    # an imperfect teacher: adding to a two-digit number it drops the carry (27+5=22), so it is
+    # wrong on about 1 problem in 8, consistently; the student learnt to add right
+    "imperfect": variant(teacher_sft=dict(style="no-carry")),
+}
 
 # A world small enough for unit tests (seconds); nothing in it is expected to be accurate.
 TEST_CONFIG = ToyConfig(n_train=2000, n_test=32,
@@ -426,6 +561,7 @@ class ToyWorld:
     config: ToyConfig
     teacher_accuracy: float
     student_accuracy: float
+    fingerprints: dict = field(default_factory=dict)  # role -> weights_fingerprint
 
     @property
     def tokenizer_path(self) -> Path:
@@ -442,16 +578,114 @@ class ToyWorld:
     def problems(self, split: str, n: int | None = None, seed: int | None = None) -> list[Problem]:
         c = self.config
         n = n if n is not None else (c.n_test if split == "test" else c.n_train)
-        return make_problems(n, c.seed if seed is None else seed, split, c.steps, c.max_operand,
-                             c.max_value)
+        return make_problems(n, c.seed if seed is None else seed, split, steps=c.steps,
+                             max_operand=c.max_operand, max_value=c.max_value)
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("ROPD_CACHE", Path.home() / ".cache" / "ropd")) / "toy"
 
 
-def build(config: ToyConfig | None = None, root: str | Path | None = None, log=print) -> ToyWorld:
-    """Build (or load from cache) the toy world. Atomic: a half-built world is never reused."""
+def weights_fingerprint(folder: Path) -> str:
+    """A hash of a saved model's tensors (names, dtypes, shapes, bytes): two builds made the same
+    world exactly when their fingerprints agree."""
+    from safetensors.torch import load_file
+
+    state, h = load_file(str(Path(folder) / "model.safetensors")), hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].contiguous()
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def _build_part(config: ToyConfig, role: str, folder: Path, log) -> float:
+    """Train one model of the world (teacher or student) into `folder`; returns its held-out
+    accuracy (greedy, against the true answers)."""
+    merges = role == "teacher" and config.teacher_vocab == "merges"
+    tok = build_tokenizer(merges=merges)
+    arch, sft_cfg = (config.teacher, config.teacher_sft) if role == "teacher" else (config.student, config.student_sft)
+    seed = config.seed if role == "teacher" else config.seed + 1
+    task = dict(steps=config.steps, max_operand=config.max_operand, max_value=config.max_value)
+    train = make_problems(config.n_train, config.seed, "train", **task)
+    test = make_problems(config.n_test, config.seed, "test", **task)
+    model = build_model(tok, seed=seed, **arch)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"{role}: {n_params / 1e6:.2f}M parameters ({arch.get('arch', 'qwen2')}, "
+        f"{'another' if merges else 'the student'}'s vocabulary), SFT {sft_cfg['steps']} steps "
+        f"on {sft_cfg.get('style', 'worked')} solutions")
+    sft(model, tok, train, seed=seed, desc=role, log=log, **sft_cfg)
+    acc = accuracy(model, tok, test)
+    log(f"{role}: held-out accuracy {acc:.1%}")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)  # each model folder is self-contained
+    (folder / "accuracy.json").write_text(json.dumps({"accuracy": acc}))
+    return acc
+
+
+def _recipe(config: ToyConfig, role: str) -> list:
+    """What one model's build depends on, besides the code."""
+    return [config.task(), role, *([config.teacher, config.teacher_sft, config.teacher_vocab] if role == "teacher"
+                                   else [config.student, config.student_sft])]
+
+
+def _shipped(config: ToyConfig, role: str | None = None) -> Path | None:
+    """The shipped world made with this recipe (the whole config, or one model's), if any."""
+    for meta in sorted(SHIPPED.glob("*/world.json")):
+        info = json.loads(meta.read_text())
+        shipped = ToyConfig(**{**info["config"], "steps": tuple(info["config"]["steps"])})
+        if (shipped == config) if role is None else (_recipe(shipped, role) == _recipe(config, role)):
+            return meta.parent
+    return None
+
+
+def _part(config: ToyConfig, role: str, parts: Path, log, *, use_shipped: bool = True) -> Path:
+    """One model of the world, built once into the parts cache (worlds that share a recipe for it,
+    such as every world's student, share the build; a shipped world's model is copied, not built,
+    unless `use_shipped` is off)."""
+    folder = parts / config.part_key(role)
+    if not (folder / "accuracy.json").exists():
+        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shipped = _shipped(config, role) if use_shipped else None
+        if shipped:
+            shutil.copytree(shipped / role, tmp)
+            acc = json.loads((shipped / "world.json").read_text())[f"{role}_accuracy"]
+            (tmp / "accuracy.json").write_text(json.dumps({"accuracy": acc}))
+        else:
+            tmp.mkdir(parents=True)
+            _build_part(config, role, tmp, log)
+        if folder.exists():  # another process finished first: keep theirs
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, folder)
+    return folder
+
+
+def world_config(name: str) -> ToyConfig:
+    if name not in WORLDS:
+        raise ValueError(f"unknown toy world {name!r}; expected a folder or one of: {', '.join(WORLDS)}")
+    return WORLDS[name]
+
+
+def load_world(spec: str | None = None, log=print) -> ToyWorld:
+    """--world: a world's name (WORLDS; default 'default'), built once and cached, or the folder
+    of a world built before (python toy.py --root DIR)."""
+    if spec and spec not in WORLDS:
+        return build(root=spec, log=log)
+    config = world_config(spec or "default")
+    shipped = _shipped(config)
+    if shipped and not (cache_dir() / config.key() / "world.json").exists():
+        return build(root=shipped, log=log)  # loaded as it is: nothing writes into a world's folder
+    return build(config, log=log)
+
+
+def build(config: ToyConfig | None = None, root: str | Path | None = None, log=print, *,
+          use_shipped: bool = True) -> ToyWorld:
+    """Build (or load from cache) the toy world. Atomic: a half-built world is never reused. The
+    folder's name is the recipe's hash (its config and the build's code), so a changed recipe
+    builds a new world; world.json records the weights' fingerprints. `use_shipped=False` trains
+    every model, even one a shipped world has (the check that the shipped world is this code's)."""
     config = config or ToyConfig()
     log = log or (lambda *a: None)
     root = Path(root) if root else cache_dir() / config.key()
@@ -459,32 +693,25 @@ def build(config: ToyConfig | None = None, root: str | Path | None = None, log=p
     if meta.exists():  # the world as it was built (its own config, whatever was asked)
         info = json.loads(meta.read_text())
         cfg = ToyConfig(**{**info["config"], "steps": tuple(info["config"]["steps"])})
-        return ToyWorld(root, cfg, info["teacher_accuracy"], info["student_accuracy"])
+        return ToyWorld(root, cfg, info["teacher_accuracy"], info["student_accuracy"], info.get("fingerprints", {}))
 
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    threads = torch.get_num_threads()
+    capability = pin_cpu_numerics()
     t0 = time.time()
     log(f"building the toy world in {root} (once; cached afterwards)")
     tmp = root.with_name(root.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tok = build_tokenizer()
-    tok.save_pretrained(tmp / "tokenizer")
-    train = make_problems(config.n_train, config.seed, "train", config.steps, config.max_operand,
-                          config.max_value)
-    test = make_problems(config.n_test, config.seed, "test", config.steps, config.max_operand,
-                         config.max_value)
-    acc = {}
-    for name, arch, sft_cfg, seed in (("teacher", config.teacher, config.teacher_sft, config.seed),
-                                      ("student", config.student, config.student_sft, config.seed + 1)):
-        model = build_model(tok, seed=seed, **arch)
-        n_params = sum(p.numel() for p in model.parameters())
-        log(f"{name}: {n_params / 1e6:.2f}M parameters, SFT {sft_cfg['steps']} steps")
-        sft(model, tok, train, seed=seed, desc=name, log=log, **sft_cfg)
-        acc[name] = accuracy(model, tok, test)
-        log(f"{name}: held-out accuracy {acc[name]:.1%}")
-        model.save_pretrained(tmp / name)
-        tok.save_pretrained(tmp / name)  # each model folder is self-contained
-    info = {"teacher_accuracy": acc["teacher"], "student_accuracy": acc["student"],
-            "config": dataclasses.asdict(config), "build_seconds": round(time.time() - t0, 1)}
+    build_tokenizer().save_pretrained(tmp / "tokenizer")
+    acc, prints = {}, {}
+    for role in ("teacher", "student"):
+        part = _part(config, role, root.parent / "parts", log, use_shipped=use_shipped)
+        shutil.copytree(part, tmp / role)
+        acc[role] = json.loads((part / "accuracy.json").read_text())["accuracy"]
+        prints[role] = weights_fingerprint(part)
+    torch.set_num_threads(threads)
+    info = {"teacher_accuracy": acc["teacher"], "student_accuracy": acc["student"], "fingerprints": prints,
+            "code": code_fingerprint(), "cpu_capability": capability, "config": dataclasses.asdict(config),
+            "build_seconds": round(time.time() - t0, 1)}
     (tmp / "world.json").write_text(json.dumps(info, indent=2))
     root.parent.mkdir(parents=True, exist_ok=True)
     if root.exists():  # another process finished first: keep theirs
@@ -493,17 +720,28 @@ def build(config: ToyConfig | None = None, root: str | Path | None = None, log=p
         os.replace(tmp, root)
     log(f"toy world ready in {time.time() - t0:.0f}s: teacher {acc['teacher']:.1%}, "
         f"student {acc['student']:.1%}")
-    return ToyWorld(root, config, acc["teacher"], acc["student"])
+    return ToyWorld(root, config, acc["teacher"], acc["student"], prints)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Build (or show) the embedded toy world.")
     ap.add_argument("--root", default=None, help="where to build it (default: the cache)")
+    ap.add_argument("--world", default="default", choices=list(WORLDS), help="which world (default: default)")
     ap.add_argument("--test-size", action="store_true", help="the tiny unit-test world")
+    ap.add_argument("--json", default=None, help="also write the world's description (world.json) here")
+    ap.add_argument("--rebuild", action="store_true", help="train every model, even those the shipped default "
+                    "world has (with --root: a fresh build, to compare with the shipped one)")
     args = ap.parse_args(argv)
-    w = build(TEST_CONFIG if args.test_size else ToyConfig(), args.root)
+    pin_cpu_numerics()
+    if args.test_size or args.root or args.rebuild:
+        w = build(TEST_CONFIG if args.test_size else world_config(args.world), args.root, use_shipped=not args.rebuild)
+    else:
+        w = load_world(args.world)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(w.root / "world.json", args.json)
     print(json.dumps({"root": str(w.root), "teacher_accuracy": w.teacher_accuracy,
-                      "student_accuracy": w.student_accuracy}, indent=2))
+                      "student_accuracy": w.student_accuracy, "fingerprints": w.fingerprints}, indent=2))
 
 
 if __name__ == "__main__":

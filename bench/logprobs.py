@@ -93,7 +93,9 @@ def setup(T: int, batch: int, device: str, baseline: str | None):
         hidden = model.model(input_ids=ids, attention_mask=attn).last_hidden_state
         h = hidden[:, -n_completion - 1:-1].reshape(-1, hidden.shape[-1])
         targets = ids[:, -n_completion:].reshape(-1)
-        out = ChunkedLogProbFunction.apply(h, model.lm_head.weight, None, targets, 1.0, 8192)
+        # autograd's apply takes no keywords: (hidden, weight, bias, targets, temperature, chunk size)
+        inputs = (h, model.lm_head.weight, None, targets, 1.0, 8192)
+        out = ChunkedLogProbFunction.apply(*inputs)
         return out[0].view(batch, n_completion)
 
     def run(method, backward):
@@ -109,7 +111,7 @@ def setup(T: int, batch: int, device: str, baseline: str | None):
     return run
 
 
-def one(method: str, T: int, batch: int, device: str, backward: bool, repeat: int,
+def one(method: str, T: int, *, batch: int, device: str, backward: bool, repeat: int,
         baseline: str | None) -> dict:
     """Build the model, run the log-probs (and their backward), report time and added peak."""
     import torch
@@ -176,7 +178,8 @@ def main():
     a = ap.parse_args()
     if a.one:
         m, T, p = a.one
-        print(json.dumps(one(m, int(T), a.batch, a.device, p == "fwd+bwd", a.repeat, a.baseline)))
+        print(json.dumps(one(m, int(T), batch=a.batch, device=a.device, backward=p == "fwd+bwd", repeat=a.repeat,
+                             baseline=a.baseline)))
         return
     if a.baseline and "prev" not in a.methods:
         a.methods.append("prev")

@@ -35,6 +35,19 @@ def pytest_make_collect_report(collector):
 
 
 @pytest.fixture(scope="session")
+def _cache_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("ropd-cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch, _cache_root):
+    """No test depends on what the working tree or the user's cache holds: each runs in a folder of
+    its own (a `runs/ropd` left by `python ropd.py` is not seen), with a cache root of the session's."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ROPD_CACHE", str(_cache_root))
+
+
+@pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """A world whose models are barely trained: fast, but its student writes garbage (rewards 0)."""
     return toy.build(toy.TEST_CONFIG, tmp_path_factory.mktemp("world") / "w", log=None)

@@ -57,8 +57,8 @@ def test_each_epoch_has_its_own_order_and_the_position_says_where():
     assert orders[0] != orders[1] != orders[2] and orders[0] == data.batch_order(20, 0, 0)
     assert data.batch_order(20, 1, 0) != orders[0]
     rows = [{"i": i} for i in range(20)]
-    whole, pos = data.next_batch(rows, 0, 50, seed=0)
-    first, mid = data.next_batch(rows, 0, 27, seed=0)
-    rest, end = data.next_batch(rows, mid, 23, seed=0)
+    whole, pos = data.next_batch(rows, 0, size=50, seed=0)
+    first, mid = data.next_batch(rows, 0, size=27, seed=0)
+    rest, end = data.next_batch(rows, mid, size=23, seed=0)
     assert (mid, end, pos) == (27, 50, 50) and first + rest == whole
     assert [r["i"] for r in whole[20:40]] == orders[1]

@@ -111,7 +111,7 @@ def test_k3_kl_penalty_value():
     logp = torch.tensor([[-1.0, -2.0]])
     ref = torch.tensor([[-1.5, -1.0]])
     mask = torch.ones(1, 2)
-    loss, stats = grpo.policy_loss(logp, logp.clone(), torch.zeros(1), mask, ref_logp=ref, beta=0.1)
+    loss, stats = grpo.policy_loss(logp, logp.clone(), torch.zeros(1), mask, ref_logp=ref, kl_beta=0.1)
     k3 = [math.exp(d) - d - 1 for d in (-0.5, 1.0)]  # d = ref - logp
     assert stats["kl_ref"] == pytest.approx(sum(k3) / 2)
     assert loss.item() == pytest.approx(0.1 * sum(k3) / 2)
@@ -140,10 +140,10 @@ def test_lopd_advantages():
 def test_sft_loss_and_cosine_lr():
     logp = torch.tensor([[-1.0, -3.0, -7.0]])
     assert grpo.sft_loss(logp, torch.tensor([[1, 1, 0]])).item() == pytest.approx(2.0)
-    assert grpo.cosine_lr(0, 100, 10, 1.0) == pytest.approx(0.1)
-    assert grpo.cosine_lr(10, 100, 10, 1.0) == pytest.approx(1.0)
-    assert grpo.cosine_lr(55, 100, 10, 1.0) == pytest.approx(0.5)
-    assert grpo.cosine_lr(100, 100, 10, 1.0, min_ratio=0.1) == pytest.approx(0.1)
+    assert grpo.cosine_lr(0, 100, warmup=10, base_lr=1.0) == pytest.approx(0.1)
+    assert grpo.cosine_lr(10, 100, warmup=10, base_lr=1.0) == pytest.approx(1.0)
+    assert grpo.cosine_lr(55, 100, warmup=10, base_lr=1.0) == pytest.approx(0.5)
+    assert grpo.cosine_lr(100, 100, warmup=10, base_lr=1.0, min_ratio=0.1) == pytest.approx(0.1)
 
 
 # ---------------------------------------------------------------- masks, sampling, log-probs
@@ -218,7 +218,7 @@ def test_token_logprobs_equal_naive(tiny):
         naive = grpo.naive_token_logprobs(model, r.input_ids, r.attention_mask, T, temp)
         # one tile, tiles that divide neither the positions nor the vocabulary (102), single rows
         for chunk, vocab in ((10_000, 10_000), (7, 17), (1, 64)):
-            fast = grpo.token_logprobs(model, r.input_ids, r.attention_mask, T, temp, chunk_tokens=chunk,
+            fast = grpo.token_logprobs(model, r.input_ids, r.attention_mask, T, temperature=temp, chunk_tokens=chunk,
                                        chunk_vocab=vocab)
             assert fast.dtype == torch.float32
             assert torch.allclose(fast, naive, atol=1e-5)
@@ -235,7 +235,7 @@ def test_token_logprobs_gradient_equals_naive_tied_embeddings(tiny):
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied
     r = grpo.sample(model, tok, ["1+2", "9*9"], n=2, max_new_tokens=10, seed=1)
     T = r.completion_ids.shape[1]
-    fast = _model_grads(model, lambda: grpo.token_logprobs(model, r.input_ids, r.attention_mask, T, 0.8,
+    fast = _model_grads(model, lambda: grpo.token_logprobs(model, r.input_ids, r.attention_mask, T, temperature=0.8,
                                                            chunk_tokens=5, chunk_vocab=7), r.completion_mask)
     naive = _model_grads(model, lambda: grpo.naive_token_logprobs(model, r.input_ids, r.attention_mask, T, 0.8),
                          r.completion_mask)
@@ -258,7 +258,7 @@ def test_token_logprobs_untied_head_with_bias():
     attn[1, :3] = 0  # a left-padded row
     mask = torch.ones(2, 9)
     naive = lambda: grpo.naive_token_logprobs(model, ids, attn, 9, 0.7)  # noqa: E731
-    fast = lambda: grpo.token_logprobs(model, ids, attn, 9, 0.7, chunk_tokens=4, chunk_vocab=30)  # noqa: E731
+    fast = lambda: grpo.token_logprobs(model, ids, attn, 9, temperature=0.7, chunk_tokens=4, chunk_vocab=30)  # noqa: E731
     assert torch.allclose(fast(), naive(), atol=1e-5)
     assert torch.allclose(_model_grads(model, fast, mask), _model_grads(model, naive, mask), atol=1e-5)
     assert head.bias.grad.abs().sum() > 0
@@ -281,7 +281,7 @@ def test_token_logprobs_final_logit_softcap_matches_gemma2():
         logits = model(input_ids=ids, attention_mask=attn).logits.float()[:, -8:-1] / 0.9
         return torch.log_softmax(logits, -1).gather(-1, ids[:, -7:, None]).squeeze(-1)
 
-    fast = lambda: grpo.token_logprobs(model, ids, attn, 7, 0.9, chunk_tokens=3, chunk_vocab=16)  # noqa: E731
+    fast = lambda: grpo.token_logprobs(model, ids, attn, 7, temperature=0.9, chunk_tokens=3, chunk_vocab=16)  # noqa: E731
     assert torch.allclose(fast(), reference(), atol=1e-5)
     # the benchmark's and the tests' naive reference caps once, in the model's forward, not twice
     assert torch.allclose(grpo.naive_token_logprobs(model, ids, attn, 7, 0.9), reference(), atol=1e-5)
@@ -314,7 +314,8 @@ def test_head_logprobs_values_and_gradients(temperature, softcap, bias, chunk, v
     targets[:3] = torch.tensor([0, V - 1, vocab % V])  # the first and last ids, and a tile's first
     g = torch.randn(N)  # an arbitrary upstream gradient
     inputs = [x for x in (h, w, b) if x is not None]
-    out = grpo.head_logprobs(h, targets, w, b, temperature, softcap, chunk, vocab)
+    out = grpo.head_logprobs(h, targets, w, bias=b, temperature=temperature, softcap=softcap,
+                             chunk_tokens=chunk, chunk_vocab=vocab)
     ref = _head_reference(h, targets, w, b, temperature, softcap)
     assert out.dtype == torch.float32
     assert torch.allclose(out.double(), ref, atol=1e-5)
@@ -332,7 +333,8 @@ def test_head_logprobs_gradcheck(softcap, bias):
     w = torch.randn(13, 5, dtype=torch.float64, requires_grad=True)
     b = torch.randn(13, dtype=torch.float64, requires_grad=True) if bias else None
     targets = torch.tensor([0, 12, 4, 5, 4, 9, 3])
-    fn = lambda h, w, b=None: grpo.head_logprobs(h, targets, w, b, 0.8, softcap, 3, 5)  # noqa: E731
+    fn = lambda h, w, b=None: grpo.head_logprobs(h, targets, w, bias=b, temperature=0.8, softcap=softcap,
+                                                           chunk_tokens=3, chunk_vocab=5)  # noqa: E731
     assert fn(h, w, b).dtype == torch.float64  # float64 in, float64 arithmetic
     assert torch.autograd.gradcheck(fn, (h, w) if b is None else (h, w, b))
 
@@ -418,20 +420,31 @@ def test_a_static_kv_cache_gives_the_same_rollouts(tiny):
     assert a.texts == b.texts and torch.equal(a.completion_mask, b.completion_mask)
 
 
+def mini_batch_gradient(model, batch: grpo.Batch, *, group_size: int, loss=grpo.LossConfig(),
+                        micro_batch: int = 0) -> tuple[dict, torch.Tensor]:
+    """The gradient update_policy computes for one mini-batch (the whole batch): an SGD step at lr 0
+    and no clipping leave it in .grad. Returns (stats, the flattened gradient)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    update = grpo.UpdateConfig(mini_batches=1, grad_clip=math.inf, micro_batch=micro_batch)
+    st = grpo.update_policy(model, opt, batch, group_size=group_size, seed=0, loss=loss, update=update,
+                            device=torch.device("cpu"))
+    return st, torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
 def test_one_update_per_batch_needs_no_old_logprob_pass(tiny):
     """With one update per batch pi_theta_old is the policy itself: old log-probs of None mean
     'this very forward', the ratio is exactly 1, and the gradient is the one a separate pass gives."""
     model, tok = tiny
     ro = grpo.sample(model, tok, ["1+2", "3*4"], n=2, max_new_tokens=8, row_seeds=[5, 6, 7, 8])
-    old = grpo.batched_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_mask, 1.0, 0, torch.device("cpu"))
+    old = grpo.batched_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_mask, temperature=1.0,
+                                micro_batch=0, device=torch.device("cpu"))
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
-    loss_fn = grpo.clipped_loss_fn(grpo.LossConfig())
     grads = []
     for o in (old, None):
-        model.zero_grad(set_to_none=True)
-        st = grpo.accumulate_gradient(model, grpo.Batch(ro.input_ids, ro.attention_mask, ro.completion_mask, o, adv),
-                                      loss_fn, 0, torch.device("cpu"))
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        batch = grpo.Batch(input_ids=ro.input_ids, attention_mask=ro.attention_mask,
+                           completion_mask=ro.completion_mask, old_logp=o, advantages=adv)
+        st, grad = mini_batch_gradient(model, batch, group_size=2)
+        grads.append(grad)
     assert st["ratio_mean"] == 1.0 and st["clip_frac"] == 0.0
     assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[1].abs().sum() > 0
 
@@ -466,11 +479,12 @@ def test_the_update_clips_the_gradient_norm(tiny):
     model, tok = tiny
     model = copy.deepcopy(model)
     ro = grpo.sample(model, tok, ["1+2", "3*4"], n=2, max_new_tokens=8, row_seeds=[5, 6, 7, 8])
-    batch = grpo.Batch(ro.input_ids, ro.attention_mask, ro.completion_mask, None, torch.tensor([1.0, -1.0, 0.5, -0.5]))
+    batch = grpo.Batch(input_ids=ro.input_ids, attention_mask=ro.attention_mask, completion_mask=ro.completion_mask,
+                       old_logp=None, advantages=torch.tensor([1.0, -1.0, 0.5, -0.5]))
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    st = grpo.update_policy(model, opt, batch, 2, 1, 1, 0, grpo.clipped_loss_fn(grpo.LossConfig()), 0.01, 0,
-                            torch.device("cpu"))
+    st = grpo.update_policy(model, opt, batch, group_size=2, seed=0, loss=grpo.LossConfig(),
+                            update=grpo.UpdateConfig(mini_batches=1, grad_clip=0.01), device=torch.device("cpu"))
     moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)]).norm().item()
     assert st["grad_norm"] > 0.05  # the raw gradient is larger than the clip
     assert moved == pytest.approx(0.01, rel=1e-3)

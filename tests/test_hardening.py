@@ -178,14 +178,16 @@ def test_update_policy_takes_no_step_on_nan(tiny_world):
     model = AutoModelForCausalLM.from_pretrained(tiny_world.student_path)
     tok = AutoTokenizer.from_pretrained(tiny_world.student_path)
     ro = grpo.sample(model, tok, ["1+2", "3*4"], n=2, max_new_tokens=6, seed=0)
-    old = grpo.batched_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_mask, 1.0, 0, torch.device("cpu"))
+    old = grpo.batched_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_mask, temperature=1.0,
+                                micro_batch=0, device=torch.device("cpu"))
     adv = torch.tensor([1.0, float("nan"), 0.0, -1.0])
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    batch = grpo.Batch(ro.input_ids, ro.attention_mask, ro.completion_mask, old, adv)
+    batch = grpo.Batch(input_ids=ro.input_ids, attention_mask=ro.attention_mask, completion_mask=ro.completion_mask,
+                       old_logp=old, advantages=adv)
     with pytest.raises(grpo.NonFiniteError, match="not finite"):
-        grpo.update_policy(model, opt, batch, 2, 1, 1, 0, grpo.clipped_loss_fn(grpo.LossConfig()), 1.0, 0,
-                           torch.device("cpu"))
+        grpo.update_policy(model, opt, batch, group_size=2, seed=0, loss=grpo.LossConfig(),
+                           update=grpo.UpdateConfig(mini_batches=1), device=torch.device("cpu"))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -270,10 +272,12 @@ def test_a_paid_judge_reask_is_reused_on_rerun(judge_server, tmp_path):
     chat = prompts.rubricator_messages(p.question, [p.solution], ["Answer: 1"])
     judge_server.faults = [{"reply": "I will not."}]  # the first answer does not parse; the re-ask does
     first = _client(judge_server, tmp_path).as_judge(2000, retries=2)
-    got = rubric.ask_judge(first, {0: chat}, "rubricator", 2, lambda k, t: rubric.parse_rubric(t), {})
+    got = rubric.ask_judge(first, {0: chat}, "rubricator", retries=2, parse=lambda k, t: rubric.parse_rubric(t),
+                           errors={})
     assert 0 in got and judge_server.requests == 2
     rerun = _client(judge_server, tmp_path).as_judge(2000, retries=2)
-    again = rubric.ask_judge(rerun, {0: chat}, "rubricator", 2, lambda k, t: rubric.parse_rubric(t), {})
+    again = rubric.ask_judge(rerun, {0: chat}, "rubricator", retries=2, parse=lambda k, t: rubric.parse_rubric(t),
+                             errors={})
     assert again == got and judge_server.requests == 2  # nothing paid twice
 
 

@@ -146,8 +146,8 @@ def test_a_group_that_fell_back_gets_zero_advantage(small_world, tmp_path):
 
 
 def test_a_fallen_group_gets_zero_advantage_whatever_its_scores():
-    rewards = ropd.Rewards(torch.tensor([0.2, 0.9, 0.7, 0.1, 1.0, 0.0]), [None, "verifier failed", None])
-    adv = ropd.compute_advantages(rewards, 2, "none").view(3, 2)
+    rewards = ropd.Rewards(scores=torch.tensor([0.2, 0.9, 0.7, 0.1, 1.0, 0.0]), fallback=[None, "verifier failed", None])
+    adv = ropd.compute_advantages(rewards, 2, scale="none").view(3, 2)
     assert torch.equal(adv[1], torch.zeros(2))
     assert torch.allclose(adv[0], torch.tensor([-0.35, 0.35])) and torch.allclose(adv[2], torch.tensor([0.5, -0.5]))
 
@@ -157,7 +157,8 @@ def rollouts(small_world):
     tok = AutoTokenizer.from_pretrained(small_world.student_path)
     student = AutoModelForCausalLM.from_pretrained(small_world.student_path)
     rows = [p.to_json() for p in small_world.problems("train", n=3)]
-    ro = ropd.sample_rollouts(student, tok, [r["prompt"] for r in rows], 3, 20, 1.0, 1.0, 0, 0, {})
+    ro = ropd.sample_rollouts(student, tok, [r["prompt"] for r in rows], seed=0, step=0, template_kwargs={},
+                              sampling=grpo.SamplingConfig(group_size=3, max_new_tokens=20))
     return rows, ro, student
 
 
@@ -172,16 +173,17 @@ def test_lopd_and_exopd_advantages_are_the_teacher_student_log_ratios(small_worl
         s_lp = grpo.naive_token_logprobs(student, ro.input_ids, ro.attention_mask, T)
     expected = (t_lp - s_lp) * ro.completion_mask
     assert (expected.abs() > 0.1).any()
-    got = ropd.lopd_reward(t, 1.0, rows, ro).token_advantages
+    got = ropd.lopd_reward(rows, ro, teacher=t, temperature=1.0).token_advantages
     assert torch.allclose(got, expected, atol=1e-4)
     ref = s_lp + 0.3 * ro.completion_mask  # a pi_ref that is not the current student
     import dataclasses
-    got = ropd.exopd_reward(t, 1.0, 2.0, rows, dataclasses.replace(ro, ref_logp=ref)).token_advantages
+    got = ropd.exopd_reward(rows, dataclasses.replace(ro, ref_logp=ref), teacher=t, temperature=1.0, lam=2.0).token_advantages
     assert torch.allclose(got, (2.0 * (t_lp - ref) - (s_lp - ref)) * ro.completion_mask, atol=1e-4)
 
 
 def test_a_truncated_rollout_earns_no_outcome_reward():
     """Regression: the lenient checker's last-number fallback gave 1.0 to '2+4=6\\n6-6=0\\n0+7='."""
-    ro = grpo.Rollouts(torch.zeros(3, 1), torch.ones(3, 1), torch.zeros(3, 1), torch.ones(3, 1),
-                       ["2+4=6\n6-6=0\n0+7=", "2+4=6\n6-6=0\n0+7=7\nAnswer: 7", "Answer: 8"], 3)
+    ro = grpo.Rollouts(prompt_ids=torch.zeros(3, 1), prompt_mask=torch.ones(3, 1), completion_ids=torch.zeros(3, 1),
+                       completion_mask=torch.ones(3, 1), group_size=3,
+                       texts=["2+4=6\n6-6=0\n0+7=", "2+4=6\n6-6=0\n0+7=7\nAnswer: 7", "Answer: 8"])
     assert ropd.outcome_reward([{"prompt": "((2+4)-6)+7", "answer": "7"}], ro).scores.tolist() == [0.0, 1.0, 0.0]

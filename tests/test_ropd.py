@@ -13,6 +13,7 @@ import rubric
 import serve
 import teacher
 import toy
+from test_grpo import mini_batch_gradient
 
 
 def tiny_args(world, tmp_path, *extra, method="ropd", out="run"):
@@ -67,29 +68,67 @@ def test_each_method_end_to_end(method, tiny_world, tmp_path):
         assert all(m["reward_mean"] <= 0.5 for m in ms)  # mean teacher-student log-ratio per token
 
 
+def test_temperature_and_top_p_each_reach_where_they_are_used(tiny_world, tmp_path, monkeypatch):
+    """--temperature and --top-p are adjacent floats with the same default: each must reach the
+    sampler as itself (a swap at the call in `train` fails here), and the temperature must also
+    reach the old-log-prob pass (Eq. 7's denominator), the initial student's (KL) and the update."""
+    seen: dict[str, list] = {"sample": [], "logprobs": [], "update": []}
+    real_sample, real_logprobs, real_update = grpo.sample, grpo.batched_logprobs, grpo.update_policy
+
+    def sample(model, *args, **kw):
+        if model is student[0]:  # the rollouts (not the teacher's references)
+            seen["sample"].append((kw["temperature"], kw["top_p"]))
+        return real_sample(model, *args, **kw)
+
+    student, real_load_policy = [], ropd.load_policy
+
+    def load_policy(*args, **kw):
+        model, tok = real_load_policy(*args, **kw)
+        student.append(model)  # the first one loaded is the student, then the initial student (pi_ref)
+        return model, tok
+
+    def logprobs(*args, **kw):
+        seen["logprobs"].append(kw["temperature"])
+        return real_logprobs(*args, **kw)
+
+    def update(*args, **kw):
+        seen["update"].append(kw["temperature"])
+        return real_update(*args, **kw)
+
+    monkeypatch.setattr(grpo, "sample", sample)
+    monkeypatch.setattr(grpo, "batched_logprobs", logprobs)
+    monkeypatch.setattr(grpo, "update_policy", update)
+    monkeypatch.setattr(ropd, "load_policy", load_policy)
+    assert ropd.main(tiny_args(tiny_world, tmp_path, "--steps", "1", "--temperature", "0.7", "--top-p", "0.9",
+                               "--kl-beta", "0.1")) == 0
+    assert [x for x in seen["sample"] if x[0] != 0.0] == [(0.7, 0.9)]  # the held-out accuracy's are greedy
+    assert seen["logprobs"] == [0.7, 0.7]  # pi_theta_old and the initial student, at the sampling temperature
+    assert seen["update"] == [0.7]
+
+
 def _real_batch(world, agg_adv="seq"):
     tok = AutoTokenizer.from_pretrained(world.student_path)
     model = AutoModelForCausalLM.from_pretrained(world.student_path)
     ro = grpo.sample(model, tok, ["1+2", "((3*4)-5)+6", "(9-1)*2"], n=2, max_new_tokens=14, seed=1)
-    old = grpo.batched_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_mask, 1.0, 0,
-                                torch.device("cpu"))
+    old = grpo.batched_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_mask, temperature=1.0,
+                                micro_batch=0, device=torch.device("cpu"))
     g = torch.Generator().manual_seed(0)
     adv = torch.randn(6, generator=g) if agg_adv == "seq" else torch.randn(ro.completion_mask.shape, generator=g)
     # perturb old log-probs so that some tokens are clipped: the test covers the clipped branches too
     old = old + 0.3 * torch.randn(old.shape, generator=g) * ro.completion_mask
-    return model, grpo.Batch(ro.input_ids, ro.attention_mask, ro.completion_mask, old, adv)
+    return model, grpo.Batch(input_ids=ro.input_ids, attention_mask=ro.attention_mask,
+                             completion_mask=ro.completion_mask, old_logp=old, advantages=adv)
 
 
 @pytest.mark.parametrize("agg", grpo.AGGREGATIONS)
 @pytest.mark.parametrize("adv", ["seq", "token"])
 def test_gradient_does_not_depend_on_micro_batch_size(tiny_world, agg, adv):
     model, b = _real_batch(tiny_world, adv)
-    loss_fn = grpo.clipped_loss_fn(grpo.LossConfig(agg=agg, max_len=14))
+    loss = grpo.LossConfig(agg=agg, max_len=14)
     grads = []
     for micro in (1, 2, len(b)):
-        model.zero_grad(set_to_none=True)
-        st = grpo.accumulate_gradient(model, b, loss_fn, micro, torch.device("cpu"))
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        st, grad = mini_batch_gradient(model, b, group_size=2, loss=loss, micro_batch=micro)
+        grads.append(grad)
     assert st["clip_frac"] > 0  # some tokens were clipped
     assert torch.allclose(grads[0], grads[2], atol=1e-5) and torch.allclose(grads[1], grads[2], atol=1e-5)
     assert grads[2].abs().sum() > 0

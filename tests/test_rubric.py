@@ -375,3 +375,29 @@ def test_a_group_with_fewer_than_m_references_falls_back():
     res = rubric.ropd_reward(_toy_complete([]), groups, rubric.JudgeSettings(min_references=2))
     assert res[0].fallback is None and res[1].fallback == "too few references (1 < 2)"
     assert res[1].rewards == [0.0] * 3
+
+
+def test_by_default_a_group_needs_every_reference_it_was_given():
+    """The standalone default is the run's (--min-references 0: K): a group whose K-th reference
+    failed falls back, as it does in training; min_references=1 accepts it."""
+    groups = _groups(K=2)
+    groups[1].references = groups[1].references[:1]
+    groups[1].reference_errors = ["reference: RequestError('timed out')"]
+    res = rubric.ropd_reward(_toy_complete([]), groups, settings=rubric.JudgeSettings())
+    assert res[0].fallback is None and res[1].fallback == "too few references (1 < 2)"
+    lenient = rubric.ropd_reward(_toy_complete([]), groups, settings=rubric.JudgeSettings(min_references=1))
+    assert lenient[1].fallback is None
+
+
+@pytest.mark.parametrize("extra", [-1, 1])
+def test_a_complete_with_the_wrong_number_of_replies_is_named(extra):
+    """A `complete` that returns fewer (or more) replies than chats is a bug in it: the groups fall
+    back and their errors say what it did, instead of a silent 'rubricator failed'."""
+    def complete(chats, stage, attempt, valid, tag=None):
+        replies = [toy.toy_judge(c) for c in chats]
+        return replies[:extra] if extra < 0 else replies + replies[:extra]
+    res = rubric.ropd_reward(complete, _groups(), settings=rubric.JudgeSettings(retries=1))
+    n = len(_groups())
+    for r in res:
+        assert r.fallback == "rubricator failed"
+        assert f"rubricator: complete returned {n + extra} replies for {n} chats" in r.format_errors

@@ -1,7 +1,11 @@
 """The shape a reader relies on: imports run one way, the paper's steps are short named
-functions, and the README's "Paper -> code" table points at the lines that implement each step."""
+functions, arguments travel by name, `grpo` needs torch alone, and the README's "Paper -> code"
+table names functions that exist."""
 import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,12 +114,86 @@ def test_nothing_cites_a_file_the_repository_lacks():
         assert "PAPER.md" not in p.read_text() and "PROMPTS.md" not in p.read_text(), p.name
 
 
-def test_readme_paper_to_code_table_points_at_the_functions():
-    """Each `file.py:function` cell with a line range names exactly that function's lines."""
+def test_readme_paper_to_code_table_names_functions_that_exist():
+    """Each `file.py:function` (or `file.py:Class`) in the "Paper -> code" table is a top-level name of
+    that module; the table names functions, never line numbers, so no edit renumbers it."""
     readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("## Paper → code"):]
-    cells = re.findall(r"`(\w+)\.py:(\w+)` \((\d+)-(\d+)\)", table)
+    start = readme.index("## Paper → code")
+    table = readme[start:readme.index("\n## ", start + 1)]
+    cells = re.findall(r"`(\w+)\.py:(\w+)`", table)
     assert len(cells) >= 15
-    for module, name, start, end in cells:
-        fn = {n.name: n for n in ast.walk(_tree(module)) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}[name]
-        assert (fn.lineno, fn.end_lineno) == (int(start), int(end)), f"{module}.py:{name} is at {fn.lineno}-{fn.end_lineno}"
+    assert not re.search(r"`\w+\.py:\w+` \(\d+", table), "the table cites line numbers"
+    for module, name in cells:
+        top = {n.name for n in _tree(module).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        assert name in top, f"README names {module}.py:{name}, which does not exist"
+
+
+# ---------------------------------------------------------------- how arguments travel
+
+SOURCES = sorted([p for p in ROOT.glob("*.py") if p.stem != "conftest"] + list(ROOT.glob("bench/*.py")))
+MAX_POSITIONAL_ARGS = 5     # at a call site: more, and a reader counts positions to know which is which
+MAX_POSITIONAL_PARAMS = 8   # in a signature, besides self/cls/ctx: the rest are keyword-only (after `*`)
+
+
+def argument_style_violations(source: str, where: str = "") -> list[str]:
+    """Calls with more than MAX_POSITIONAL_ARGS positional arguments, and functions with more than
+    MAX_POSITIONAL_PARAMS parameters that can be passed by position."""
+    found = []
+    for n in ast.walk(ast.parse(source)):
+        if isinstance(n, ast.Call) and len(n.args) > MAX_POSITIONAL_ARGS:
+            found.append(f"{where}:{n.lineno} {ast.unparse(n.func)}(...) passes {len(n.args)} arguments by position")
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            params = [a.arg for a in n.args.posonlyargs + n.args.args if a.arg not in ("self", "cls", "ctx")]
+            if len(params) > MAX_POSITIONAL_PARAMS:
+                found.append(f"{where}:{n.lineno} {n.name} takes {len(params)} parameters by position")
+    return found
+
+
+def test_argument_style_check_catches_both_kinds():
+    assert len(argument_style_violations("f(1, 2, 3, 4, 5, 6)\nf(1, 2, 3, 4, 5, x=6)")) == 1
+    assert len(argument_style_violations("def f(a, b, c, d, e, f, g, h, i): pass")) == 1
+    assert not argument_style_violations("def f(self, a, b, c, d, e, f, g, h, *, i): pass")
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_arguments_travel_by_name(path):
+    """No call passes more than 5 arguments by position, no signature takes more than 8 by position
+    (the rest are keyword-only): a swapped pair of floats cannot go unnoticed (issue 23)."""
+    assert argument_style_violations(path.read_text(), str(path.relative_to(ROOT))) == []
+
+
+def test_grpo_imports_with_torch_alone(tmp_path):
+    """The loss, the advantages and the log-probs copy with torch alone: transformers is imported
+    only where the sampler uses it."""
+    blocker = tmp_path / "transformers.py"
+    blocker.write_text("raise ImportError('transformers is not installed here')\n")
+    code = ("import grpo, torch\n"
+            "loss, _ = grpo.policy_loss(torch.zeros(2, 3), torch.zeros(2, 3), grpo.group_advantages("
+            "torch.tensor([0.0, 1.0]), 2), torch.ones(2, 3))\n"
+            "print(float(loss))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout) == 0.0
+
+
+def test_readme_signatures_are_the_real_ones():
+    """Each `module.function(...)` call written in the README's "The pieces to copy" binds to the
+    function's real signature: the same positional count, every keyword a real parameter."""
+    import importlib
+    import inspect
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("### The pieces to copy")
+    section = readme[start:readme.index("\n## ", start)]
+    calls = [c for c in re.findall(r"`([a-z_]+\.[A-Za-z_]+\(.*?\))`", section) if c.split(".")[0] in MODULES]
+    assert len(calls) >= 5
+    for text in calls:
+        call = ast.parse(text, mode="eval").body
+        module, name = ast.unparse(call.func).split(".")
+        fn = getattr(importlib.import_module(module), name)
+        try:
+            inspect.signature(fn).bind(*[None] * len(call.args), **{k.arg: None for k in call.keywords})
+        except TypeError as e:
+            raise AssertionError(f"README: {text} does not match {module}.{name}{inspect.signature(fn)}: {e}")

@@ -284,7 +284,7 @@ def test_completions_endpoint_refuses_what_it_does_not_serve(server):
 
 def test_judge_temperatures_json_mode_and_reasoning_effort_reach_the_server(server):
     c = client("openai", server)
-    judge = c.as_judge(64, {"rubricator": 0.7, "verifier": 0.0}, json_mode=True, reasoning_effort="high")
+    judge = c.as_judge(64, temperatures={"rubricator": 0.7, "verifier": 0.0}, json_mode=True, reasoning_effort="high")
     p = toy.make_problems(1, seed=2)[0]
     chat = prompts.rubricator_messages(p.question, [p.solution], ["Answer: 1"])
     judge([chat], "rubricator", 0, tag=prompts.RUBRIC_SCHEMA)
@@ -329,13 +329,13 @@ def test_two_servers_with_one_model_name_do_not_share_cache_entries(toy_teacher,
 def test_changed_reference_settings_are_an_error_not_a_second_bill(server, tmp_path):
     chats = [[{"role": "user", "content": q.question}] for q in toy.make_problems(2, seed=8)]
     c = client("openai", server, tmp_path)
-    first = teacher.references(c, chats, 2, 1.0, 24)
+    first = teacher.references(c, chats, k=2, temperature=1.0, max_tokens=24)
     assert server.requests == 2  # one request (n=2) per prompt
-    assert teacher.references(c, chats, 2, 1.0, 24) == first and server.requests == 2  # replayed
+    assert teacher.references(c, chats, k=2, temperature=1.0, max_tokens=24) == first and server.requests == 2  # replayed
     with pytest.raises(teacher.TeacherError, match="holds references .* made with .*'temperature': 1.0.*--new-references"):
-        teacher.references(c, chats, 2, 0.5, 24)
+        teacher.references(c, chats, k=2, temperature=0.5, max_tokens=24)
     assert server.requests == 2  # nothing was paid
-    teacher.references(c, chats, 2, 0.5, 24, new_settings=True)
+    teacher.references(c, chats, k=2, temperature=0.5, max_tokens=24, new_settings=True)
     assert server.requests == 4
 
 
