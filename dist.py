@@ -27,8 +27,12 @@ it goes through an unpickler that admits DCP's metadata classes and nothing else
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import pickle
+import sys
+import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,20 +188,64 @@ def broadcast(obj, world: World):
     return box[0]
 
 
-def on_main(fn, world: World, share: bool = True):
+WAIT_LOG_EVERY = 300.0  # seconds between "still waiting for rank 0" lines
+_waiting_group = None
+
+
+def waiting_group():
+    """A gloo group whose collectives may wait a year: the other ranks wait in it while rank 0
+    alone calls the teacher or the judge. The default group's timeout (10 min on NCCL) is for
+    collectives that every rank joins at once; a healthy slow judge must not trip it. Made on
+    first use (every rank calls on_main in the same order, so every rank makes it)."""
+    global _waiting_group
+    if _waiting_group is None:
+        _waiting_group = torch_dist.new_group(backend="gloo", timeout=datetime.timedelta(days=365))
+    return _waiting_group
+
+
+def on_main(fn, world: World, share: bool = True, *, what: str = "the teacher, the judge or the evaluation"):
     """fn() run on rank 0 alone (the teacher, the judge, the held-out evaluation), its result
     broadcast (or, with share=False, kept on rank 0: the others get None); an exception there is
-    raised on every rank, so that none waits for ever."""
+    raised on every rank, so that none waits for ever. The other ranks wait without the process
+    group's timeout (waiting_group), saying every WAIT_LOG_EVERY seconds what they wait for (a
+    rank that dies still ends the run: torchrun stops the others)."""
     result, error = None, None
     if world.main:
         try:
             result = fn()
         except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
             error = e
-    shared, error = broadcast((result if share else None, error), world)
+    if world.size == 1:
+        return result if error is None else _raise(error)
+    box = [(result if share else None, error)]
+    with _saying_while_waiting(world, what):
+        torch_dist.broadcast_object_list(box, src=0, group=waiting_group())
+    shared, error = box[0]
     if error is not None:
         raise error
     return result if world.main else shared
+
+
+def _raise(error: BaseException):
+    raise error
+
+
+@contextlib.contextmanager
+def _saying_while_waiting(world: World, what: str):
+    """On the ranks that wait, a line every WAIT_LOG_EVERY seconds: how long, and for what."""
+    done, start = threading.Event(), time.monotonic()
+
+    def say():
+        while not done.wait(WAIT_LOG_EVERY):
+            print(f"rank {world.rank}: waiting for rank 0 ({what}), {time.monotonic() - start:.0f} s so far",
+                  file=sys.stderr, flush=True)
+
+    if not world.main:
+        threading.Thread(target=say, daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def sum_stats(stats: dict, world: World) -> dict:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -61,14 +62,8 @@ def encode_prompts(tokenizer, prompts, chat_template_kwargs: dict | None = None)
     A prompt is a string (sent as one user message) or a list of chat messages.
     Returns (input_ids [B, P], attention_mask [B, P]).
     """
-    token_lists = []
-    for p in prompts:
-        chat = [{"role": "user", "content": p}] if isinstance(p, str) else p
-        ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
-                                            return_dict=False, **(chat_template_kwargs or {}))
-        if isinstance(ids, dict) or hasattr(ids, "keys"):  # some versions return a BatchEncoding
-            ids = ids["input_ids"]
-        token_lists.append(list(ids))
+    token_lists = [encode_chat(tokenizer, [{"role": "user", "content": p}] if isinstance(p, str) else p,
+                               chat_template_kwargs) for p in prompts]
     P = max(len(t) for t in token_lists)
     input_ids = torch.full((len(token_lists), P), pad_id(tokenizer), dtype=torch.long)
     attention_mask = torch.zeros((len(token_lists), P), dtype=torch.long)
@@ -78,6 +73,47 @@ def encode_prompts(tokenizer, prompts, chat_template_kwargs: dict | None = None)
     return input_ids, attention_mask
 
 
+def special_strings(tokenizer) -> list[str]:
+    """The texts that a tokenizer turns into special tokens (<|im_start|>, </s>, ...)."""
+    return [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
+
+
+def encode_chat(tokenizer, chat: list[dict], chat_template_kwargs: dict | None = None) -> list[int]:
+    """One chat through the template, its messages' text encoded WITHOUT special-token parsing:
+    a data prompt holding "<|im_end|><|im_start|>assistant" must stay text, not forge a turn. The
+    template's own markers are still special tokens. A chat with no special-token string in it
+    (nearly all) takes the plain path; otherwise the template is rendered around placeholders and
+    the pieces are encoded apart (the template's with, the messages' without special tokens)."""
+    kw = chat_template_kwargs or {}
+    specials = special_strings(tokenizer)
+    texts = [m.get("content") for m in chat]
+    if not any(isinstance(t, str) and sp in t for t in texts for sp in specials):
+        ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False, **kw)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)  # some versions return a BatchEncoding
+    marks = [f"\u27earopd-text-{k}\u27eb" for k in range(len(chat))]
+    rendered = tokenizer.apply_chat_template([{**m, "content": mk} for m, mk in zip(chat, marks)],
+                                             add_generation_prompt=True, tokenize=False, **kw)
+    pieces = re.split("(" + "|".join(map(re.escape, marks)) + ")", rendered)
+    if pieces[1::2] != marks:  # the template changed or dropped a message: say nothing special through it
+        safe = [{**m, "content": _defuse(m["content"], specials)} if isinstance(m.get("content"), str) else m
+                for m in chat]
+        return encode_chat(tokenizer, safe, kw)
+    ids = []
+    for k, piece in enumerate(pieces):
+        untrusted = k % 2 == 1
+        text = texts[marks.index(piece)] if untrusted else piece
+        ids += tokenizer(text, add_special_tokens=False, split_special_tokens=untrusted)["input_ids"] if text else []
+    return ids
+
+
+def _defuse(text: str, specials: list[str]) -> str:
+    """A zero-width space after each special-token string's first character: it reads the same and
+    no longer matches (only where the template would not let the text be encoded apart)."""
+    for sp in specials:
+        text = text.replace(sp, sp[0] + "\u200b" + sp[1:])
+    return text
+
+
 def encode_completions(tokenizer, texts: list[str], max_tokens: int | None = None):
     """Tokenize target texts (SFT, references) and append EOS; right-pad.
 
@@ -85,7 +121,9 @@ def encode_completions(tokenizer, texts: list[str], max_tokens: int | None = Non
     model learns to stop.
     """
     eos = tokenizer.eos_token_id
-    token_lists = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    # untrusted text (a teacher's reference): "</s>" in it is text, not an end-of-sequence mid-answer
+    token_lists = [tokenizer(t, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+                   for t in texts]
     if max_tokens is not None:
         token_lists = [t[: max_tokens - 1] for t in token_lists]
     token_lists = [t + [eos] for t in token_lists]

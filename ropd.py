@@ -37,6 +37,7 @@ import math
 import logging
 import os
 import random
+import re
 import shutil
 import sys
 import textwrap
@@ -149,6 +150,9 @@ class Args:
     """GAD's discriminator learning rate (0: the student's --lr)"""
     max_new_tokens: int = 8192
     """rollout length limit"""
+    max_prompt_tokens: int = 2048
+    """drop training prompts longer than this many tokens, before any teacher call, and say how
+    many (the official code's filter; 0: keep all)"""
     temperature: float = 1.0
     """rollout sampling temperature"""
     top_p: float = 1.0
@@ -213,13 +217,16 @@ class Args:
     rpm: float = 0.0
     """teacher/judge requests per minute (0: no limit)"""
     request_timeout: float = 600.0
-    """seconds before a request of another role (T-Judge, OVD, log-probs) is retried"""
+    """seconds a whole request of another role (T-Judge, OVD, log-probs) may take, first byte sent to last byte
+    received, before it is retried (a server that trickles its reply is cut off too)"""
     teacher_timeout: float = 90.0
     """seconds before a reference request is retried (official: 90)"""
     rubricator_timeout: float = 120.0
     """seconds before a rubricator request is retried (official: 120)"""
     verifier_timeout: float = 60.0
     """seconds before a verifier request is retried (official: 60)"""
+    max_reply_bytes: int = 64 << 20
+    """largest teacher/judge reply read, in bytes; a bigger one is cut off and retried like a 5xx"""
     cache: str | None = None
     """teacher/judge cache (default ~/.cache/ropd/teacher_cache.sqlite): nothing is paid twice"""
     save_every: int = 50
@@ -242,6 +249,9 @@ class Args:
     """prompts per step written to samples.jsonl with their rubric and judgements (-1: all)"""
     overwrite: bool = False
     """replace the run already in --out (its logs and checkpoints); without it such a run is refused"""
+    override_saved: bool = False
+    """with --resume, let the flags given change the run's saved settings (each change is logged);
+    without it a flag that contradicts them is refused"""
 
 
 # The toy world's student is tiny: short completions, a larger learning rate with a warm-up (the
@@ -509,9 +519,10 @@ def train(args: Args, log=print) -> dict:
 POSITIVE = ("steps", "prompts_per_step", "rollouts", "references", "mini_batches", "epochs", "max_new_tokens",
             "teacher_max_tokens", "judge_max_tokens", "rubricator_max_tokens", "verifier_max_tokens", "save_every",
             "concurrency", "lr", "grad_clip", "request_timeout", "teacher_timeout", "rubricator_timeout",
-            "verifier_timeout", "temperature", "top_p", "exopd_lambda", "min_criteria")
+            "verifier_timeout", "temperature", "top_p", "exopd_lambda", "min_criteria", "max_reply_bytes")
 NON_NEGATIVE = ("micro_batch", "warmup_steps", "judge_retries", "verifier_chunk", "min_references", "keep_last", "gad_lr",
-                "eval_every", "eval_samples", "eval_max_new_tokens", "rpm", "weight_decay", "kl_beta", "clip_low",
+                "eval_every", "eval_samples", "eval_max_new_tokens", "max_prompt_tokens", "rpm", "weight_decay",
+                "kl_beta", "clip_low",
                 "clip_high", "clip_c", "teacher_temperature", "rubricator_temperature", "verifier_temperature",
                 "judge_temperature")
 
@@ -520,7 +531,7 @@ def check_args(args: Args):
     """Refuse, in one line, any setting that cannot work, before anything is loaded or paid for:
     sizes that would train nothing, maths that is undefined (a temperature of 0 divides the
     log-probs by zero), files that are not there, a run folder that already holds a run."""
-    flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+    flag = lambda name: FLAGS.get(name, "--" + name.replace("_", "-"))  # noqa: E731
     for name in POSITIVE + NON_NEGATIVE:
         v = getattr(args, name)
         if v is not None and not (math.isfinite(v) and (v > 0 if name in POSITIVE else v >= 0)):
@@ -584,6 +595,42 @@ def check_out(out: Path, resume, overwrite: bool):
     probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
     if not os.access(probe, os.W_OK):
         raise UserError(f"--out {out}: {probe} is not writable")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 holds the lock for the run
+        lock_run(out)
+
+
+_LOCKS: dict[Path, object] = {}  # run folder -> its open lock file, held until release_run_locks()
+
+
+def lock_run(out: Path):
+    """One run per folder: an exclusive lock on OUT/.lock, held while this process runs (the
+    kernel drops it if the process dies). Two runs on one --out would interleave their logs and
+    mix one's weights with the other's optimizer; the second is refused, naming the first."""
+    import fcntl
+    key = out.resolve()
+    if key in _LOCKS:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    fh = open(out / ".lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        fh.close()
+        raise UserError(f"--out {out} is in use by another run (process {holder}); wait for it to end, "
+                        f"or give another --out") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    _LOCKS[key] = fh
+
+
+def release_run_locks():
+    """Let other runs have the folders this process ran in (main() calls it when the run ends)."""
+    while _LOCKS:
+        _LOCKS.popitem()[1].close()
 
 
 @dataclass
@@ -620,6 +667,7 @@ def setup_run(args: Args, log) -> Run:
     torch.manual_seed(args.seed)
 
     train_rows = None if args.data == "toy" else data.load_data(args.data, args.seed)  # bad data fails before any build
+    check_resume_changes(args)  # after the flags' and the data's own checks, before any model is loaded
     toy_world = dist.on_main(lambda: toy.load_world(args.toy_world, log=log), world) \
         if "toy" in (args.student, args.data) else None  # --world was checked: no build at a typo's path
     train_rows = train_rows or data.load_data(args.data, args.seed, toy_world)
@@ -638,8 +686,10 @@ def setup_run(args: Args, log) -> Run:
     if args.kl_beta > 0 or args.method == "exopd":  # pi_ref, the initial student
         ref_model, _ = load_policy(args.student, grad_checkpointing=False, world=world, toy_world=toy_world)
         ref_model.eval().requires_grad_(False)
+    train_rows = drop_long_prompts(train_rows, tok=tok, max_tokens=args.max_prompt_tokens,
+                                   template_kwargs={"enable_thinking": args.enable_thinking}, log=log)
     teacher, judge, reward = (None, None, outcome_reward) if args.method == "grpo" else \
-        dist.on_main(lambda: load_judges(args, tok), world, share=False) or (None, None, None)
+        dist.on_main(lambda: load_judges(args, tok, train_rows), world, share=False) or (None, None, None)
     disc = None
     if args.method == "gad":  # the discriminator starts as a copy of the initial student (or the checkpoint's)
         disc = load_discriminator(args, model, tok, ckpt=ckpt, device=world.device)
@@ -681,17 +731,36 @@ def load_policy(name: str, *, grad_checkpointing: bool, world: dist.World, toy_w
     return (dist.shard(model, world) if world.size > 1 else model), tok
 
 
-def load_judges(args: Args, tok):
-    """(teacher, judge, reward function) on rank 0, with the run's cache and transport settings."""
+def drop_long_prompts(rows: list[dict], *, tok, max_tokens: int, template_kwargs: dict, log) -> list[dict]:
+    """The official code's filter: prompts longer than `max_tokens` (as the student's chat template
+    encodes them) are dropped before anything is paid for, and the run says how many (0: no filter)."""
+    if not max_tokens:
+        return rows
+    kept = [row for row in rows if len(grpo.encode_chat(tok, as_chat(row["prompt"]), template_kwargs)) <= max_tokens]
+    if len(kept) < len(rows):
+        log(f"dropped {len(rows) - len(kept)} of {len(rows)} prompts longer than --max-prompt-tokens {max_tokens}")
+    if not kept:
+        raise UserError(f"every prompt is longer than --max-prompt-tokens {max_tokens} tokens; raise it")
+    return kept
+
+
+def load_judges(args: Args, tok, train_rows: list[dict]):
+    """(teacher, judge, reward function) on rank 0, with the run's cache and transport settings;
+    the teacher index is checked for every prompt of the run before the first paid call."""
     in_world = lambda spec: f"toy:{args.toy_world}" if spec == "toy" and args.toy_world else spec  # noqa: E731
     timeouts = {"reference": args.teacher_timeout, "rubricator": args.rubricator_timeout,
                 "verifier": args.verifier_timeout}
     teacher, judge = teacher_lib.load_teacher_and_judge(in_world(args.teacher), args.judge and in_world(args.judge),
                                                         cache=args.cache or "default",
                                                         concurrency=args.concurrency, rpm=args.rpm or None, retries=2,
-                                                        timeout=args.request_timeout, timeouts=timeouts)
+                                                        timeout=args.request_timeout, timeouts=timeouts,
+                                                        max_reply_bytes=args.max_reply_bytes)
     if args.method in ("lopd", "exopd"):
         check_lopd_teacher(teacher, tok, args.teacher, args.temperature)
+    if args.method in USES_REFERENCES:
+        teacher_lib.check_reference_index(teacher, [as_chat(row["prompt"]) for row in train_rows],
+                                          temperature=args.teacher_temperature, max_tokens=args.teacher_max_tokens,
+                                          new_settings=args.new_references)
     return teacher, judge, reward_function(args, teacher, judge)
 
 
@@ -699,8 +768,8 @@ def start_logs(out: Path, args: Args, start: int):
     """The run folder: args.json, and the logs cut back to the resumed step (or emptied, with
     --overwrite, which also removes the old checkpoints)."""
     if args.overwrite:
-        for old in [out / "latest", *out.glob("checkpoint-*")]:
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        for old in [out / "latest", *(own_checkpoints(out) if out.is_dir() else [])]:
+            shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)  # a run killed early has no latest
     out.mkdir(parents=True, exist_ok=True)
     (out / "args.json").write_text(json.dumps(teacher_lib.redact(dataclasses.asdict(args)), indent=2))
     truncate_jsonl(out / "metrics.jsonl", start)
@@ -946,30 +1015,54 @@ def save_checkpoint(out: Path, model, tok, opt, *, step: int, data_pos: int, run
         shutil.rmtree(tmp, ignore_errors=True)
     dist.barrier(world)
     weights = dist.full_state_dict(model, world)
+    try:
+        if world.main:
+            dist.unwrap(model).save_pretrained(tmp, state_dict=weights)
+            tok.save_pretrained(tmp)
+        rest = dist.save_optimizer(model, opt, tmp / "optimizer", world)
+        if world.main:
+            torch.save({"step": step, "data_pos": data_pos, "optimizer": rest, "rng": rng_state(),
+                        "args": teacher_lib.redact(run_args), "world_size": world.size}, tmp / "trainer_state.pt")
+            if extra is not None:  # what else the run keeps (GAD's discriminator), inside the same rename
+                extra(tmp)
+    except Exception as e:  # noqa: BLE001 - a full disk is an OSError, a RuntimeError (torch.save) or a
+        # SafetensorError, as the writer has it: one line, the half-written folder removed
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        last = (out / "latest").read_text().strip() if (out / "latest").is_file() else "none"
+        raise UserError(f"step {step}: the checkpoint could not be written to {out} ({why}); the logs are kept, "
+                        f"and the last whole checkpoint is {last}") from None
     if world.main:
-        dist.unwrap(model).save_pretrained(tmp, state_dict=weights)
-        tok.save_pretrained(tmp)
-    rest = dist.save_optimizer(model, opt, tmp / "optimizer", world)
-    if world.main:
-        torch.save({"step": step, "data_pos": data_pos, "optimizer": rest, "rng": rng_state(),
-                    "args": teacher_lib.redact(run_args), "world_size": world.size}, tmp / "trainer_state.pt")
-        if extra is not None:  # what else the run keeps (GAD's discriminator), inside the same rename
-            extra(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         (out / "latest.tmp").write_text(final.name)
         os.replace(out / "latest.tmp", out / "latest")
-        for old in sorted(out.glob("checkpoint-*"))[:-keep_last] if keep_last > 0 else []:
+        for old in own_checkpoints(out)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier(world)
     return final
 
 
+CHECKPOINT_NAME = re.compile(r"checkpoint-\d{6}")
+
+
+def own_checkpoints(out: Path) -> list[Path]:
+    """The run's own checkpoints, oldest first: folders named exactly checkpoint-NNNNNN (--keep-last
+    must not delete a user's checkpoint-000001-best)."""
+    return sorted(p for p in out.iterdir() if p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name))
+
+
 def find_checkpoint(path: str) -> Path:
-    """A checkpoint folder, or the one a run folder's `latest` names; refused if it is not whole."""
+    """A checkpoint folder, or the one a run folder's `latest` names; refused if it is not whole.
+    `latest` must name one of the run's own checkpoints by its bare name: a pointer such as
+    ../A/checkpoint-000001 would resume, and then write into, another run."""
     p = Path(path)
     if (p / "latest").is_file():
-        p = p / (p / "latest").read_text().strip()
+        name = (p / "latest").read_text().strip()
+        if not CHECKPOINT_NAME.fullmatch(name):
+            raise UserError(f"--resume {path}: its 'latest' names {name[:80]!r}, not one of its own checkpoints "
+                            f"(checkpoint-NNNNNN); give the checkpoint folder itself")
+        p = p / name
     if not (p / "trainer_state.pt").is_file() or not (p / "config.json").is_file():
         raise UserError(f"--resume {path}: no checkpoint there (it needs trainer_state.pt and the model's files)")
     return p
@@ -990,18 +1083,34 @@ def truncate_jsonl(path: Path, max_step: int):
     line (kill -9 mid-write) is dropped; a broken line elsewhere is refused."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-    keep = []
-    for i, ln in enumerate(lines):
+    tmp = path.with_name(path.name + ".tmp")
+    # Written to a temporary file, then renamed over the log: an interrupt mid-rewrite leaves the
+    # log whole (a rewrite in place emptied a 300 MB samples.jsonl). Streamed, line by line.
+    try:
+        with open(path, encoding="utf-8", errors="replace") as src, open(tmp, "w", encoding="utf-8") as dst:
+            for ln in _log_lines_up_to(src, max_step, path):
+                dst.write(ln + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _log_lines_up_to(lines, max_step: int, path: Path):
+    """The non-empty log lines of steps up to max_step; a torn last line is dropped, a broken line
+    elsewhere refused."""
+    broken = None
+    for i, ln in enumerate((x.rstrip("\n") for x in lines), 1):
+        if not ln.strip():
+            continue
+        if broken is not None:  # a broken line with more after it: not a torn last line
+            raise UserError(f"{path}:{broken} is not a log line; the run's logs are damaged")
         try:
             step = json.loads(ln)["step"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            if i == len(lines) - 1:
-                break
-            raise UserError(f"{path}:{i + 1} is not a log line; the run's logs are damaged") from None
+            broken = i
+            continue
         if step <= max_step:
-            keep.append(ln)
-    path.write_text("".join(ln + "\n" for ln in keep))
+            yield ln
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1060,6 +1169,8 @@ def parse_args(argv=None) -> Args:
     ns = ap.parse_args(argv)
     given = {k: v for k, v in vars(ns).items() if v is not None}
     args = Args(**given)
+    if args.resume:
+        return resumed_args(args, given)
     preset = PRESETS.get(args.preset, {})
     openai_judge = (args.judge or args.teacher).startswith("openai:")
     for k, v in preset.items():  # a named preset fills what the user did not set
@@ -1069,9 +1180,58 @@ def parse_args(argv=None) -> Args:
         for k, v in TOY_PRESET.items():
             if k not in given and (k not in preset or k in TOY_SCALE):
                 setattr(args, k, v)
-    if args.resume and "out" not in given:
-        args.out = str(Path(find_checkpoint(args.resume)).parent)
     return args
+
+
+# What a resumed run may change freely: where and how long it runs, and how it talks to the
+# teacher; not what it trains (method, models, data, seed, sampling, optimizer, judge settings).
+FREE_ON_RESUME = ("resume", "out", "steps", "device", "overwrite", "override_saved", "concurrency", "rpm",
+                  "request_timeout", "max_reply_bytes", "cache", "save_every", "keep_last", "eval_every",
+                  "eval_samples", "log_samples", "new_references")
+
+
+def resumed_args(args: Args, given: dict) -> Args:
+    """--resume continues the run as it was: every setting the user did not give is the saved one
+    (the checkpoint's trainer_state.pt), and a given one that contradicts it is refused (check_args
+    says so, after the flags' own checks), unless --override-saved, which logs each change."""
+    ckpt = find_checkpoint(args.resume)
+    saved = load_trainer_state(ckpt).get("args") or {}
+    if "out" not in given:
+        given["out"] = str(ckpt.parent)
+    fields = {f.name for f in dataclasses.fields(Args)}
+    merged = {k: v for k, v in saved.items() if k in fields and k not in FREE_ON_RESUME}
+    changed = [k for k, v in given.items() if k in merged and _plain(v) != _plain(merged[k])
+               and "***" not in str(merged[k])]  # a saved value with a redacted secret is given again
+    args = Args(**{**merged, **given})
+    args.betas = tuple(args.betas)
+    redacted = [k for k, v in merged.items() if "***" in str(v) and k not in given]
+    args._resume_changes = [(k, merged[k], given[k]) for k in changed]  # checked in check_args
+    args._resume_redacted = redacted
+    return args
+
+
+def _plain(v):
+    """A setting as plain JSON types (a tuple and a list of the same numbers are one setting)."""
+    return json.loads(json.dumps(v))
+
+
+def check_resume_changes(args: Args, log=print):
+    """Refuse a flag that contradicts the resumed run's saved setting (or, with --override-saved,
+    log it); refuse a saved setting whose secret was redacted and is not given again."""
+    flag = lambda name: FLAGS.get(name, "--" + name.replace("_", "-"))  # noqa: E731
+    for name in getattr(args, "_resume_redacted", []):
+        raise UserError(f"--resume: the saved {flag(name)} held a secret that was not saved; give {flag(name)} again")
+    changes = getattr(args, "_resume_changes", [])
+    if changes and not args.override_saved:
+        name, old, new = changes[0]
+        raise UserError(f"--resume: {flag(name)} {_shown(new)} contradicts the run's saved {_shown(old)}; leave it "
+                        f"off to continue the run as it was, or add --override-saved to change it")
+    for name, old, new in changes:
+        log(teacher_lib.redact(f"--override-saved: {flag(name)} {_shown(old)} -> {_shown(new)}"))
+
+
+def _shown(v) -> str:
+    return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
 def main(argv=None) -> int:
@@ -1099,6 +1259,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
+    finally:
+        release_run_locks()
     return 0
 
 

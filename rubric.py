@@ -13,6 +13,7 @@ message that says what was wrong; ask_judge re-asks, and a group that stays unsc
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import json
@@ -23,7 +24,7 @@ from typing import Callable, Sequence
 
 import prompts
 from prompts import (MAX_CRITERIA, MIN_CRITERIA, OVD_SCHEMA, PAPER_VERDICT_SCHEMA, RUBRIC_SCHEMA,
-                     RUBRIC_SCHEMAS, TJUDGE_SCHEMA, VERDICT_SCHEMA, strip_reasoning)
+                     RUBRIC_SCHEMAS, TJUDGE_SCHEMA, VERDICT_SCHEMA)
 
 
 class JudgeFormatError(ValueError):
@@ -85,32 +86,6 @@ def score(rubric: Rubric, judgement: Sequence[bool]) -> float:
 # Tolerant JSON extraction
 # ----------------------------------------------------------------------------------------------
 
-_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
-
-
-def _balanced_span(text: str, start: int) -> str | None:
-    """The JSON value starting at text[start] ('{' or '['), up to its matching close, or None."""
-    depth, in_str, esc = 0, False, False
-    for i in range(start, len(text)):
-        ch = text[i]
-        if in_str:
-            esc = (ch == "\\") and not esc
-            if ch == '"' and not esc:
-                in_str = False
-            elif ch != "\\":
-                esc = False
-            continue
-        if ch == '"':
-            in_str = True
-        elif ch in "{[":
-            depth += 1
-        elif ch in "}]":
-            depth -= 1
-            if depth == 0:
-                return text[start:i + 1]
-    return None
-
-
 def _repair(s: str) -> str:
     """Fix what LLMs commonly get wrong, outside string literals only: trailing commas,
     Python's True/False/None, // line comments."""
@@ -158,45 +133,96 @@ def _repair(s: str) -> str:
 
 
 _OPENER = re.compile(r"[{\[]")
+_THINK_END = re.compile(re.escape("</think>"))
 
 
-def _json_values(text: str):
-    """Every top-level JSON value in `text`, in order, repaired where needed (the values inside a
-    parsed one are not visited again). Stops at a value that is never closed (a cut-off output)."""
-    pos = 0
-    while (m := _OPENER.search(text, pos)):
-        span = _balanced_span(text, m.start())
-        if span is None:
-            return
+def _matching_closes(text: str) -> dict[int, int]:
+    """Each '{' or '[' -> the position of its matching close, in one pass (linear time). Quotes
+    count only inside brackets (prose between values may hold a stray '"'); an opener never closed
+    (a cut-off output) has no entry."""
+    closes, stack, in_str, esc = {}, [], False, False
+    for i, ch in enumerate(text):
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch in "{[":
+            stack.append(i)
+        elif ch in "}]" and stack:
+            closes[stack.pop()] = i
+        elif ch == '"' and stack:
+            in_str = True
+    return closes
+
+
+def _loads(span: str):
+    """json.loads, then json.loads of the repaired span; (value, True) or (None, False)."""
+    for attempt in (span, None):
         try:
-            value = json.loads(span)
-        except json.JSONDecodeError:
-            try:
-                value = json.loads(_repair(span))  # repaired only when the text as written fails
-            except json.JSONDecodeError:
-                pos = m.start() + 1
-                continue
-        yield value
-        pos = m.start() + len(span)
+            return json.loads(_repair(span) if attempt is None else attempt), True
+        except (ValueError, RecursionError):  # malformed, or nested deeper than json will go
+            continue
+    return None, False
 
 
-def extract_json(text: str, want: Callable[[object], bool] | None = None):
-    """The JSON value in `text` that the caller wants: the first for which `want(value)` holds, else
-    the first at all (its parser then says what is wrong with it). Code fences and prose around it
-    are ignored, common slips repaired, so "Grading answers [1] and [2]: {...}" gives the object,
-    not [1]. Raises JudgeFormatError when no value can be read."""
+def _json_values(text: str, budget_per_char: int = 8):
+    """Every top-level JSON value in `text`, in order, as (start, end, value), repaired where needed
+    (the values inside a parsed one are not visited again; inside one that does not parse, they
+    are). Stops at a value that is never closed (a cut-off output). Linear in len(text): the spans
+    that fail to parse may cost at most `budget_per_char` times the text's length in all (a judge
+    output of 8,000 nested '{' would otherwise be parsed 8,000 times over)."""
+    closes, budget = _matching_closes(text), budget_per_char * len(text) + 10_000
+    pos = 0
+    while budget > 0 and (m := _OPENER.search(text, pos)):
+        end = closes.get(m.start())
+        if end is None:
+            return
+        value, ok = _loads(text[m.start():end + 1])
+        if ok:
+            yield m.start(), end, value
+            pos = end + 1
+        else:
+            budget -= 2 * (end + 1 - m.start())  # json.loads and _repair each read the span once
+            pos = m.start() + 1
+
+
+def _own_part(text: str, values: list) -> tuple[str, list]:
+    """The judge's own reply: what follows the last </think> that is not inside a JSON value (a
+    rubric may well mention the tag), unless nothing follows it (the official code)."""
+    spans = [(s, e) for s, e, _ in values]
+    for m in reversed(list(_THINK_END.finditer(text))):
+        k = bisect.bisect_right(spans, (m.start(), len(text))) - 1
+        if k >= 0 and spans[k][0] <= m.start() <= spans[k][1]:
+            continue  # quoted inside a value
+        if not text[m.end():].strip():
+            break
+        return text[m.end():], [v for v in values if v[0] >= m.end()]
+    return text, values
+
+
+def extract_json(text: str, rank: Callable[[object], int] | None = None):
+    """The JSON value in `text` that is the judge's own answer: among the values after its
+    reasoning (see _own_part), the LAST of the highest `rank(value)` > 0 (a judge quotes a student's
+    JSON or the rubric before its verdict, never after; a rank lets the schema's object win over an
+    echoed list); else the first value at all (its parser then says what is wrong with it). Code
+    fences and prose around it are ignored, common slips repaired, so "Grading answers [1] and
+    [2]: {...}" gives the object, not [1]. Raises JudgeFormatError when no value can be read."""
     if not text or not text.strip():
         raise JudgeFormatError("empty judge output", "empty")
-    text = strip_reasoning(text)
-    first = None
-    for cand in [m.group(1) for m in _FENCE.finditer(text)] + [text]:
-        for value in _json_values(cand):
-            if want is None or want(value):
-                return value
-            first = value if first is None else first
-    if first is not None:
-        return first
-    if _OPENER.search(text):
+    own, values = _own_part(text, list(_json_values(text)))
+    best, best_rank = None, 0
+    for _, _, value in values:
+        r = rank(value) if rank else 1
+        if r > 0 and r >= best_rank:
+            best, best_rank = value, r
+    if best_rank:
+        return best
+    if values:
+        return values[0][2]
+    if _OPENER.search(own):
         raise JudgeFormatError("judge output has no complete, valid JSON value (truncated or malformed)", "parse")
     raise JudgeFormatError("judge output contains no JSON", "parse")
 
@@ -209,10 +235,22 @@ def _list_under(v, keys) -> list | None:
     return v if isinstance(v, list) else None
 
 
-def _has_list(*keys):
-    """want(): an object with a list under one of `keys`, or a bare list of objects."""
-    return lambda v: isinstance(v, dict) and _list_under(v, keys) is not None or (
-        isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v))
+def _schema_rank(is_answer: Callable[[object], bool], schema: str) -> Callable[[object], int]:
+    """rank(): 3 for an answer object of the schema asked for, 2 for one that names no schema, 1
+    for one of another schema (its parser refuses it, saying why); 0 for anything else."""
+    def rank(v) -> int:
+        if not (isinstance(v, dict) and is_answer(v)):
+            return 0
+        got = v.get("schema_version", v.get("schema"))
+        return 3 if got == schema else 2 if got is None else 1
+    return rank
+
+
+def _list_rank(keys, schema: str) -> Callable[[object], int]:
+    """rank(): an object with a list under one of `keys` (ranked by its schema), else 1 for a bare
+    list of objects (tolerated, but an echoed rubric list must not beat the verdict object)."""
+    by_schema = _schema_rank(lambda v: _list_under(v, keys) is not None, schema)
+    return lambda v: by_schema(v) or int(isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v))
 
 
 def _check_schema(data, expected: str):
@@ -249,7 +287,7 @@ def parse_rubric(text: str, min_criteria: int = MIN_CRITERIA, max_criteria: int 
     estimated_student_pass_rate). Tolerates fences, prose, trailing commas, a bare criteria list,
     numeric strings for points, a wrong maximum_score / K / max_weighted_sum (recomputed). Rejects
     everything else, and another schema_version than the one asked for."""
-    data = extract_json(text, _has_list(*RUBRIC_KEYS))
+    data = extract_json(text, _list_rank(RUBRIC_KEYS, RUBRIC_SCHEMAS[variant]))
     _check_schema(data, RUBRIC_SCHEMAS[variant])
     items = _list_under(data, RUBRIC_KEYS)
     if items is None:
@@ -314,7 +352,7 @@ def parse_verdicts(text: str, rubric: Rubric, n_answers: int) -> list[list[bool]
     each of exactly the rubric's length. Entries may come out of order (answer_index puts them
     back) and a judgement may be keyed by criterion id. The judge's `final_score` is ignored (see
     `score`)."""
-    data = extract_json(text, _has_list(*VERDICT_KEYS))
+    data = extract_json(text, _list_rank(VERDICT_KEYS, VERDICT_SCHEMA))
     _check_schema(data, VERDICT_SCHEMA)
     results = _list_under(data, VERDICT_KEYS)
     if results is None:
@@ -373,7 +411,7 @@ def parse_single_verdict(text: str, rubric: Rubric) -> list[bool]:
     """Eq. 3, App. D's per-response verifier: {"schema_version": "black_opd.verifier.v1",
     "judgements": [...], "weighted_score", "pass_rate"} -> the booleans (the scores are ignored)."""
     has_judgements = lambda v: isinstance(v, dict) and ("judgements" in v or "judgement" in v)  # noqa: E731
-    data = extract_json(text, has_judgements)
+    data = extract_json(text, _schema_rank(has_judgements, PAPER_VERDICT_SCHEMA))
     _check_schema(data, PAPER_VERDICT_SCHEMA)
     if not has_judgements(data):
         raise JudgeFormatError("verdict JSON has no 'judgements' list", "schema")
@@ -384,7 +422,7 @@ def parse_score(text: str, tag: str) -> float:
     """A holistic judge's score as a reward in [0, 1]: T-Judge's number in [0, 1] (tag
     ropd.tjudge.v1), or OVD's integer 0-9 divided by 9 (ropd.ovd.v1). A score off its scale is
     rejected rather than guessed at (is 2 on a 0-1 prompt 2/10 or 2/5?)."""
-    data = extract_json(text, lambda v: isinstance(v, dict) and "score" in v)
+    data = extract_json(text, _schema_rank(lambda v: "score" in v, tag))
     _check_schema(data, tag)
     value = data.get("score") if isinstance(data, dict) else None
     if isinstance(value, str):

@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -66,15 +67,20 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(status, {"error": {"message": message, "type": "server_error", "code": status}},
                        headers)
 
+    @property
+    def route(self) -> str:
+        """The request's path without its query string (a client may send ?api-key=...)."""
+        return urllib.parse.urlsplit(self.path).path.rstrip("/")
+
     def do_GET(self):
-        if self.path.rstrip("/").endswith("/models"):
+        if self.route.endswith("/models"):
             self._send(200, {"object": "list", "data": [
                 {"id": self.server.model_name, "object": "model", "owned_by": "ropd"}]})
         else:
             self._error(404, f"no route {self.path}", False)
 
     def do_POST(self):
-        anthropic_style = self.path.rstrip("/").endswith("/messages")
+        anthropic_style = self.route.endswith("/messages")
         length = int(self.headers.get("Content-Length") or 0)
         try:
             body = json.loads(self.rfile.read(length) or b"{}")
@@ -87,9 +93,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self, body: dict, anthropic_style: bool):
         fault = self.server.next_fault()
         if fault:
-            time.sleep(fault.get("delay", 0.0))
+            if self.server.closing.wait(fault.get("delay", 0.0)):
+                return  # stop() during a long delay: end now (stop() would wait for this thread)
             if "reply" in fault:  # a well-formed response whose text is the given (bad) output
-                return self._reply(fault["reply"], body, anthropic_style)
+                echo = f" you sent {dict(self.headers)} to {self.path}" if fault.get("echo_headers") else ""
+                return self._reply(fault["reply"] + echo, body, anthropic_style)
             if "raw" in fault:  # a 200 whose body is not what the API promised (cut off, not JSON)
                 return self._send_raw(200, fault["raw"].encode())
             if fault.get("status"):
@@ -103,9 +111,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if anthropic_style:
                 self._anthropic(body)
-            elif self.path.rstrip("/").endswith("/chat/completions"):
+            elif self.route.endswith("/chat/completions"):
                 self._openai(body)
-            elif self.path.rstrip("/").endswith("/completions"):
+            elif self.route.endswith("/completions"):
                 self._completions(body)
             else:
                 self._error(404, f"no route {self.path}", False)
@@ -127,7 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _openai(self, body):
         chat = [{"role": m["role"], "content": _text_of(m.get("content"))} for m in body.get("messages", [])]
-        n = int(body.get("n") or 1)
+        n = 1 if self.server.ignore_n else int(body.get("n") or 1)
         max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 1024)
         texts = self.server.complete([chat], n=n, temperature=body.get("temperature"),
                                      max_tokens=max_tokens)[0]
@@ -182,11 +190,13 @@ class TeacherServer(ThreadingHTTPServer):
     """Serves `teacher` on (host, port). `faults` is a list of injected responses consumed one per
     request - {"status": 429, "retry_after": 0}, {"delay": 2.0}, {"reply": "not JSON"} (a
     well-formed reply with that text), {"raw": '{"id": "cut'} (a 200 whose body is broken),
-    {"status": 400, "echo_headers": True} (an error that echoes the request's headers), or None
+    {"status": 400, "echo_headers": True} (an error that echoes the request's headers; with
+    "reply", a reply that does), or None
     for a normal answer - used by the tests to drive the real SDKs through rate limits, server errors,
     timeouts and bad judge outputs."""
 
     daemon_threads = True
+    ignore_n = False  # True: answer one sample whatever `n` asks (as some servers do), for tests
 
     def __init__(self, teacher: Teacher, host: str = "127.0.0.1", port: int = 0, model_name: str | None = None,
                  faults: list[dict] | None = None, transform=None, record: bool = False):
@@ -203,6 +213,7 @@ class TeacherServer(ThreadingHTTPServer):
         # a local model is not thread-safe: its requests are served one at a time
         self._serial = threading.Lock() if isinstance(teacher, HFTeacher) else contextlib.nullcontext()
         self._open: dict = {}  # connection socket -> its handler thread
+        self.closing = threading.Event()  # set by stop(): an injected delay ends at once
 
     @property
     def url(self) -> str:
@@ -283,6 +294,7 @@ class TeacherServer(ThreadingHTTPServer):
 
     def server_close(self):
         """Close the listening socket, end every open connection, and wait for their threads."""
+        self.closing.set()
         super().server_close()
         with self._lock:
             open_ = list(self._open.items())

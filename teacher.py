@@ -23,19 +23,21 @@ logs, caches or error messages.
 from __future__ import annotations
 
 import collections
+import contextlib
 import email.utils
 import functools
 import hashlib
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import re
 import sqlite3
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +49,7 @@ import rubric
 import toy
 
 log = logging.getLogger("ropd.teacher")
+DEFAULT_MAX_REPLY_BYTES = 64 << 20  # 64 MiB: a reply of 8 samples of 8k tokens is well under 1 MiB
 
 
 
@@ -85,11 +88,14 @@ class Teacher:
     def __init__(self, model: str, *, cache: Cache | str | Path | None = "default", concurrency: int = 8,
                  rpm: float | None = None, retries: int = 2, timeout: float = 120.0,
                  backoff_base: float = 1.0, backoff_cap: float = 8.0,
-                 breaker: BreakerConfig | None = None, timeouts: dict | None = None):
+                 breaker: BreakerConfig | None = None, timeouts: dict | None = None,
+                 max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES):
         self.model = model
         self.cache = open_cache(cache)
-        self.timeout = timeout                # seconds per request, for a role `timeouts` does not name
+        self.timeout = timeout                # seconds per request (a served backend's whole request, connect
+        #                                       to last byte), for a role `timeouts` does not name
         self.timeouts = dict(timeouts or {})  # role -> seconds (the official code: one per stage)
+        self.max_reply_bytes = max_reply_bytes
         self.transport = Transport(lambda: self.fingerprint, concurrency=concurrency, rpm=rpm, retries=retries,
                                    backoff_base=backoff_base, backoff_cap=backoff_cap, breaker=breaker)
 
@@ -116,6 +122,21 @@ class Teacher:
         """
         options = options or {}
         out = [[None] * n for _ in chats]
+        pending = self._missing(chats, n, temperature, max_tokens, options, role=role, first_sample=first_sample,
+                                reuse_later=reuse_later, out=out)
+        for _ in range(2):  # a second round only for the samples a server that ignores `n` left out
+            if pending:
+                pending = self._ask(pending, role, out, valid=valid, return_exceptions=return_exceptions)
+        for ci, req, slots in pending:
+            err = RequestError(f"{self.fingerprint}: {len(slots)} samples were asked for one by one and did not come")
+            if not return_exceptions:
+                self._fail(err)
+            for j in slots:
+                out[ci][j] = err
+        return out
+
+    def _missing(self, chats, n, temperature, max_tokens, options, *, role, first_sample, reuse_later, out) -> list:
+        """Fill `out` from the cache; the requests for what it lacks, as (chat index, Request, slots)."""
         pending: list[tuple[int, Request, list[int]]] = []
         for ci, chat in enumerate(chats):
             missing = []
@@ -128,28 +149,58 @@ class Teacher:
                     out[ci][j] = text
                 else:
                     missing.append((j, key))
-            if not missing:
-                continue
-            # one request for all of a chat's missing samples where the API returns n, else one each
-            for part in [missing] if self.supports_n else [[m] for m in missing]:
-                req = Request(chat=chat, n=len(part), temperature=temperature, max_tokens=max_tokens,
-                              keys=[k for _, k in part], options=options)
-                pending.append((ci, req, [j for j, _ in part]))
-        if pending:
-            results = self._run([r for _, r, _ in pending], role)
-            for (ci, req, slots), res in zip(pending, results):
-                if isinstance(res, BaseException):
-                    if isinstance(res, TeacherError) or not return_exceptions:
-                        self._fail(res)
-                    for j in slots:
-                        out[ci][j] = res
-                    continue
-                texts, tin, tout = res
-                for j, key, text in zip(slots, req.keys, texts):
-                    out[ci][j] = text
-                    if self.cache is not None and (valid is None or valid(ci, text)):
-                        self.cache.put(key, text, tin // len(texts), tout // len(texts))
-        return out
+            if missing:
+                pending += self._requests(ci, chat, missing, temperature=temperature, max_tokens=max_tokens,
+                                          options=options)
+        return pending
+
+    def _requests(self, ci, chat, missing, *, temperature, max_tokens, options) -> list:
+        """One request for all of a chat's missing samples where the API returns n, else one each."""
+        return [(ci, Request(chat=chat, n=len(part), temperature=temperature, max_tokens=max_tokens,
+                             keys=[k for _, k in part], options=options),
+                 [j for j, _ in part]) for part in ([missing] if self.supports_n else [[m] for m in missing])]
+
+    def _ask(self, pending: list, role: str, out: list, *, valid, return_exceptions: bool) -> list:
+        """Send the pending requests. Each answer is cached the moment it arrives (a run killed or
+        interrupted mid-batch keeps every answer that came back), then the failures are raised or
+        put in place. Returns the requests for samples a server left out (it ignored `n`)."""
+        stored: set[int] = set()
+
+        def store(i: int, res) -> None:
+            stored.add(i)
+            if isinstance(res, BaseException):
+                return
+            ci, req, slots = pending[i]
+            texts, tin, tout = res
+            for j, key, text in zip(slots, req.keys, texts):
+                out[ci][j] = text = clean_reply(text)
+                if self.cache is not None and (valid is None or valid(ci, text)):
+                    self.cache.put(key, text, tin // len(texts), tout // len(texts))
+
+        results = self._run([r for _, r, _ in pending], role, on_result=store)
+        short = []
+        for i, ((ci, req, slots), res) in enumerate(zip(pending, results)):
+            if i not in stored:  # a backend that answers a whole batch at once (a local model)
+                store(i, res)
+            if isinstance(res, BaseException):
+                if isinstance(res, TeacherError) or not return_exceptions:
+                    self._fail(res)
+                for j in slots:
+                    out[ci][j] = res
+            elif len(res[0]) < len(slots):
+                short += self._samples_left_out(ci, req, slots, len(res[0]))
+        return short
+
+    def _samples_left_out(self, ci: int, req: Request, slots: list[int], got: int) -> list:
+        """A server that ignores `n` sends one sample where n were asked for: say so once, and ask
+        for the rest one request each from now on."""
+        if self.supports_n:
+            log.warning("%s sent %d of the %d samples asked for in one request (it ignores `n`); asking for "
+                        "the rest one request each", self.fingerprint, got, len(slots))
+            self.supports_n = False
+        missing = list(zip(slots, req.keys))[got:]
+        return self._requests(ci, req.chat, missing, temperature=req.temperature, max_tokens=req.max_tokens,
+                              options=req.options)
 
     def as_judge(self, max_tokens: int | dict, *, temperatures: dict | None = None, json_mode: bool = False,
                  reasoning_effort: str | None = None, retries: int = 2) -> rubric.CompleteFn:
@@ -205,13 +256,13 @@ class Teacher:
         blob = json.dumps(fields, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def _run(self, requests: list[Request], role: str) -> list:
-        """Send the requests with bounded concurrency; each gets its own retries, and the role's
-        timeout."""
+    def _run(self, requests: list[Request], role: str, on_result=None) -> list:
+        """Send the requests with bounded concurrency; each gets its own retries, the role's timeout,
+        and `on_result(index, result)` as soon as it is answered."""
         timeout = self.timeouts.get(role, self.timeout)
         return self.transport.send_all([functools.partial(self._request, r.chat, n=r.n, temperature=r.temperature,
                                                           max_tokens=r.max_tokens, options=r.options, timeout=timeout)
-                                        for r in requests], role)
+                                        for r in requests], role, on_result=on_result)
 
     def _request(self, chat, *, n, temperature, max_tokens, options, timeout: float | None = None
                  ) -> tuple[list[str], int, int]:
@@ -242,8 +293,10 @@ class OpenAITeacher(Teacher):
                                    "openai:MODEL@http://127.0.0.1:8000/v1)")
             key = "EMPTY"  # local servers usually ignore the key
         # our own retry policy replaces the SDK's (so retries are counted and bounded)
-        self.client = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout,
-                                    max_retries=0)
+        base, query = split_query(self.base_url)
+        self.client = openai.OpenAI(api_key=key, base_url=base, default_query=query or None, timeout=self.timeout,
+                                    max_retries=0, http_client=bounded_http_client(
+                                        deadline=self.timeout, max_bytes=self.max_reply_bytes))
 
     @property
     def fingerprint(self) -> str:
@@ -271,6 +324,8 @@ class OpenAITeacher(Teacher):
         if temperature is not None:
             kwargs["temperature"] = temperature
         resp = self.client.chat.completions.create(**kwargs)
+        if not isinstance(resp.choices, list):
+            raise reply_error(resp, "choices")
         texts = [c.message.content or "" for c in sorted(resp.choices, key=lambda c: c.index)]
         u = resp.usage
         return texts, (u.prompt_tokens if u else 0), (u.completion_tokens if u else 0)
@@ -307,13 +362,18 @@ class OpenAITeacher(Teacher):
                 todo.append(i)
         chunks = [todo[s:s + batch] for s in range(0, len(todo), batch)]
         sends = [functools.partial(self._prompt_logprobs, [seqs[i] for i in c]) for c in chunks]
-        for chunk, res in zip(chunks, self.transport.send_all(sends, role)):
+
+        def store(k: int, res) -> None:  # as each chunk arrives: an interrupt loses none that came back
             if isinstance(res, BaseException):
-                self._fail(res)
-            for i, (lp, _) in zip(chunk, res[0]):
+                return
+            for i, (lp, _) in zip(chunks[k], res[0]):
                 out[i] = lp
                 if self.cache is not None:
                     self.cache.put(keys[i], json.dumps(lp), len(seqs[i]), 0)
+
+        for res in self.transport.send_all(sends, role, on_result=store):
+            if isinstance(res, BaseException):
+                self._fail(res)
         return out
 
     def check_tokenizer(self, tokenizer, text: str = "Answer: 12 + 34 = 46.\nThe quick brown fox (x/y)!") -> None:
@@ -325,7 +385,10 @@ class OpenAITeacher(Teacher):
             self._fail(res)
         served = res[0][0][1]
         ours = [tokenizer.decode([i]) for i in ids[1:]]
-        if any(d is not None and d != o for d, o in zip(served, ours)):
+        if any(d is None for d in served):  # a check that cannot be made is not a check that passed
+            raise TeacherError(f"{self.fingerprint} sends no decoded_token with its prompt log-probs, so "
+                               f"its tokenizer cannot be checked against the student's; LOPD refuses it")
+        if any(d != o for d, o in zip(served, ours)):
             raise TeacherError(f"{self.fingerprint} does not share the student's tokenizer (the server "
                                f"reads {served[:8]} where the student wrote {ours[:8]})")
 
@@ -354,15 +417,126 @@ def parse_prompt_logprobs(entries, ids: list[int]) -> tuple[list[float], list[st
         d = entry.get(str(tid)) if isinstance(entry, dict) else None
         if not isinstance(d, dict) or "logprob" not in d:
             raise TeacherError(f"prompt log-probs: no entry for token {tid} at position {t}")
-        logprobs.append(float(d["logprob"]))
+        lp = float(d["logprob"])
+        if not lp <= 1e-4:  # a log-probability is at most 0 (a little float slack); NaN fails too
+            raise TeacherError(f"prompt log-probs: token {tid} at position {t} has log-prob {lp}, which no "
+                               f"probability has; the server's scores cannot be trained on")
+        logprobs.append(lp)
         decoded.append(d.get("decoded_token"))
     return logprobs, decoded
+
+
+class _RequestBudget(threading.local):
+    """What the request this thread is sending may still take: a deadline and a number of bytes."""
+    deadline: float = math.inf
+    bytes_left: int = DEFAULT_MAX_REPLY_BYTES
+
+
+class _BoundedStream:
+    """A connection whose every read and write is held to the request's whole deadline (a server
+    sending 1 byte a second never trips a per-read timeout) and whose reads count against the
+    reply-size cap (an endless body would fill the memory)."""
+
+    def __init__(self, inner, budget: _RequestBudget, cap: int):
+        self._inner, self._budget, self._cap = inner, budget, cap
+
+    def _time_left(self, timeout: float | None) -> float:
+        left = self._budget.deadline - time.monotonic()
+        if left <= 0:
+            import httpcore2
+            raise httpcore2.ReadTimeout("the whole request ran past --request-timeout")
+        return left if timeout is None else min(timeout, left)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        data = self._inner.read(max_bytes, self._time_left(timeout))
+        self._budget.bytes_left -= len(data)
+        if self._budget.bytes_left < 0:
+            import httpcore2
+            raise httpcore2.ReadError(f"the reply is over --max-reply-bytes {self._cap}")
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, self._time_left(timeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None):
+        return _BoundedStream(self._inner.start_tls(ssl_context, server_hostname, self._time_left(timeout)),
+                              self._budget, self._cap)
+
+    def get_extra_info(self, info: str):
+        return self._inner.get_extra_info(info)
+
+
+class _BoundedBackend:
+    """The connection pool's network backend, handing out _BoundedStreams."""
+
+    def __init__(self, inner, budget: _RequestBudget, cap: int):
+        self._inner, self._budget, self._cap = inner, budget, cap
+
+    def connect_tcp(self, *args, **kwargs):
+        return _BoundedStream(self._inner.connect_tcp(*args, **kwargs), self._budget, self._cap)
+
+    def connect_unix_socket(self, *args, **kwargs):
+        return _BoundedStream(self._inner.connect_unix_socket(*args, **kwargs), self._budget, self._cap)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def bounded_http_client(*, deadline: float, max_bytes: int):
+    """An HTTP client for the SDKs (they use httpx2) whose requests each end, like a 5xx that is
+    retried, when the whole request takes more than `deadline` seconds (the SDK's own timeout is
+    per read, so a trickling server is never timed out) or the reply exceeds `max_bytes`."""
+    import httpx2
+
+    class BoundedTransport(httpx2.HTTPTransport):
+        def __init__(self):
+            super().__init__(limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100))
+            self.budget = _RequestBudget()
+            self._pool._network_backend = _BoundedBackend(self._pool._network_backend, self.budget, max_bytes)
+
+        def handle_request(self, request):
+            # the reply is read in this thread, after this returns: the budget is the thread's
+            self.budget.deadline, self.budget.bytes_left = time.monotonic() + deadline, max_bytes
+            return super().handle_request(request)
+
+    return httpx2.Client(transport=BoundedTransport(), timeout=deadline, follow_redirects=True)
+
+
+class ReplyError(RuntimeError):
+    """An HTTP 200 whose body is an error object (or lacks what the API promised): treated as the
+    error it carries, by its status (retried like a 5xx when it names none)."""
+
+    def __init__(self, message: str, status_code: int):
+        super().__init__(message)
+        self.status_code = status_code
+
+
+# what the OpenAI and Anthropic error objects' "type" / "code" mean as an HTTP status
+_ERROR_STATUS = {"rate_limit_error": 429, "rate_limit_exceeded": 429, "overloaded_error": 529, "api_error": 500,
+                 "server_error": 500, "invalid_request_error": 400, "authentication_error": 401,
+                 "invalid_api_key": 401, "permission_error": 403, "not_found_error": 404, "model_not_found": 404}
+
+
+def reply_error(resp, field: str) -> ReplyError:
+    """The error a 200 reply without `field` carries: {"error": {"message", "type", "code"}}
+    (OpenAI, vLLM) or {"type": "error", "error": {...}} (Anthropic); a 500 if it carries none."""
+    extra = getattr(resp, "model_extra", None) or {}
+    err = extra.get("error", getattr(resp, "error", None))
+    if not isinstance(err, dict):
+        return ReplyError(f"an HTTP 200 reply without {field!r} and without an error object", 500)
+    code, kind = err.get("code"), err.get("type")
+    status = code if isinstance(code, int) and 400 <= code < 600 else _ERROR_STATUS.get(code, _ERROR_STATUS.get(kind, 500))
+    return ReplyError(f"an HTTP 200 reply carrying this error: {str(err.get('message') or kind)[:200]}", status)
 
 
 def served_fingerprint(kind: str, model: str, base_url: str | None) -> str:
     """kind:model@server: the server is part of what identifies the outputs (two servers may serve
     two models under one name); credentials inside the URL are not (nor may they reach the cache)."""
-    return f"{kind}:{model}" + ("@" + _URL_CREDENTIALS.sub(r"\1", base_url) if base_url else "")
+    return f"{kind}:{model}" + ("@" + _QUERY_SECRET.sub(r"\1***", _URL_CREDENTIALS.sub(r"\1", base_url))
+                                if base_url else "")
 
 
 class AnthropicTeacher(Teacher):
@@ -379,7 +553,10 @@ class AnthropicTeacher(Teacher):
         key = os.environ.get("ANTHROPIC_API_KEY")
         if not key:
             raise TeacherError("ANTHROPIC_API_KEY is not set")
-        self.client = anthropic.Anthropic(api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=0)
+        base, query = split_query(self.base_url)
+        self.client = anthropic.Anthropic(api_key=key, base_url=base, default_query=query or None,
+                                          timeout=self.timeout, max_retries=0, http_client=bounded_http_client(
+                                              deadline=self.timeout, max_bytes=self.max_reply_bytes))
 
     @property
     def fingerprint(self) -> str:
@@ -394,6 +571,8 @@ class AnthropicTeacher(Teacher):
         # no temperature: API version 2026-10-21 (SDK 2.x) rejects every sampling parameter, so
         # the model's default sampling is what a Claude teacher gets
         resp = self.client.messages.create(**kwargs)
+        if not isinstance(resp.content, list):
+            raise reply_error(resp, "content")
         text = "".join(getattr(b, "text", "") for b in resp.content)
         return [text], resp.usage.input_tokens, resp.usage.output_tokens
 
@@ -425,7 +604,7 @@ class HFTeacher(Teacher):
         """By content, not by path: the same model copied elsewhere replays the same cache."""
         return f"{self.kind}:{self._fp}"
 
-    def _run(self, requests, role):
+    def _run(self, requests, role, on_result=None):
         """All requests in a few batched `generate` calls (a local model gains nothing from threads).
         Each sample is seeded by its own cache key (grpo.RowSeededSampling), so it is the same text
         whatever else shares its batch, and whether or not the cache had it."""
@@ -494,7 +673,7 @@ class ToyTeacher(HFTeacher):
         self.toy_world = toy.load_world(root)
         super().__init__(str(self.toy_world.teacher_path), **kw)
 
-    def _run(self, requests, role):
+    def _run(self, requests, role, on_result=None):
         out: list = [None] * len(requests)
         model_reqs = []
         for i, r in enumerate(requests):
@@ -557,6 +736,25 @@ def load_teacher_and_judge(teacher: str, judge: str | None = None, **kw) -> tupl
     return t, (t if not judge or judge == teacher else load(judge, **kw))
 
 
+def check_reference_index(teacher: Teacher, chats: list, *, temperature: float | None, max_tokens: int,
+                          new_settings: bool = False) -> list[str]:
+    """The teacher index's keys of the prompts not yet indexed with these settings; a prompt indexed
+    with other settings is an error (unless `new_settings`). A run checks its whole dataset with it
+    before its first paid call (a conflict at step 2 would come after step 1 was paid for)."""
+    settings = {"temperature": temperature, "max_tokens": max_tokens}
+    unindexed = []  # the prompts whose index entry is missing or (with new_settings) other
+    for c in chats if teacher.cache is not None else []:
+        key = hashlib.sha256(json.dumps([teacher.fingerprint, "references", c], sort_keys=True).encode()).hexdigest()
+        old = teacher.cache.index_get(key)
+        if old is not None and old != settings and not new_settings:
+            raise TeacherError(f"the teacher index ({teacher.cache.path}) holds references of {teacher.fingerprint} "
+                               f"made with {old}; this run asks {settings}. Pass --new-references to pay for "
+                               f"new ones, or use another --cache")
+        if old != settings:
+            unindexed.append(key)
+    return unindexed
+
+
 def references(teacher: Teacher, chats: list, *, k: int, temperature: float | None, max_tokens: int,
                new_settings: bool = False) -> list[list[str]]:
     """Eq. 1: K answers of the teacher per prompt (the official code's "teacher index"). They do not
@@ -567,17 +765,8 @@ def references(teacher: Teacher, chats: list, *, k: int, temperature: float | No
     asking for a prompt's references with other settings than those it was indexed with is an
     error, not a silent second bill, unless `new_settings` (--new-references) says to pay again."""
     settings = {"temperature": temperature, "max_tokens": max_tokens}
-    keys = [hashlib.sha256(json.dumps([teacher.fingerprint, "references", c], sort_keys=True).encode()).hexdigest()
-            for c in chats]
-    unindexed = []  # the prompts whose index entry is missing or (with new_settings) other
-    for key in keys if teacher.cache is not None else []:
-        old = teacher.cache.index_get(key)
-        if old is not None and old != settings and not new_settings:
-            raise TeacherError(f"the teacher index ({teacher.cache.path}) holds references of {teacher.fingerprint} "
-                               f"made with {old}; this run asks {settings}. Pass --new-references to pay for "
-                               f"new ones, or use another --cache")
-        if old != settings:
-            unindexed.append(key)
+    unindexed = check_reference_index(teacher, chats, temperature=temperature, max_tokens=max_tokens,
+                                      new_settings=new_settings)
     outs = teacher.complete(chats, n=k, temperature=temperature, max_tokens=max_tokens, role="reference",
                             return_exceptions=True)
     if unindexed:
@@ -610,6 +799,9 @@ class Cache:
     def __init__(self, path: str | Path, wait: float = 60.0):
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._memory: dict = {}        # answers not yet written (the disk was full, the file locked)
+        self._index_memory: dict = {}
+        self._retry_at, self._warned = 0.0, False
         if self.path.is_dir():
             raise TeacherError(f"--cache {self.path} is a directory; give it a file name (e.g. {self.path}/cache.sqlite)")
         try:
@@ -636,31 +828,58 @@ class Cache:
 
     def get(self, key: str):
         with self._lock:
-            row = self._db.execute("SELECT text, input_tokens, output_tokens FROM completions "
-                                   "WHERE key = ?", (key,)).fetchone()
-        return row
+            if key in self._memory:
+                return self._memory[key][:3]
+            try:
+                return self._db.execute("SELECT text, input_tokens, output_tokens FROM completions "
+                                        "WHERE key = ?", (key,)).fetchone()
+            except sqlite3.Error:  # locked past `wait`, or unreadable: a miss (the answer is asked again)
+                return None
 
     def put(self, key: str, text: str, input_tokens: int, output_tokens: int):
+        """Store an answer. A write that fails (a full disk, a cache locked by another process for
+        longer than `wait`) keeps it in memory for this run, says so once, and is written with
+        the next write that succeeds: a paid answer is never dropped, and never ends the run."""
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?)",
-                             (key, text, input_tokens, output_tokens, time.time()))
+            self._memory[key] = (text, input_tokens, output_tokens, time.time())
+            self._flush("completions", self._memory)
+
+    def _flush(self, table: str, rows: dict):
+        """Write `rows` (key -> row) to `table` and forget them, or keep them if the write fails."""
+        if time.monotonic() < self._retry_at:  # failed a moment ago: do not wait `wait` s per answer
+            return
+        try:
+            self._db.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({', '.join('?' * (1 + len(next(iter(rows.values())))))})",
+                                 [(k, *v) for k, v in rows.items()])
             self._db.commit()
+            rows.clear()
+        except (sqlite3.Error, UnicodeError, OSError) as e:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.rollback()
+            self._retry_at = time.monotonic() + 30.0
+            if not self._warned:
+                self._warned = True
+                log.warning("--cache %s: cannot store answers (%s); keeping them in memory for this run "
+                            "(they are written when the cache can be)", self.path, e)
 
     def __len__(self):
         with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+            return self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0] + len(self._memory)
 
     def index_get(self, key: str):
         """The settings a prompt's references were made with (the teacher index), or None."""
         with self._lock:
-            row = self._db.execute("SELECT settings FROM reference_index WHERE key = ?", (key,)).fetchone()
+            try:
+                row = self._index_memory.get(key) or self._db.execute(
+                    "SELECT settings FROM reference_index WHERE key = ?", (key,)).fetchone()
+            except sqlite3.Error as e:  # before any paid call: say so rather than guess
+                raise TeacherError(f"--cache {self.path}: cannot read the teacher index ({e})") from None
         return None if row is None else json.loads(row[0])
 
     def index_put(self, keys: list[str], settings: dict):
         with self._lock:
-            self._db.executemany("INSERT OR REPLACE INTO reference_index VALUES (?, ?)",
-                                 [(k, json.dumps(settings)) for k in keys])
-            self._db.commit()
+            self._index_memory.update({k: (json.dumps(settings),) for k in keys})
+            self._flush("reference_index", self._index_memory)
 
 
 @dataclass
@@ -730,25 +949,60 @@ def classify(exc: BaseException) -> str:
 
 
 SECRET_ENV = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")
-_URL_CREDENTIALS = re.compile(r"(\w+://)[^\s/@:]+(?::[^\s/@]*)?@")
+# (?<!\w): a scheme starts a word. Without it, each of the n positions of a long run of word
+# characters would scan to the run's end looking for "://" (100,000 characters: 16 s; now linear).
+_URL_CREDENTIALS = re.compile(r"(?<!\w)(\w+://)[^\s/@:]+(?::[^\s/@]*)?@")
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
+# a key in a URL's query string (gateways and Azure-style endpoints take one: ...?api-key=KEY)
+_QUERY_SECRET = re.compile(r"(?i)([?&](?:api[_-]?key|key|token|access[_-]?token|auth|secret|password|sig|"
+                           r"signature)=)[^&#\s\"'():;,<>]+")
+_SECRETS: set[str] = set()  # secrets that are in no environment variable (a URL's query key)
+
+
+def remember_secret(value: str) -> None:
+    """A secret that redact() must hide wherever it shows up (a key given in a URL's query string,
+    echoed back by a server in a reply)."""
+    if value and len(value) > 4:
+        _SECRETS.add(value)
+
+
+def split_query(url: str | None) -> tuple[str | None, dict[str, str]]:
+    """A base URL without its query string, and the query's fields: the SDKs join paths onto the
+    base URL (a query left in it would be sent as ...?api-key=KEYchat/completions), so the fields go
+    as the client's default_query; the secret-looking ones are remembered for redaction."""
+    if not url or "?" not in url:
+        return url, {}
+    base, _, query = url.partition("?")
+    fields = dict(urllib.parse.parse_qsl(query.split("#")[0], keep_blank_values=True))
+    for name, value in fields.items():
+        if _QUERY_SECRET.fullmatch(f"?{name}={value}"):
+            remember_secret(value)
+    return base, fields
 
 
 def redact(obj):
     """The one redaction every text passes before it reaches a file or the terminal: the API keys
-    in the environment, credentials inside URLs (http://user:KEY@host) and bearer tokens become
-    ***. Strings, and the strings inside lists, tuples and dicts (a metrics line, a config)."""
+    in the environment, credentials inside URLs (http://user:KEY@host, ...?api-key=KEY), keys
+    remembered from a URL's query string and bearer tokens become ***. Linear time. Strings, and the strings inside lists, tuples and dicts (a metrics line, a config)."""
     if isinstance(obj, str):
-        for var in SECRET_ENV:
-            key = os.environ.get(var)
+        for key in [os.environ.get(var) for var in SECRET_ENV] + sorted(_SECRETS):
             if key and len(key) > 4:
                 obj = obj.replace(key, "***")
-        return _BEARER.sub(r"\1***", _URL_CREDENTIALS.sub(r"\1***@", obj))
+        return _QUERY_SECRET.sub(r"\1***", _BEARER.sub(r"\1***", _URL_CREDENTIALS.sub(r"\1***@", obj)))
     if isinstance(obj, dict):
         return {k: redact(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(redact(v) for v in obj)
     return obj
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_reply(text: str) -> str:
+    """What a reply's text is stored and used as: redacted (a server may echo the key it was sent)
+    and with any lone surrogate (which no file or database can encode) replaced by U+FFFD."""
+    return redact(_SURROGATE.sub("\ufffd", text)) if isinstance(text, str) else text
 
 
 def describe(exc: BaseException) -> str:
@@ -866,13 +1120,44 @@ class Transport:
             for k, v in increments.items():
                 setattr(u, k, getattr(u, k) + v)
 
-    def send_all(self, sends: list, role: str) -> list:
+    def send_all(self, sends: list, role: str, on_result=None) -> list:
         """Run zero-argument API calls (each -> (results, input tokens, output tokens)) with bounded
-        concurrency, each with its own retries; the results, or the exceptions, in order."""
+        concurrency, each with its own retries; the results, or the exceptions, in order.
+        `on_result(index, result)` runs as each one is answered (the caller stores it at once).
+
+        Daemon threads, not a ThreadPoolExecutor: on Ctrl-C the pool's shutdown (and interpreter
+        exit) would wait for every request in flight, a minute for a slow one; here the
+        interrupt stops the batch at once, and no new request starts."""
+        results: list = [None] * len(sends)
+        todo, stop = list(range(len(sends)))[::-1], threading.Event()
+        lock = threading.Lock()
+
+        def work():
+            while not stop.is_set():
+                with lock:
+                    if not todo:
+                        return
+                    i = todo.pop()
+                try:
+                    results[i] = self.send(sends[i], role)
+                    if on_result is not None:
+                        on_result(i, results[i])
+                except Exception as e:  # noqa: BLE001 - a failure to store is the caller's to report
+                    results[i] = e
+
         if len(sends) <= 1 or self.concurrency <= 1:
-            return [self.send(s, role) for s in sends]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(sends))) as pool:
-            return list(pool.map(lambda s: self.send(s, role), sends))
+            work()
+            return results
+        threads = [threading.Thread(target=work, daemon=True) for _ in range(min(self.concurrency, len(sends)))]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.1)  # a bounded wait: the main thread sees KeyboardInterrupt at once
+        finally:
+            stop.set()
+        return results
 
     def send(self, send, role: str):
         """One API call: retries with backoff; a TeacherError for fatal errors; else the exception."""

@@ -146,9 +146,8 @@ def test_the_official_micro_batch_weighting_depends_on_the_micro_batch(tiny_worl
     grads = {}
     for agg, micro in (("micro-token-mean", 2), ("micro-token-mean", len(b)), ("token-mean", 2)):
         model.zero_grad(set_to_none=True)
-        loss_fn = grpo.clipped_loss_fn(grpo.LossConfig(agg=agg, micro_batch=micro))
-        grpo.accumulate_gradient(model, b, loss_fn, micro, torch.device("cpu"))
-        grads[agg, micro] = torch.cat([p.grad.flatten() for p in model.parameters()])
+        _, grads[agg, micro] = mini_batch_gradient(model, b, group_size=2, loss=grpo.LossConfig(agg=agg),
+                                                   micro_batch=micro)
     assert torch.allclose(grads["micro-token-mean", len(b)], grads["token-mean", 2], atol=1e-5)
     assert not torch.allclose(grads["micro-token-mean", 2], grads["token-mean", 2], atol=1e-5)
 
@@ -365,9 +364,9 @@ def test_new_settings_are_refused_in_one_line(flags, message, tiny_world, tmp_pa
 def test_new_flags_reach_the_judge_and_the_loss(tiny_world, tmp_path):
     a = ropd.parse_args(tiny_args(tiny_world, tmp_path, "--reward", "final-score", "--judge-retry-policy", "official",
                                   "--verifier-timeout", "7", "--agg", "micro-token-mean", "--micro-batch", "2"))
-    t, j, reward = ropd.load_judges(a, None)
+    t, j, reward = ropd.load_judges(a, None, [])
     assert t.timeouts == {"reference": 90.0, "rubricator": 120.0, "verifier": 7.0}
-    settings = reward.args[0].keywords["s"]
+    settings = reward.keywords["score_groups"].keywords["settings"]
     assert settings.reward == "final-score" and settings.retry_policy == "official"
 
 
