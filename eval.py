@@ -532,6 +532,9 @@ def run_benchmark(ns, toy_world, device, max_new: int) -> tuple[dict, str]:
     except ValueError as e:  # the optional package is not installed
         raise UserError(str(e)) from None
     rows = load_rows(ns.data, ns.limit, toy_world, ns.instruction)
+    n = 1 if ns.temperature == 0 else ns.samples
+    print(f"eval.py: {len(rows)} problems x {n} samples, up to {max_new} new tokens each"
+          + ("" if ns.limit else " (--limit N takes the first N)"), file=sys.stderr, flush=True)
     model, tok = load_model(ns.model, device, toy_world)
     res = evaluate(model, tok, rows, samples=ns.samples, temperature=ns.temperature, top_p=ns.top_p,
                    max_new_tokens=max_new, batch=ns.batch, seed=ns.seed,

@@ -57,7 +57,7 @@ def load_run(path: Path) -> Run:
             for k in judge:
                 judge[k] += u.get(k, 0)
     seconds = sum(m.get("seconds", {}).get("total", 0.0) for m in metrics)
-    return Run(args["method"], args["seed"], curve, args["rollouts"], seconds, judge)
+    return Run(args["method"], args["seed"], curve, rollouts=args["rollouts"], seconds=seconds, judge=judge)
 
 
 def mean_ci(xs: list[float]) -> tuple[float, float]:
@@ -217,7 +217,11 @@ def summarise(out: Path) -> tuple[dict, str]:
     """Every world under `out`: its tables, plot and results.json; returns (all stats, summary.md)."""
     worlds = [w for w in WORLD_ORDER if (out / w / "runs").is_dir()]
     worlds += sorted(p.name for p in out.iterdir() if (p / "runs").is_dir() and p.name not in worlds)
-    everything, md = {}, []
+    everything = {}
+    md = ["# The comparison on the toy worlds", "",
+          "Made by `bash run.sh` (every method x world x seed, then `python report.py results`); the README's",
+          "\"Worlds\" says what each world is built to expose. Per world: results.md, results.json, accuracy.png,",
+          "world.json (the world as built), signal.json (`eval.py signal` on the initial student).", ""]
     for name in worlds:
         by_method, refused = load_world(out / name)
         if not by_method:
