@@ -3,8 +3,8 @@
 # over 5 seeds, under the same budget of training prompts; then the tables, the plots, the signal
 # AUCs and the README's figures.
 #
-#   bash run.sh            # 7 methods x 4 worlds x 5 seeds x 20 steps (about 1.5 hours on 2 cores)
-#   bash run.sh --quick    # ropd and lopd x 4 worlds x 1 seed x 20 steps (about 10 minutes)
+#   bash run.sh            # 8 methods x 4 worlds x 5 seeds x 20 steps (1.5-2 hours on 2 cores)
+#   bash run.sh --quick    # ropd, lopd and gad x 4 worlds x 1 seed x 20 steps
 #   bash run.sh --worlds "default mimicry" --seeds "0 1 2" --methods "ropd lopd" --out results3
 #
 # Finished runs are reused and interrupted ones resumed, so a rerun only does what is missing.
@@ -32,7 +32,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 if [ "$QUICK" = 1 ]; then
-  STEPS=20; SEEDS=${SEEDS:-0}; OUT=${OUT:-results/quick}; METHODS=${METHODS:-"ropd lopd"}
+  STEPS=20; SEEDS=${SEEDS:-0}; OUT=${OUT:-results/quick}; METHODS=${METHODS:-"ropd lopd gad"}
 else
   STEPS=20; SEEDS=${SEEDS:-"0 1 2 3 4"}; OUT=${OUT:-results}; METHODS=${METHODS:-"ropd lopd exopd tjudge ovd gad sft grpo"}
 fi

@@ -25,8 +25,9 @@ def smol(tmp_path_factory):
     mp.undo()
 
 
-def test_converted_checkpoint_is_a_plain_fp32_model(smol):
+def test_converted_checkpoint_is_a_plain_fp32_model(smol, monkeypatch):
     path, model, tok = smol
+    monkeypatch.setenv("ROPD_CACHE", str(path.parent))  # the fixture's cache (each test has its own by default)
     cfg = json.loads((path / "config.json").read_text())
     assert "quantization_config" not in cfg and cfg["model_type"] == "llama"
     assert 134e6 < sum(p.numel() for p in model.parameters()) < 135e6
