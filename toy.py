@@ -629,11 +629,16 @@ def _recipe(config: ToyConfig, role: str) -> list:
                                    else [config.student, config.student_sft])]
 
 
+def _config_of(info: dict) -> ToyConfig:
+    """The config a world.json records (JSON turned its tuple into a list)."""
+    return ToyConfig(**{**info["config"], "steps": tuple(info["config"]["steps"])})
+
+
 def _shipped(config: ToyConfig, role: str | None = None) -> Path | None:
     """The shipped world made with this recipe (the whole config, or one model's), if any."""
     for meta in sorted(SHIPPED.glob("*/world.json")):
         info = json.loads(meta.read_text())
-        shipped = ToyConfig(**{**info["config"], "steps": tuple(info["config"]["steps"])})
+        shipped = _config_of(info)
         if (shipped == config) if role is None else (_recipe(shipped, role) == _recipe(config, role)):
             return meta.parent
     return None
@@ -692,7 +697,7 @@ def build(config: ToyConfig | None = None, root: str | Path | None = None, log=p
     meta = root / "world.json"
     if meta.exists():  # the world as it was built (its own config, whatever was asked)
         info = json.loads(meta.read_text())
-        cfg = ToyConfig(**{**info["config"], "steps": tuple(info["config"]["steps"])})
+        cfg = _config_of(info)
         return ToyWorld(root, cfg, info["teacher_accuracy"], info["student_accuracy"], info.get("fingerprints", {}))
 
     threads = torch.get_num_threads()

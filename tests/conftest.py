@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+import serve
+import teacher
 import toy
 
 STRICT = os.environ.get("ROPD_REQUIRE_EXTRAS") == "1"
@@ -65,3 +67,11 @@ def small_world(tmp_path_factory):
     """A world whose teacher is accurate (about 97%) and whose student is right about half the time
     (about 48%), so that rewards vary within groups: 2-step problems, operands 1-3; ~30 s."""
     return toy.build(SMALL, tmp_path_factory.mktemp("small") / "w", log=None)
+
+
+@pytest.fixture
+def judge_server(tiny_world):
+    """The toy world's teacher and judge behind a real local HTTP server (faults injectable)."""
+    srv = serve.TeacherServer(teacher.load(f"toy:{tiny_world.root}", cache=None), model_name="m").start()
+    yield srv
+    srv.stop()

@@ -227,13 +227,6 @@ def test_redact():
 
 # ---------------------------------------------------------------- the transport
 
-@pytest.fixture
-def judge_server(tiny_world):
-    srv = serve.TeacherServer(teacher.load(f"toy:{tiny_world.root}", cache=None), model_name="m").start()
-    yield srv
-    srv.stop()
-
-
 def _client(srv, tmp_path=None, **kw):
     return teacher.load(f"openai:m@{srv.url}/v1", cache=None if tmp_path is None else tmp_path / "c.sqlite",
                         backoff_base=0.01, **kw)

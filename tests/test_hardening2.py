@@ -23,13 +23,6 @@ CHAT = [{"role": "user", "content": "(3+4)*2"}]
 KEY = "sk-test-ROUND2-0123456789abcdef"
 
 
-@pytest.fixture
-def judge_server(tiny_world):
-    srv = serve.TeacherServer(teacher.load(f"toy:{tiny_world.root}", cache=None), model_name="m").start()
-    yield srv
-    srv.stop()
-
-
 def client(srv, cache=None, **kw):
     return teacher.load(f"openai:m@{srv.url}/v1", cache=cache, backoff_base=0.01, **kw)
 
