@@ -756,7 +756,7 @@ def load_judges(args: Args, tok, train_rows: list[dict]):
                                                         timeout=args.request_timeout, timeouts=timeouts,
                                                         max_reply_bytes=args.max_reply_bytes)
     if args.method in ("lopd", "exopd"):
-        check_lopd_teacher(teacher, tok, args.teacher, args.temperature)
+        check_lopd_teacher(teacher, tok, spec=args.teacher, temperature=args.temperature, method=args.method)
     if args.method in USES_REFERENCES:
         teacher_lib.check_reference_index(teacher, [as_chat(row["prompt"]) for row in train_rows],
                                           temperature=args.teacher_temperature, max_tokens=args.teacher_max_tokens,
@@ -834,19 +834,20 @@ def run_banner(args: Args, run: Run, acc_before: float) -> str:
             + (f"; held-out accuracy {acc_before:.1%}" if run.eval_rows else ""))
 
 
-def check_lopd_teacher(teacher, tok, spec: str, temperature: float):
-    """LOPD scores the student's own token ids: the teacher must be white-box and share the
-    student's tokenizer; a served teacher's prompt log-probs are at temperature 1."""
+def check_lopd_teacher(teacher, tok, *, spec: str, temperature: float, method: str = "lopd"):
+    """LOPD (and ExOPD) score the student's own token ids: the teacher must be white-box and share
+    the student's tokenizer; a served teacher's prompt log-probs are at temperature 1. `method`
+    names the flag in the refusal."""
     if not hasattr(teacher, "token_logprobs"):
-        raise UserError(f"--method lopd needs a white-box teacher (hf:PATH, toy, or openai:MODEL@URL "
+        raise UserError(f"--method {method} needs a white-box teacher (hf:PATH, toy, or openai:MODEL@URL "
                         f"served by vLLM, for its prompt log-probs), got {spec!r}")
     if isinstance(teacher, teacher_lib.OpenAITeacher) and temperature != 1.0:
-        raise UserError("--method lopd with a served teacher needs --temperature 1 (its prompt "
+        raise UserError(f"--method {method} with a served teacher needs --temperature 1 (its prompt "
                         "log-probs are at temperature 1)")
     try:
         teacher.check_tokenizer(tok)
     except teacher_lib.TeacherError as e:
-        raise UserError(f"--method lopd: {e}") from None
+        raise UserError(f"--method {method}: {e}") from None
 
 
 def held_out_accuracy(model, tok, rows, args: Args, world: dist.World = dist.World(), batch: int = 128) -> float:

@@ -245,6 +245,9 @@ def test_user_errors_are_one_line(tiny_world, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
     assert ropd.main(tiny_args(tiny_world, tmp_path, method="lopd", *("--teacher", "anthropic:m"))) == 2
     assert "lopd needs a white-box teacher" in capsys.readouterr().err
+    # the refusal names the flag the user gave
+    assert ropd.main(tiny_args(tiny_world, tmp_path, method="exopd", *("--teacher", "anthropic:m"))) == 2
+    assert "error: --method exopd needs a white-box teacher" in capsys.readouterr().err
     # a served teacher that is not there: one line, before any training
     assert ropd.main(tiny_args(tiny_world, tmp_path, method="lopd", *("--teacher", "openai:m@http://127.0.0.1:9/v1",
                                                                        "--request-timeout", "2"))) == 2
