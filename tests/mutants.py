@@ -10,6 +10,12 @@ catch that bug:
     python tests/mutants.py --jobs 2                 # every mutant, two at a time (about 6 min, 2 cores)
     python tests/mutants.py --list                   # the mutants: file, bug, tests, snippet ok?
     python tests/mutants.py --only adv_sign,clip_swapped --jobs 2
+    python tests/mutants.py --fresh --jobs 2         # the mutants a fresh reader wrote, against the suite
+
+The mutants below were each written beside the tests meant to catch them. The honest score is the
+other set's: tests/mutants_fresh.py holds mutants written by someone who read only the code and the
+paper, never the tests; with --fresh each runs against FRESH_SUITE (every unit and end-to-end test
+file, fast ones first, stopping at the first failure), not against tests picked for it.
 
 First the unmutated copy must pass the union of the selected tests (else a "killed" would mean
 nothing); then each mutant runs `python -m pytest -q -x -p no:cacheprovider TESTS` with a timeout.
@@ -67,6 +73,7 @@ class Mutant:
 G, R, RU, T, H = ("tests/test_grpo.py::", "tests/test_ropd.py::", "tests/test_rubric.py::", "tests/test_teacher.py::",
                   "tests/test_hardening.py::")
 P, A, M = "tests/test_prompts.py::", "tests/test_answers.py::", "tests/test_methods.py::"
+O = "tests/test_oracles.py::"
 FAVOURS = M + "test_the_update_favours_rollouts_above_their_group_mean"
 BLIND = M + "test_the_judge_is_blind_and_its_arithmetic_is_not_trusted"
 FELL = (M + "test_a_group_that_fell_back_gets_zero_advantage", M + "test_a_fallen_group_gets_zero_advantage_whatever_its_scores")
@@ -152,8 +159,8 @@ MUTANTS = [
            (*FELL, FAVOURS + "[grpo]", G + "test_rewards_stay_aligned_with_prompts")),
     Mutant("adv_zeroed", "ropd.py",
            "the update gets zero advantages: nothing is learned (AdamW's decay still moves the weights)",
-           "old_logp=ro.old_logp, advantages=adv, ref_logp=ro.ref_logp)",
-           "old_logp=ro.old_logp, advantages=adv * 0, ref_logp=ro.ref_logp)",
+           "completion_mask=ro.completion_mask, old_logp=ro.old_logp, advantages=adv,",
+           "completion_mask=ro.completion_mask, old_logp=ro.old_logp, advantages=adv * 0,",
            (FAVOURS + "[grpo]", FAVOURS + "[ropd]")),
     Mutant("fallback_nonzero", "ropd.py", "a fallback group gets advantage -(batch mean reward) instead of 0",
            "dtype=torch.bool)] = 0.0", "dtype=torch.bool)] = -float(rewards.scores.mean())",
@@ -222,14 +229,81 @@ MUTANTS = [
            "fields = [self.fingerprint, chat, temperature, max_tokens]",
            CACHE),
     Mutant("redact_removed", "teacher.py", "redact() returns strings as they are: keys reach logs and the terminal",
-           "    if isinstance(obj, str):\n        for var in SECRET_ENV:",
-           "    if isinstance(obj, str):\n        return obj\n        for var in SECRET_ENV:",
+           "    if isinstance(obj, str):\n        for key in [os.environ.get(var)",
+           "    if isinstance(obj, str):\n        return obj\n        for key in [os.environ.get(var)",
            (H + "test_redact", H + "test_secrets_stay_out_of_files_and_the_terminal",
             T + "test_fatal_errors_stop_at_once_without_leaking_the_key")),
     # ------------------------------------------------------------ answers.py
     Mutant("strict_fallback", "answers.py", "strict extraction falls back to the last number: truncated answers count",
            "    if strict:\n        return None\n    if choice:", "    if choice:",
            (A + "test_strict_needs_an_explicit_answer", A + "test_strict_extraction_has_no_fallback", E2E + "[grpo]")),
+    # ------------------------------------------------------------ issue 24: each against an independent oracle
+    Mutant("update_at_t1", "grpo.py", "the update's log-probs at temperature 1, pi_old's at T: the ratio is off from the start",
+           "logp = forward_logprobs(model, mb, temperature=temperature, device=device)",
+           "logp = forward_logprobs(model, mb, temperature=1.0, device=device)",
+           (O + "test_the_update_is_the_naive_whole_batch_loss_at_the_temperature",)),
+    Mutant("old_logp_at_t1", "ropd.py", "pi_old's recorded log-probs at temperature 1 whatever --temperature says",
+           "    return grpo.batched_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_mask,\n"
+           "                                 temperature=temperature,",
+           "    return grpo.batched_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_mask,\n"
+           "                                 temperature=1.0,",
+           (O + "test_recorded_old_logprobs_are_at_the_sampling_temperature",)),
+    Mutant("lopd_teacher_at_t1", "ropd.py", "LOPD's teacher log-probs at temperature 1, the student's at T",
+           "adv = grpo.lopd_advantages(teacher_logp, ro.old_logp, ro.completion_mask)",
+           "adv = grpo.lopd_advantages(teacher.token_logprobs(ro.input_ids, ro.attention_mask, T, temperature=1.0), "
+           "ro.old_logp, ro.completion_mask)",
+           (O + "test_lopd_and_exopd_teacher_logprobs_are_at_the_sampling_temperature",)),
+    Mutant("adv_scale_dropped", "ropd.py", "--adv-scale never reaches Eq. 6: std is silently none",
+           "adv = grpo.group_advantages(rewards.scores, G, scale=scale).view(-1, G)",
+           'adv = grpo.group_advantages(rewards.scores, G, scale="none").view(-1, G)',
+           (O + "test_adv_scale_std_with_several_groups_and_a_fallback",)),
+    Mutant("padding_micro_batch_weighted", "grpo.py", "a rank's padding micro-batch counts in its gradient (weight `scale`, not 0)",
+           "yield trim(whole.select(slice(0, 1))).to(device), 0.0", "yield trim(whole.select(slice(0, 1))).to(device), scale",
+           (O + "test_uneven_rank_shares_add_up_to_the_one_process_gradient",)),
+    Mutant("judge_temperatures_swapped", "ropd.py", "the rubricator samples at the verifier's temperature and vice versa",
+           '"rubricator": args.rubricator_temperature, "verifier": args.verifier_temperature,',
+           '"rubricator": args.verifier_temperature, "verifier": args.rubricator_temperature,',
+           (O + "test_judge_temperatures_reach_their_own_stage",)),
+    Mutant("min_references_one", "ropd.py", "--min-references 0 means 1, not K: a group with one of K references is judged",
+           "min_references=args.min_references or args.references,", "min_references=args.min_references or 1,",
+           (O + "test_a_group_short_of_references_falls_back_and_the_default_asks_for_all_k",)),
+    Mutant("keep_last_off_by_one", "ropd.py", "--keep-last N keeps N - 1 checkpoints",
+           "for old in own_checkpoints(out)[:-keep_last] if keep_last > 0 else []:",
+           "for old in own_checkpoints(out)[:-keep_last + 1] if keep_last > 1 else own_checkpoints(out)[:-1] if keep_last else []:",
+           (O + "test_after_resume_the_kl_reference_is_the_initial_student",)),
+    Mutant("ref_model_is_the_checkpoint", "ropd.py", "after --resume, pi_ref (KL, ExOPD) is the checkpoint, not the initial student",
+           "ref_model, _ = load_policy(args.student, grad_checkpointing=False,",
+           "ref_model, _ = load_policy(str(ckpt) if ckpt else args.student, grad_checkpointing=False,",
+           (O + "test_after_resume_the_kl_reference_is_the_initial_student",)),
+    Mutant("rollout_seed_without_step", "ropd.py", "a rollout's seed ignores the step: every step resamples the same rollouts",
+           'hashlib.sha256(f"{seed}/{step}/{prompt}/{j}".encode())', 'hashlib.sha256(f"{seed}/{prompt}/{j}".encode())',
+           (O + "test_rollout_seeds_differ_by_step_prompt_and_index",)),
+    Mutant("outcome_reward_next_prompt", "ropd.py", "each rollout's outcome is checked against the next prompt's answer",
+           "answers.row_correct(x, rows[i // G], strict=True)", "answers.row_correct(x, rows[(i // G + 1) % len(rows)], strict=True)",
+           (O + "test_outcome_rewards_are_scored_against_their_own_prompts_answer",)),
+    Mutant("keyed_verdicts_in_key_order", "rubric.py", "a judgement keyed by criterion id is read in the judge's key order",
+           "        j = [j[i] for i in ids]\n", "        j = list(j.values()) if set(j) == set(ids) else [j[i] for i in ids]\n",
+           (O + "test_verdicts_keyed_by_id_land_on_the_rubrics_criteria_and_their_owners",)),
+    Mutant("verifier_sees_reasoning", "prompts.py", "the batch verifier is shown each answer's <think> reasoning",
+           "texts, rubric_json = [strip_reasoning(a) for a in answers], render_rubric(rubric)",
+           "texts, rubric_json = list(answers), render_rubric(rubric)",
+           (O + "test_verdicts_keyed_by_id_land_on_the_rubrics_criteria_and_their_owners",)),
+    Mutant("verifier_key_without_answers", "prompts.py", "the verifier's block key ignores the answers: a student can learn it",
+           "key = block_key(question, rubric_json, *texts)", "key = block_key(question, rubric_json)",
+           (O + "test_the_verifiers_block_key_depends_on_its_answers",)),
+    Mutant("holistic_partial_group_kept", "rubric.py", "a T-Judge / OVD group with an unscored rollout is kept (that rollout 0)",
+           ("ok = all(k in scores for k in keys)", "rewards=[scores[k] if ok else 0.0 for k in keys]"),
+           ("ok = any(k in scores for k in keys)", "rewards=[scores.get(k, 0.0) if ok else 0.0 for k in keys]"),
+           (O + "test_a_holistic_group_scored_only_in_part_falls_back",)),
+    Mutant("local_references_one_seed", "teacher.py", "a local teacher's K references of a prompt share one seed: K copies",
+           "row_seeds=[int(key[:15], 16) for _, _, key in chunk])", "row_seeds=[0 for _ in chunk])",
+           (O + "test_a_local_teachers_k_references_of_one_prompt_differ",)),
+    Mutant("signal_log_ratio_flipped", "eval.py", "the signal analysis's log-ratio is student minus teacher",
+           '_mean_over_mask(t_lp - s_lp, cmask)', '_mean_over_mask(s_lp - t_lp, cmask)',
+           (O + "test_signal_log_ratio_is_teacher_minus_student",)),
+    Mutant("sft_targets_without_eos", "grpo.py", "SFT targets (and every encoded completion) lose their EOS: never learns to stop",
+           "token_lists = [t + [eos] for t in token_lists]", "token_lists = [t or [eos] for t in token_lists]",
+           (O + "test_sft_targets_are_the_references_with_eos_and_one_step_is_the_naive_nll",)),
 ]
 
 
@@ -318,18 +392,37 @@ def baseline(mutants: list[Mutant], pristine: Path) -> bool:
     return rc == 0
 
 
+# --fresh: the whole suite but the slow, separate checks (test_worlds rebuilds the shipped world;
+# test_vllm / test_smollm2 / test_reasoning_gym / test_benchmarks install or load real packages)
+FRESH_SUITE = tuple(f"tests/test_{name}.py" for name in (
+    "oracles", "grpo", "rubric", "prompts", "answers", "data", "structure", "report", "toy", "gad", "methods",
+    "ropd", "teacher", "hardening", "hardening2", "eval", "distributed"))
+
+
+def fresh_mutants() -> list[Mutant]:
+    """tests/mutants_fresh.py's mutants, each against FRESH_SUITE."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("mutants_fresh", Path(__file__).with_name("mutants_fresh.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return [Mutant(d["name"], d["file"], d["bug"], d["old"], d["new"], FRESH_SUITE, timeout=1800) for d in module.FRESH]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", help="NAME[,NAME...]: run these mutants only")
     ap.add_argument("--list", action="store_true", help="list the mutants (and whether each snippet matches) and exit")
     ap.add_argument("--jobs", type=int, default=1, help="mutants run in parallel (default 1)")
+    ap.add_argument("--fresh", action="store_true", help="the fresh reader's mutants (tests/mutants_fresh.py), "
+                                                         "each against the whole suite")
     a = ap.parse_args(argv)
-    names = [m.name for m in MUTANTS]
+    pool_of = fresh_mutants() if a.fresh else MUTANTS
+    names = [m.name for m in pool_of]
     assert len(set(names)) == len(names), "duplicate mutant names"
     chosen = a.only.split(",") if a.only else names
     if unknown := [n for n in chosen if n not in names]:
         ap.error(f"unknown mutant(s) {', '.join(unknown)}; --list shows them")
-    mutants = [m for m in MUTANTS if m.name in chosen]
+    mutants = [m for m in pool_of if m.name in chosen]
     if a.list:
         for m in mutants:
             text = (ROOT / m.file).read_text()

@@ -162,19 +162,21 @@ def test_thinking_is_off_by_default_and_on_with_the_flag(qwen3_style_model, tiny
         assert a["prompt_tokens"] == b["prompt_tokens"] + think_block
 
 
-def test_benchmark_reports_bootstrap_intervals(tiny_world, tmp_path):
+def test_benchmark_reports_bootstrap_intervals(small_world, tmp_path):
     out = tmp_path / "res.json"
-    assert ev.main(["--model", "toy-teacher", "--world", str(tiny_world.root), "--limit", "8",
-                    "--samples", "4", "--max-new-tokens", "12", "--out", str(out)]) == 0
+    assert ev.main(["--model", "toy", "--world", str(small_world.root), "--limit", "8",
+                    "--samples", "4", "--max-new-tokens", "24", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     right = np.array([p["right"] for p in res["problems"]])
     assert right.shape == (8, 4) and right.sum() == sum(p["correct"] for p in res["problems"])
+    # the fixture must make the intervals mean something: some right, some wrong, within a problem too
+    assert 0 < right.sum() < right.size and ((right.sum(1) > 0) & (right.sum(1) < 4)).any()
     for name, k in (("avg@4", None), ("pass@2", 2)):
         score = res["avg@4"] if k is None else res["pass@k"]["2"]
         for over in ("problems", "samples"):
             lo, hi = res["ci95"][name][over]
             assert (lo, hi) == answers.bootstrap_ci(right, k, over, 1000, seed=0)
-            assert lo <= score + 1e-9 and score <= hi + 1e-9
+            assert lo <= score + 1e-9 and score <= hi + 1e-9 and hi - lo > 0
 
 
 def test_math_verify_checker_missing_is_one_line(tiny_world, tmp_path, capsys, monkeypatch):
