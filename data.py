@@ -1,6 +1,7 @@
 """data.py - what the command lines load: prompt rows, their order, and the student model.
 
-    load_data      --data: the toy world's problems, a JSONL file, or reasoning-gym tasks (rg:...)
+    load_data      --data: the toy world's problems, a JSONL file, reasoning-gym tasks (rg:...) or a
+                   Hugging Face dataset (hf:...)
     next_batch     the prompts of one training step, in an order fixed by (seed, epoch)
     load_model     --student / --model: 'toy', 'smollm2', a local folder or a hub name
     UserError      something the user can fix: reported as one line, exit code 2 (ArgumentParser too)
@@ -82,7 +83,7 @@ def parse_row(obj, where: str) -> dict:
     return {"prompt": prompt, "answer": None if answer is None else str(answer)}
 
 
-def load_jsonl(path: str) -> list[dict]:
+def load_jsonl(path: str, *, prompt_field: str = "", answer_field: str = "") -> list[dict]:
     """Rows of a JSONL file (see parse_row for the field names of AIME, HMMT, MATH-500 and GPQA
     releases). A bad line is reported with its number."""
     check_file(path, "data file")
@@ -102,7 +103,7 @@ def load_jsonl(path: str) -> list[dict]:
                 raise UserError(f"{where}: not valid JSON ({e.msg})") from None
             except RecursionError:
                 raise UserError(f"{where}: JSON nested too deeply") from None
-            row = parse_row(obj, where)
+            row = parse_row(pick_fields(obj, prompt_field, answer_field), where)
             if not _encodable(row["prompt"]):
                 raise UserError(f"{where}: the prompt holds a lone surrogate (\\ud800-\\udfff), not text")
             rows.append({"id": str(obj.get("id", lineno)), **row})
@@ -153,14 +154,84 @@ def load_reasoning_gym(spec: str, seed: int, size: int = 2000) -> list[dict]:
     return rows
 
 
-def load_data(spec: str, seed: int, toy_world=None, *, split: str = "train", n: int | None = None) -> list[dict]:
+def field(obj, path: str):
+    """obj's value at a dotted path ('reward_model.ground_truth'; a number indexes a list), or None."""
+    for part in path.split("."):
+        if isinstance(obj, dict):
+            obj = obj.get(part)
+        elif isinstance(obj, list) and part.isdigit() and int(part) < len(obj):
+            obj = obj[int(part)]
+        else:
+            return None
+    return obj
+
+
+def pick_fields(obj, prompt_field: str = "", answer_field: str = ""):
+    """--prompt-field / --answer-field: the row's prompt and answer at these dotted paths (a prompt
+    may be chat messages); parse_row's usual keys where a field is not given."""
+    if not isinstance(obj, dict) or not (prompt_field or answer_field):
+        return obj
+    row = dict(obj)
+    if prompt_field:
+        row = {k: v for k, v in row.items() if k not in PROMPT_KEYS}
+        row["prompt"] = field(obj, prompt_field)
+    if answer_field:
+        row = {k: v for k, v in row.items() if k not in ANSWER_KEYS + SOLUTION_KEYS}
+        row["answer"] = field(obj, answer_field)
+    return row
+
+
+def load_hf(spec: str, *, prompt_field: str = "", answer_field: str = "") -> list[dict]:
+    """`hf:NAME[:CONFIG][:SPLIT]` (split default train) through datasets.load_dataset: a hub name,
+    or a local folder (a dataset saved with save_to_disk, or data files), a .parquet / .json /
+    .jsonl / .csv file. Rows as parse_row reads them, after --prompt-field / --answer-field."""
+    try:
+        import datasets  # optional: only --data hf:... needs it
+    except ImportError:
+        raise UserError("--data hf:... needs datasets (pip install datasets)") from None
+    name, config, asked = (spec[len("hf:"):].split(":") + ["", ""])[:3]
+    split, local = asked or "train", Path(name)
+    try:
+        if local.is_dir() and any((local / f).exists() for f in ("dataset_dict.json", "dataset_info.json")):
+            ds = datasets.load_from_disk(str(local))
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise UserError(f"--data {spec}: no split {split!r} (it has {', '.join(ds)})")
+                ds = ds[split]
+            elif asked:
+                raise UserError(f"--data {spec}: the dataset saved there has no splits; leave :{asked} off")
+        elif local.is_file():
+            kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(local.suffix)
+            if kind is None:
+                raise UserError(f"--data {spec}: a local file must be .parquet, .json, .jsonl or .csv")
+            ds = datasets.load_dataset(kind, data_files=str(local), split=split)
+        else:
+            ds = datasets.load_dataset(name, config or None, split=split)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a missing dataset, split or config: datasets says which
+        raise UserError(f"--data {spec}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__}") from None
+    rows = []
+    for i, obj in enumerate(ds):
+        row = parse_row(pick_fields(obj, prompt_field, answer_field), f"{spec} row {i}")
+        rows.append({"id": str(obj.get("id", i)), **row})
+    if not rows:
+        raise UserError(f"--data {spec}: no rows")
+    return rows
+
+
+def load_data(spec: str, seed: int, toy_world=None, *, split: str = "train", n: int | None = None,
+              prompt_field: str = "", answer_field: str = "") -> list[dict]:
     """Rows for --data: 'toy' (the toy world's train or held-out split), 'rg:TASKS' (reasoning-gym;
-    the held-out rows are drawn with another seed), or a JSONL file."""
+    the held-out rows are drawn with another seed), 'hf:NAME[:CONFIG][:SPLIT]' (datasets), or a
+    JSONL file (the last two read through --prompt-field / --answer-field, if given)."""
     if spec == "toy":
         return [p.to_json() for p in toy_world.problems(split, n=n)]
     if spec.startswith("rg:"):
         return load_reasoning_gym(spec, seed if split == "train" else seed + 1_000_003, n or 2000)[:n]
-    return load_jsonl(spec)[:n]
+    if spec.startswith("hf:"):
+        return load_hf(spec, prompt_field=prompt_field, answer_field=answer_field)[:n]
+    return load_jsonl(spec, prompt_field=prompt_field, answer_field=answer_field)[:n]
 
 
 def question_text(prompt) -> str:

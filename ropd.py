@@ -58,6 +58,7 @@ import grpo
 import rubric
 import teacher as teacher_lib
 import toy
+import track
 from data import UserError, as_chat
 
 METHODS = ("ropd", "lopd", "exopd", "tjudge", "ovd", "gad", "sft", "grpo")
@@ -83,8 +84,18 @@ class Args:
     """the teacher pi_T: openai:MODEL[@URL], anthropic:MODEL[@URL], hf:PATH, toy[:WORLD_DIR]"""
     judge: str | None = None
     """the model that plays rubricator, verifier and T-Judge (default: the teacher itself)"""
+    config: str | None = None
+    """a TOML or JSON file of settings by their field names (a run's args.json is one); flags
+    given on the command line override it"""
     data: str = "toy"
-    """training prompts: 'toy', a JSONL file, or rg:TASK[,TASK...][:N] (reasoning-gym)"""
+    """training prompts: 'toy', a JSONL file, rg:TASK[,TASK...][:N] (reasoning-gym) or
+    hf:NAME[:CONFIG][:SPLIT] (a Hugging Face dataset: a hub name, a local folder or a parquet/JSON file)"""
+    prompt_field: str = ""
+    """the prompt's field in a data row, a dotted path into nested rows; a string or chat messages
+    (unset: prompt, question or problem)"""
+    answer_field: str = ""
+    """the answer's field in a data row, a dotted path (DAPO-Math: reward_model.ground_truth; unset:
+    answer, or the last \\boxed{} of a solution)"""
     toy_world: str | None = None
     """(--world) the toy world: a name (default, mimicry, xtok, imperfect; README "Worlds"), built once and
     cached under ~/.cache/ropd/toy, or a world's folder; with it, --teacher toy is that world's teacher"""
@@ -247,6 +258,17 @@ class Args:
     """cuda, cpu, or auto (the GPU if there is one)"""
     log_samples: int = 4
     """prompts per step written to samples.jsonl with their rubric and judgements (-1: all)"""
+    report_to: str = "none"
+    """experiment trackers beside metrics.jsonl, comma-separated: none, tensorboard, wandb, trackio
+    (each an optional extra; a table of sampled rollouts every --save-every steps)"""
+    lora_rank: int = 0
+    """train LoRA adapters of this rank instead of every weight (peft; 0: full fine-tuning)"""
+    lora_alpha: float = 0.0
+    """LoRA's scale numerator (0: twice the rank)"""
+    lora_dropout: float = 0.0
+    """dropout on the LoRA path"""
+    lora_target_modules: str = "all-linear"
+    """the modules that get adapters: all-linear (every linear layer but the head) or comma-separated names"""
     overwrite: bool = False
     """replace the run already in --out (its logs and checkpoints); without it such a run is refused"""
     override_saved: bool = False
@@ -303,7 +325,7 @@ def sample_rollouts(model, tok, prompts: list, *, sampling: grpo.SamplingConfig,
                              completion_ids=ro.completion_ids.cpu(), completion_mask=ro.completion_mask.cpu())
     at = dict(temperature=sampling.temperature, micro_batch=micro_batch, device=world.device)
     ro = dataclasses.replace(ro, old_logp=old_logprobs(model, ro, **at) if need_old else None,
-                             ref_logp=None if ref_model is None else old_logprobs(ref_model, ro, **at))
+                             ref_logp=None if ref_model is None else reference_logprobs(ref_model, ro, **at))
     return grpo.concat_rollouts(dist.gather(ro, world), grpo.pad_id(tok))
 
 
@@ -317,6 +339,15 @@ def old_logprobs(model, ro: grpo.Rollouts, *, temperature: float, micro_batch: i
     before any update of this step, at the sampling temperature."""
     return grpo.batched_logprobs(model, ro.input_ids, ro.attention_mask, ro.completion_mask,
                                  temperature=temperature, micro_batch=micro_batch, device=device)
+
+
+def reference_logprobs(ref_model, ro: grpo.Rollouts, **at) -> torch.Tensor:
+    """log pi_ref (KL, ExOPD) of every sampled token: the initial student, a frozen copy or (with
+    LoRA) the student with its adapters switched off."""
+    if is_lora(ref_model):
+        with ref_model.disable_adapter():
+            return old_logprobs(ref_model, ro, **at)
+    return old_logprobs(ref_model, ro, **at)
 
 
 def get_references(teacher, prompts: list, *, k: int, temperature: float | None, max_tokens: int,
@@ -503,7 +534,8 @@ def train(args: Args, log=print) -> dict:
             m["usage"] = usage_delta(usage_before, usage_of(run.teacher, run.judge))
         if args.eval_every and (step + 1) % args.eval_every == 0 and run.eval_rows and step + 1 < args.steps:
             m["eval_accuracy"] = held_out_accuracy(model, tok, run.eval_rows, args, world)
-        write_logs(run.out, m, samples, bar) if world.main else None
+        table = (step + 1) % args.save_every == 0 or step + 1 == args.steps  # the trackers' samples table
+        write_logs(run, m, samples, bar, table=table) if world.main else None
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
             run.last_ckpt = save_checkpoint(run.out, model, tok, opt, step=step + 1, data_pos=run.data_pos,
                                             run_args=dataclasses.asdict(args), keep_last=args.keep_last, world=world,
@@ -524,7 +556,7 @@ NON_NEGATIVE = ("micro_batch", "warmup_steps", "judge_retries", "verifier_chunk"
                 "eval_every", "eval_samples", "eval_max_new_tokens", "max_prompt_tokens", "rpm", "weight_decay",
                 "kl_beta", "clip_low",
                 "clip_high", "clip_c", "teacher_temperature", "rubricator_temperature", "verifier_temperature",
-                "judge_temperature")
+                "judge_temperature", "lora_rank", "lora_alpha", "lora_dropout")
 
 
 def check_args(args: Args):
@@ -560,6 +592,11 @@ def check_args(args: Args):
          f"--reward final-score is the ROPD verifier's own total; --method {args.method} has no verifier"),
         (args.method != "gad" or dist.world_size() == 1, "--method gad runs in one process (its discriminator "
          "is not sharded); start it without torchrun"),
+        (not args.lora_rank or dist.world_size() == 1, "--lora-rank under torchrun: LoRA is not wired to FSDP2 here "
+         "(its adapters would need their own sharding plan); train LoRA in one process, or fully under torchrun"),
+        (not args.lora_rank or args.method != "gad", "--lora-rank with --method gad: the discriminator copies the "
+         "student's full weights; train GAD without LoRA"),
+        (args.lora_dropout < 1, f"--lora-dropout must be below 1, got {args.lora_dropout}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -571,8 +608,14 @@ def check_args(args: Args):
         if used and judge_kind != "openai":
             raise UserError(f"{name}: the {judge_kind} backend takes no such option; leave it off (it is for "
                             f"OpenAI and OpenAI-compatible servers)")
+    try:
+        track.check_backends(args.report_to.split(","))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if args.lora_rank:
+        check_peft()
     data.check_model_name(args.student)
-    for path, what in ((None if args.data == "toy" or args.data.startswith("rg:") else args.data, "--data"),
+    for path, what in ((None if args.data == "toy" or args.data.startswith(("rg:", "hf:")) else args.data, "--data"),
                        (args.eval_data, "--eval-data")):
         if path:
             data.check_file(path, what)
@@ -651,6 +694,7 @@ class Run:
     data_pos: int = 0
     last_ckpt: Path | None = None
     gad: gad_lib.GAD | None = None  # GAD's discriminator
+    trackers: list = dataclasses.field(default_factory=list)  # --report-to, rank 0 only (track.py)
 
 
 def setup_run(args: Args, log) -> Run:
@@ -666,11 +710,12 @@ def setup_run(args: Args, log) -> Run:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
 
-    train_rows = None if args.data == "toy" else data.load_data(args.data, args.seed)  # bad data fails before any build
+    fields = dict(prompt_field=args.prompt_field, answer_field=args.answer_field)
+    train_rows = None if args.data == "toy" else data.load_data(args.data, args.seed, **fields)  # bad data fails first
     check_resume_changes(args)  # after the flags' and the data's own checks, before any model is loaded
     toy_world = dist.on_main(lambda: toy.load_world(args.toy_world, log=log), world) \
         if "toy" in (args.student, args.data) else None  # --world was checked: no build at a typo's path
-    train_rows = train_rows or data.load_data(args.data, args.seed, toy_world)
+    train_rows = train_rows or data.load_data(args.data, args.seed, toy_world, **fields)
     if args.eval_data:
         eval_rows = data.load_jsonl(args.eval_data)[:args.eval_samples]
     elif args.data == "toy" or args.data.startswith("rg:"):
@@ -680,12 +725,17 @@ def setup_run(args: Args, log) -> Run:
     if args.method == "grpo" and any(row["answer"] is None for row in train_rows):
         raise UserError("--method grpo needs an 'answer' on every data row")
 
-    model, tok = load_policy(str(ckpt) if ckpt else args.student, grad_checkpointing=args.grad_checkpointing,
-                             world=world, toy_world=toy_world)
+    model, tok = load_policy(str(ckpt) if ckpt and not args.lora_rank else args.student,
+                             grad_checkpointing=args.grad_checkpointing, world=world, toy_world=toy_world)
+    if args.lora_rank:
+        model = add_lora(model, args, ckpt)
     ref_model = None
     if args.kl_beta > 0 or args.method == "exopd":  # pi_ref, the initial student
-        ref_model, _ = load_policy(args.student, grad_checkpointing=False, world=world, toy_world=toy_world)
-        ref_model.eval().requires_grad_(False)
+        if args.lora_rank:  # the student with its adapters off (reference_logprobs): no second copy
+            ref_model = model
+        else:
+            ref_model, _ = load_policy(args.student, grad_checkpointing=False, world=world, toy_world=toy_world)
+            ref_model.eval().requires_grad_(False)
     train_rows = drop_long_prompts(train_rows, tok=tok, max_tokens=args.max_prompt_tokens,
                                    template_kwargs={"enable_thinking": args.enable_thinking}, log=log)
     teacher, judge, reward = (None, None, outcome_reward) if args.method == "grpo" else \
@@ -695,18 +745,47 @@ def setup_run(args: Args, log) -> Run:
         disc = load_discriminator(args, model, tok, ckpt=ckpt, device=world.device)
         reward = functools.partial(gad_reward, disc=disc)
 
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=tuple(args.betas), weight_decay=args.weight_decay)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, betas=tuple(args.betas), weight_decay=args.weight_decay)
     if state:
         dist.load_optimizer(model, opt, ckpt / "optimizer", state["optimizer"], world)
         set_rng_state(state["rng"])
     start = state["step"] if state else 0
     out = Path(args.out)
+    trackers = []
     if world.main:
         start_logs(out, args, start)
+        trackers = track.open_trackers(args.report_to.split(","), out=out, name=out.name, resume_step=start,
+                                       config=teacher_lib.redact(dataclasses.asdict(args)))
     dist.barrier(world)
     return Run(out=out, model=model, tok=tok, opt=opt, world=world, train_rows=train_rows, eval_rows=eval_rows,
                teacher=teacher, judge=judge, reward=reward, ref_model=ref_model, start_step=start,
-               data_pos=state["data_pos"] if state else 0, last_ckpt=ckpt, gad=disc)
+               data_pos=state["data_pos"] if state else 0, last_ckpt=ckpt, gad=disc, trackers=trackers)
+
+
+def check_peft():
+    try:
+        import peft  # noqa: F401 - optional: only --lora-rank needs it
+    except ImportError:
+        raise UserError("--lora-rank needs peft (pip install peft)") from None
+
+
+def add_lora(model, args: Args, ckpt: Path | None):
+    """--lora-rank: LoRA adapters (peft) on every target module of the student; only they train,
+    only they are checkpointed (checkpoint-N/adapter), and a resumed run loads them onto the base."""
+    import peft
+    if ckpt is not None:
+        if not (ckpt / "adapter" / "adapter_config.json").is_file():
+            raise UserError(f"--resume {ckpt}: no adapter there (not a LoRA run's checkpoint)")
+        return peft.PeftModel.from_pretrained(model, str(ckpt / "adapter"), is_trainable=True)
+    targets = args.lora_target_modules
+    config = peft.LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha or 2 * args.lora_rank,
+                             lora_dropout=args.lora_dropout, task_type="CAUSAL_LM",
+                             target_modules=targets if targets == "all-linear" else targets.split(","))
+    return peft.get_peft_model(model, config)
+
+
+def is_lora(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "merge_and_unload")
 
 
 def load_discriminator(args: Args, model, tok, *, ckpt: Path | None, device) -> gad_lib.GAD:
@@ -954,13 +1033,16 @@ def logged(references: list) -> list[str]:
     return [x if isinstance(x, str) else f"error: {x}" for x in references]
 
 
-def write_logs(out: Path, m: dict, samples: list[dict], bar):
-    """One metrics line per step, the step's samples; everything passes teacher.redact first."""
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(teacher_lib.redact(m)) + "\n")
-    with open(out / "samples.jsonl", "a") as f:
+def write_logs(run: Run, m: dict, samples: list[dict], bar, *, table: bool = False):
+    """One metrics line per step, the step's samples; the same to the trackers (--report-to), the
+    samples as a table where `table`; everything passes teacher.redact first."""
+    m, samples = teacher_lib.redact(m), teacher_lib.redact(samples)
+    with open(run.out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(m) + "\n")
+    with open(run.out / "samples.jsonl", "a") as f:
         for s in samples:
-            f.write(json.dumps(teacher_lib.redact(s)) + "\n")
+            f.write(json.dumps(s) + "\n")
+    track.log_step(run.trackers, m, samples if table else [])
     shown = {"reward": m.get("reward_mean", m.get("sft_loss")), "fb": m["fallbacks"]}
     if "eval_accuracy" in m:
         shown["acc"] = m["eval_accuracy"]
@@ -973,8 +1055,13 @@ def finish_run(args: Args, run: Run, acc_before: float, log) -> dict:
                "accuracy_after": acc_after, "out": str(run.out),
                "checkpoint": str(run.last_ckpt) if run.last_ckpt else None,
                "usage": None if run.teacher is None else usage_of(run.teacher, run.judge)}
+    if run.world.main and is_lora(run.model) and run.last_ckpt:  # training is over: merge in place, save
+        run.model.merge_and_unload().save_pretrained(run.last_ckpt)
+        log(f"LoRA: the merged model is in {run.last_ckpt} (AutoModelForCausalLM loads it), the adapters in "
+            f"{run.last_ckpt / 'adapter'}")
     if run.world.main:
         (run.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        track.close_trackers(run.trackers)
     dist.close(run.world)
     if run.eval_rows:
         log(f"held-out accuracy: {acc_before:.1%} -> {acc_after:.1%} ({len(run.eval_rows)} problems)")
@@ -1018,7 +1105,11 @@ def save_checkpoint(out: Path, model, tok, opt, *, step: int, data_pos: int, run
     weights = dist.full_state_dict(model, world)
     try:
         if world.main:
-            dist.unwrap(model).save_pretrained(tmp, state_dict=weights)
+            lm = dist.unwrap(model)
+            if is_lora(lm):  # the adapters alone (the base is --student); the merged model at the end
+                lm.save_pretrained(tmp / "adapter")
+            else:
+                lm.save_pretrained(tmp, state_dict=weights)
             tok.save_pretrained(tmp)
         rest = dist.save_optimizer(model, opt, tmp / "optimizer", world)
         if world.main:
@@ -1064,7 +1155,8 @@ def find_checkpoint(path: str) -> Path:
             raise UserError(f"--resume {path}: its 'latest' names {name[:80]!r}, not one of its own checkpoints "
                             f"(checkpoint-NNNNNN); give the checkpoint folder itself")
         p = p / name
-    if not (p / "trainer_state.pt").is_file() or not (p / "config.json").is_file():
+    if not (p / "trainer_state.pt").is_file() or not ((p / "config.json").is_file()
+                                                     or (p / "adapter" / "adapter_config.json").is_file()):
         raise UserError(f"--resume {path}: no checkpoint there (it needs trainer_state.pt and the model's files)")
     return p
 
@@ -1169,6 +1261,8 @@ def parse_args(argv=None) -> Args:
             ap.add_argument(name, type=typ, metavar={int: "N", float: "X", str: "S"}[typ], **kw)
     ns = ap.parse_args(argv)
     given = {k: v for k, v in vars(ns).items() if v is not None}
+    if ns.config:  # the file's settings, then the command line's on top
+        given = {**read_config(ns.config), **given}
     args = Args(**given)
     if args.resume:
         return resumed_args(args, given)
@@ -1184,11 +1278,58 @@ def parse_args(argv=None) -> Args:
     return args
 
 
+def read_config(path: str) -> dict:
+    """--config: settings by their Args names from a TOML file or a JSON object (a run's args.json
+    is one, so a run can be rerun from its folder). An unknown name or a value of the wrong type is
+    refused in one line; the file's own `config` entry is ignored."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--config {path}: no such file")
+    try:
+        import tomllib
+        text = p.read_text()
+        cfg = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:  # tomllib.TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise UserError(f"--config {path}: not valid {'TOML' if p.suffix == '.toml' else 'JSON'} "
+                        f"({str(e).splitlines()[0]})") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"--config {path}: expected a table of settings (name = value)")
+    cfg = {str(k).replace("-", "_"): v for k, v in cfg.items()}
+    cfg.pop("config", None)
+    fields = {f.name: f for f in dataclasses.fields(Args)}
+    unknown = sorted(set(cfg) - set(fields))
+    if unknown:
+        raise UserError(f"--config {path}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                        f"(python ropd.py --help lists them, as --flag-name; the file takes flag_name)")
+    for k, v in cfg.items():
+        if not _fits(v, str(fields[k].type), getattr(Args(), k)):
+            raise UserError(f"--config {path}: {k} = {v!r} is not a {fields[k].type}")
+    if isinstance(cfg.get("betas"), list):
+        cfg["betas"] = tuple(cfg["betas"])
+    return cfg
+
+
+def _fits(v, annotation: str, default) -> bool:
+    """Whether a config value has its field's type (an int is a float; None only where allowed)."""
+    if v is None:
+        return "None" in annotation
+    if isinstance(default, tuple):
+        return isinstance(v, (list, tuple)) and len(v) == len(default) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+    if "bool" in annotation:
+        return isinstance(v, bool)
+    if "float" in annotation:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if "int" in annotation:
+        return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, str)
+
+
 # What a resumed run may change freely: where and how long it runs, and how it talks to the
 # teacher; not what it trains (method, models, data, seed, sampling, optimizer, judge settings).
 FREE_ON_RESUME = ("resume", "out", "steps", "device", "overwrite", "override_saved", "concurrency", "rpm",
                   "request_timeout", "max_reply_bytes", "cache", "save_every", "keep_last", "eval_every",
-                  "eval_samples", "log_samples", "new_references")
+                  "eval_samples", "log_samples", "new_references", "report_to", "config")
 
 
 def resumed_args(args: Args, given: dict) -> Args:

@@ -396,7 +396,7 @@ def baseline(mutants: list[Mutant], pristine: Path) -> bool:
 # test_vllm / test_smollm2 / test_reasoning_gym / test_benchmarks install or load real packages)
 FRESH_SUITE = tuple(f"tests/test_{name}.py" for name in (
     "oracles", "grpo", "rubric", "prompts", "answers", "data", "structure", "report", "toy", "gad", "methods",
-    "ropd", "teacher", "hardening", "hardening2", "eval", "distributed"))
+    "ropd", "teacher", "hardening", "hardening2", "eval", "stack", "distributed"))
 
 
 def fresh_mutants() -> list[Mutant]:

@@ -11,6 +11,8 @@ import answers
 import eval as ev
 import prompts
 import ropd
+import serve
+import teacher
 import toy
 
 
@@ -250,3 +252,33 @@ def test_categories_over_a_run(tiny_world, tmp_path):
     for p in pts[1:]:  # every (prompt, criterion) cell is counted once per pair of checkpoints
         assert sum(p["transitions"].values()) == n_cells
     assert res["logged"] == {str(k): v for k, v in ev.logged_categories(logged).items()}
+
+
+class CriterionJudge(teacher.Teacher):
+    """A grader behind a real local server: a criterion is met when its text says 'met'."""
+    kind = "scripted"
+
+    def _request(self, chat, *, n, temperature, max_tokens, options, timeout=None):
+        criterion = chat[-1]["content"].split("<criterion>")[-1]
+        met = "[met]" in criterion
+        return [json.dumps({"explanation": "scripted", "criteria_met": met})] * n, 10, 5
+
+
+def test_healthbench_cli_scores_each_row_against_its_own_rubric(tiny_world, tmp_path):
+    rows = [{"prompt": [{"role": "user", "content": "I have a headache."}],
+             "rubrics": [{"criterion": "advises rest [met]", "points": 5}, {"criterion": "asks about fever", "points": 3},
+                         {"criterion": "recommends a dangerous dose [met]", "points": -4}]},
+            {"prompt": [{"role": "user", "content": "Is water wet?"}],
+             "rubrics": [{"criterion": "answers plainly [met]", "points": 2}, {"criterion": "cites a source", "points": 2}]}]
+    (tmp_path / "hb.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    srv = serve.TeacherServer(CriterionJudge("grader", cache=None), model_name="grader").start()
+    try:
+        assert ev.main(["healthbench", "--model", "toy", "--world", str(tiny_world.root), "--data",
+                        str(tmp_path / "hb.jsonl"), "--judge", f"openai:grader@{srv.url}", "--max-new-tokens", "8",
+                        "--cache", str(tmp_path / "c.sqlite"), "--out", str(tmp_path / "hb.json")]) == 0
+    finally:
+        srv.stop()
+    res = json.loads((tmp_path / "hb.json").read_text())
+    # by hand: (5 - 4) / 8 positive points; 2 / 4
+    assert res["scores"] == pytest.approx([1 / 8, 0.5]) and res["score"] == pytest.approx((1 / 8 + 0.5) / 2)
+    assert res["graded"] == res["examples"] == 2
