@@ -745,7 +745,8 @@ def setup_run(args: Args, log) -> Run:
         disc = load_discriminator(args, model, tok, ckpt=ckpt, device=world.device)
         reward = functools.partial(gad_reward, disc=disc)
 
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, betas=tuple(args.betas), weight_decay=args.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # (LoRA: the adapters alone)
+    opt = torch.optim.AdamW(trainable, lr=args.lr, betas=tuple(args.betas), weight_decay=args.weight_decay)
     if state:
         dist.load_optimizer(model, opt, ckpt / "optimizer", state["optimizer"], world)
         set_rng_state(state["rng"])
@@ -1262,7 +1263,12 @@ def parse_args(argv=None) -> Args:
     ns = ap.parse_args(argv)
     given = {k: v for k, v in vars(ns).items() if v is not None}
     if ns.config:  # the file's settings, then the command line's on top
-        given = {**read_config(ns.config), **given}
+        from_file = read_config(ns.config)
+        for k, v in from_file.items():  # an args.json keeps no secret: it must be given again
+            if "***" in str(v) and k not in given:
+                raise UserError(f"--config {ns.config}: its {k} held a secret that was not saved; give "
+                                f"{FLAGS.get(k, '--' + k.replace('_', '-'))} on the command line")
+        given = {**from_file, **given}
     args = Args(**given)
     if args.resume:
         return resumed_args(args, given)

@@ -49,6 +49,12 @@ def test_a_bad_config_is_one_line(tmp_path, capsys, text, message):
     assert len(err) == 1 and message in err[0]
 
 
+def test_a_redacted_secret_in_a_config_must_be_given_again(tmp_path, capsys):
+    (tmp_path / "args.json").write_text(json.dumps({"teacher": "openai:m@http://user:***@host/v1"}))
+    assert ropd.main(["--config", str(tmp_path / "args.json"), "--out", str(tmp_path / "r")]) == 2
+    assert "its teacher held a secret that was not saved; give --teacher" in capsys.readouterr().err
+
+
 def test_a_runs_args_json_reruns_it(tiny_world, tmp_path):
     assert ropd.main(tiny_args(tiny_world, tmp_path, "--steps", "1", "--temperature", "0.8")) == 0
     first = metrics(tmp_path / "run")[0]
