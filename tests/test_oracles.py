@@ -436,3 +436,36 @@ def test_signal_log_ratio_is_teacher_minus_student(tiny_world, student):
     got = out["rollouts_detail"]
     assert np.allclose([d["teacher log-prob"] for d in got], want_t, atol=1e-4)
     assert np.allclose([d["teacher-student log-ratio"] for d in got], want_t - want_s, atol=1e-4)
+
+
+def test_a_chunked_verifier_with_one_chunk_failing_falls_back():
+    """--verifier-chunk 2: 2 references + 3 rollouts in 3 calls. All parsing: the rewards are the
+    unchunked ones. One chunk never parsing (it holds 'poison'): the whole group falls back, it is
+    not scored from the chunks that did."""
+    rollouts, refs = ["A right answer, all steps", "wrong", "the right one"], ["A right answer with steps", "right"]
+    settings = rubric.JudgeSettings(verifier_chunk=2)
+    res = rubric.ropd_reward(scripted_judge([]), [rubric.Group("p0", "q?", refs, rollouts)], settings)[0]
+    assert res.fallback is None and res.rewards == pytest.approx([expected_reward(t) for t in rollouts])
+    seen: list = []
+    judge = scripted_judge(seen)
+
+    def poisoned(chats, stage, attempt, valid=None, tag=None):
+        out = judge(chats, stage, attempt, valid, tag)
+        return ["not json" if stage == "verifier" and "poison" in c[-1]["content"] else o for c, o in zip(chats, out)]
+    group = rubric.Group("p0", "q?", refs, [*rollouts[:2], "poison right"])
+    res = rubric.ropd_reward(poisoned, [group], settings)[0]
+    assert sum(stage == "verifier" for stage, _ in seen) >= 3  # the chunks were asked (and re-asked)
+    assert res.fallback == "verifier failed" and res.rewards == [0.0, 0.0, 0.0]
+
+
+def test_the_blind_pool_order_does_not_put_the_references_first():
+    """Over many prompts the references land anywhere in the pool: an order that always put them
+    first would tell the verifier who wrote what."""
+    first_is_student = 0
+    for i in range(40):
+        answers, owners = rubric.blind_pool(f"p{i}", ["r1", "r2"], ["s1", "s2", "s3", "s4"])
+        assert sorted(answers) == ["r1", "r2", "s1", "s2", "s3", "s4"]
+        assert all(answers[k] == (["r1", "r2"] if src == "reference" else ["s1", "s2", "s3", "s4"])[j]
+                   for k, (src, j) in enumerate(owners))
+        first_is_student += owners[0][0] == "student"
+    assert 10 < first_is_student < 40  # about 4 in 6 by chance
