@@ -469,3 +469,17 @@ def test_the_blind_pool_order_does_not_put_the_references_first():
                    for k, (src, j) in enumerate(owners))
         first_is_student += owners[0][0] == "student"
     assert 10 < first_is_student < 40  # about 4 in 6 by chance
+
+
+def test_the_run_gives_each_rollout_the_advantage_its_adv_scale_says(small_world, tmp_path):
+    """--adv-scale std must reach the run's advantages: each logged group's advantages are
+    (r - mean) / sqrt(var + 1e-6) of its logged rewards, computed here."""
+    from test_methods import samples, small_args
+    assert ropd.main(small_args(small_world, tmp_path / "run", "--adv-scale", "std")) == 0
+    spread = 0
+    for s in samples(tmp_path / "run"):
+        r = np.array(s["rewards"], dtype=np.float64)
+        want = np.zeros_like(r) if s.get("fallback") else (r - r.mean()) / np.sqrt(r.var() + 1e-6)
+        assert np.allclose(s["advantages"], want, atol=2e-4), (s["rewards"], s["advantages"])
+        spread += r.std() > 0.05
+    assert spread >= 2  # groups whose rewards vary: std-scaling changes their advantages
