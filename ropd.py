@@ -1307,8 +1307,9 @@ def read_config(path: str) -> dict:
     if unknown:
         raise UserError(f"--config {path}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
                         f"(python ropd.py --help lists them, as --flag-name; the file takes flag_name)")
+    defaults = Args()
     for k, v in cfg.items():
-        if not _fits(v, str(fields[k].type), getattr(Args(), k)):
+        if not _fits(v, str(fields[k].type), getattr(defaults, k)):
             raise UserError(f"--config {path}: {k} = {v!r} is not a {fields[k].type}")
     if isinstance(cfg.get("betas"), list):
         cfg["betas"] = tuple(cfg["betas"])

@@ -7,17 +7,17 @@ or trackio, beside metrics.jsonl (which stays the record; nothing here is the me
 
 Each step's line is flattened and grouped as TRL and verl do: train/ (the loss, rewards, lengths),
 judge/ (fallbacks, the teacher's and judge's calls and tokens), eval/ (held-out accuracy), time/
-(seconds per stage). Every --log-samples step, a small table of sampled rollouts with their reward
-and rubric goes to the trackers that have tables. Each backend is an optional extra, imported only
+(seconds per stage). Every --save-every steps, a small table of sampled rollouts with their reward
+and rubric goes to every tracker (TensorBoard as markdown text). Each backend is an optional extra, imported only
 when asked for; a missing one is a one-line error before any model is loaded.
 """
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
-BACKENDS = ("tensorboard", "wandb", "trackio")
-INSTALL = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+BACKENDS = ("tensorboard", "wandb", "trackio")  # each the pip package that provides it
 
 
 def check_backends(names: list[str]) -> list[str]:
@@ -30,7 +30,7 @@ def check_backends(names: list[str]) -> list[str]:
         try:
             __import__("torch.utils.tensorboard" if n == "tensorboard" else n)
         except ImportError:
-            raise ValueError(f"--report-to {n} needs {INSTALL[n]} (pip install {INSTALL[n]})") from None
+            raise ValueError(f"--report-to {n} needs {n} (pip install {n})") from None
     return list(dict.fromkeys(names))
 
 
@@ -114,18 +114,9 @@ def log_step(trackers: list, m: dict, samples: list[dict]):
             if rows:
                 t.add_text("samples", _markdown(rows), step)
             t.flush()
-        elif kind == "wandb":
-            import wandb
-            payload = dict(values)
-            if rows:
-                payload["samples"] = wandb.Table(columns=COLUMNS, data=rows)
-            t.log(payload, step=step)
-        else:
-            import trackio
-            payload = dict(values)
-            if rows:
-                payload["samples"] = trackio.Table(columns=COLUMNS, data=rows)
-            t.log(payload, step=step)
+        else:  # wandb and trackio: the same log(dict, step) and Table(columns, data)
+            table = importlib.import_module(kind).Table
+            t.log({**values, **({"samples": table(columns=COLUMNS, data=rows)} if rows else {})}, step=step)
 
 
 def _markdown(rows: list[list]) -> str:

@@ -25,6 +25,7 @@ import prompts
 import ropd
 import rubric
 import teacher
+from test_methods import samples, small_args
 from test_ropd import metrics, tiny_args, weights
 
 T = 0.7  # a sampling temperature other than 1: a place that drops it computes something else
@@ -474,7 +475,6 @@ def test_the_blind_pool_order_does_not_put_the_references_first():
 def test_the_run_gives_each_rollout_the_advantage_its_adv_scale_says(small_world, tmp_path):
     """--adv-scale std must reach the run's advantages: each logged group's advantages are
     (r - mean) / sqrt(var + 1e-6) of its logged rewards, computed here."""
-    from test_methods import samples, small_args
     assert ropd.main(small_args(small_world, tmp_path / "run", "--adv-scale", "std")) == 0
     spread = 0
     for s in samples(tmp_path / "run"):
