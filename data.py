@@ -353,14 +353,20 @@ def check_model_name(name: str):
         raise UserError(f"no model folder at {name}")
 
 
+def model_path(name: str, toy_world=None) -> str | Path:
+    """Where a model name's weights are: 'toy' and 'toy-teacher' in the toy world, 'smollm2' (see
+    smollm2_path), else the name itself (a local folder or a hub name)."""
+    return {"toy": lambda: toy_world.student_path, "toy-teacher": lambda: toy_world.teacher_path,
+            "smollm2": smollm2_path}.get(name, lambda: name)()
+
+
 def load_model(name: str, device: torch.device, toy_world=None):
     """(model, tokenizer) in fp32: 'toy' (the toy world's student), 'toy-teacher', 'smollm2' (see
     smollm2_path), a local folder or a hub name. A tokenizer without a pad token pads with EOS."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_model_name(name)
-    path = {"toy": lambda: toy_world.student_path, "toy-teacher": lambda: toy_world.teacher_path,
-            "smollm2": smollm2_path}.get(name, lambda: name)()
+    path = model_path(name, toy_world)
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)

@@ -164,6 +164,7 @@ class Rollouts:
     group_size: int                # G
     old_logp: torch.Tensor | None = None  # [B*G, T] log pi_theta_old at sampling time (Eq. 7's denominator)
     ref_logp: torch.Tensor | None = None  # [B*G, T] the initial student's (KL term, ExOPD)
+    sampler_logp: torch.Tensor | None = None  # [B*G, T] the sampler's own (vLLM, sampler.py), for TIS
 
     @property
     def prompt_index(self) -> list[int]:
@@ -204,7 +205,8 @@ def concat_rollouts(parts: list[Rollouts], pad: int) -> Rollouts:
                     completion_mask=torch.cat([right(r.completion_mask, 0) for r in parts]),
                     texts=[t for r in parts for t in r.texts], group_size=parts[0].group_size,
                     old_logp=cat([right(r.old_logp, 0.0) for r in parts]),
-                    ref_logp=cat([right(r.ref_logp, 0.0) for r in parts]))
+                    ref_logp=cat([right(r.ref_logp, 0.0) for r in parts]),
+                    sampler_logp=cat([right(r.sampler_logp, 0.0) for r in parts]))
 
 
 @dataclass(frozen=True)
@@ -539,13 +541,14 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
                 mask: torch.Tensor, *, clip_low: float = 0.2, clip_high: float = 0.28,
                 clip_c: float | None = 3.0, agg: str = "token-mean", ref_logp: torch.Tensor | None = None,
                 kl_beta: float = 0.0, norm: float | None = None, max_len: int | None = None,
-                ratio_level: str = "token") -> tuple[torch.Tensor, dict]:
+                ratio_level: str = "token", tis_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Eqs. 7-8: the importance-weighted clipped objective (PPO-clip, as in GRPO/DAPO/verl), with the
     official token-level ratio (ratio_level="sequence": Alg. 1 line 25's, sequence_policy_loss).
 
     Per token t of rollout i, with ratio r = exp(logp - old_logp):
         l_t = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))           (asymmetric clip)
         l_t = min(l_t, clip_c * |A|)       where A < 0, if clip_c is set   (dual clip; the run's c = 3)
+        l_t *= tis_weight_t                if given (the sampler correction, tis_weights)
         l_t += kl_beta * k3(ref, logp),  k3 = exp(ref - logp) - (ref - logp) - 1
     `advantages` is [B] (one per rollout, broadcast to its tokens) or [B, T] (per token: LOPD).
     The per-token losses are summed and normalised by `aggregate` (`agg`, `norm`, `max_len`: see
@@ -554,20 +557,19 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         raise ValueError(f"agg must be one of {AGGREGATIONS}, got {agg!r}")
     if ratio_level == "sequence":
         return sequence_policy_loss(logp, old_logp, advantages, mask, clip_low=clip_low, clip_high=clip_high,
-                                    clip_c=clip_c, ref_logp=ref_logp, kl_beta=kl_beta, norm=norm)
+                                    clip_c=clip_c, ref_logp=ref_logp, kl_beta=kl_beta, norm=norm, tis_weight=tis_weight)
     mask = mask.to(logp.dtype)
     adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
     adv = adv.to(logp.dtype).expand_as(logp)
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio)
-    pg_unclipped = -adv * ratio
-    pg_clipped = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    pg_unclipped, pg_clipped = -adv * ratio, -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     pg = torch.maximum(pg_unclipped, pg_clipped)
     dual = torch.zeros_like(pg, dtype=torch.bool)
-    if clip_c is not None:
-        # for A < 0 a huge ratio would give an unbounded loss; cap it at clip_c * |A|
+    if clip_c is not None:  # for A < 0 a huge ratio would give an unbounded loss; cap it at clip_c * |A|
         dual = (adv < 0) & (pg > -adv * clip_c)
         pg = torch.where(dual, -adv * clip_c, pg)
+    pg = pg if tis_weight is None else pg * tis_weight  # the sampler correction (tis_weights)
     kl = None
     if ref_logp is not None and kl_beta != 0.0:
         d = ref_logp - logp
@@ -577,13 +579,34 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
                              dual=dual, kl=kl)
 
 
+def tis_weights(old_logp: torch.Tensor, sampler_logp: torch.Tensor, *, cap: float) -> torch.Tensor:
+    """The official code's sampler correction (token-level truncated importance sampling): a token
+    drawn by another engine than the learner (vLLM: other kernels, other precision) weighs
+        w_t = min(pi_old(y_t) / pi_sampler(y_t), cap)
+    in the loss, pi_old being the learner's own log-prob at sampling time. 1 where the two agree;
+    the cap bounds the variance where the sampler under-rates a token. No gradient flows through it."""
+    return torch.exp(old_logp - sampler_logp).clamp(max=cap).detach()
+
+
+@torch.no_grad()
+def tis_stats(old_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor, *, cap: float) -> dict:
+    """The ratio pi_old / pi_sampler over the valid tokens: its mean, min and max, and the share of
+    tokens whose weight the cap cut (cap 0: the correction is off, nothing is cut)."""
+    ratio = torch.exp(old_logp - sampler_logp)[mask.bool()]
+    if ratio.numel() == 0:
+        return {}
+    return {"tis_ratio_mean": ratio.mean().item(), "tis_ratio_min": ratio.min().item(),
+            "tis_ratio_max": ratio.max().item(),
+            "tis_capped_frac": (ratio > cap).float().mean().item() if cap else 0.0}
+
+
 MAX_LOG_RATIO = 20.0  # a sequence's log-ratio is clamped here before exp (verl clamps each token's alike)
 
 
 def sequence_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                          *, clip_low: float = 0.2, clip_high: float = 0.28, clip_c: float | None = 3.0,
-                         ref_logp: torch.Tensor | None = None, kl_beta: float = 0.0,
-                         norm: float | None = None) -> tuple[torch.Tensor, dict]:
+                         ref_logp: torch.Tensor | None = None, kl_beta: float = 0.0, norm: float | None = None,
+                         tis_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Alg. 1 line 25: the clipped objective with one importance ratio per rollout,
     rho_i = pi_theta(y_i | x) / pi_theta_old(y_i | x) = exp(sum_t (logp - old_logp)) (the log-ratio
     clamped to +-MAX_LOG_RATIO), l_i = max(-A_i rho_i, -A_i clip(rho_i, 1 - clip_low, 1 + clip_high)),
@@ -591,6 +614,8 @@ def sequence_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages:
     rollouts (1/G sum_i, `norm` overriding the count). `advantages` is one per rollout."""
     if advantages.dim() != 1:
         raise ValueError("a sequence-level ratio needs one advantage per rollout (not per-token advantages)")
+    if tis_weight is not None:
+        raise ValueError("the sampler correction (tis_weight) is per token; a sequence-level ratio has none")
     mask = mask.to(logp.dtype)
     adv = advantages.to(logp.dtype)
     seq_log_ratio = ((logp - old_logp) * mask).sum(-1).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
@@ -689,6 +714,7 @@ class Batch:
     old_logp: torch.Tensor | None  # [N, T] log pi_theta_old, recorded at sampling time (None: one update)
     advantages: torch.Tensor       # [N] (one per rollout) or [N, T] (per token: LOPD)
     ref_logp: torch.Tensor | None = None  # [N, T] the initial student, for the optional KL term
+    sampler_logp: torch.Tensor | None = None  # [N, T] the sampler's own (vLLM), for tis_weights
 
     def _map(self, fn) -> "Batch":
         return Batch(*(None if (t := getattr(self, f.name)) is None else fn(t) for f in dataclasses.fields(self)))
@@ -716,7 +742,8 @@ def trim(b: Batch) -> Batch:
                  attention_mask=b.attention_mask[:, first:b.attention_mask.shape[1] - T + keep_c],
                  completion_mask=cut(b.completion_mask), old_logp=None if b.old_logp is None else cut(b.old_logp),
                  advantages=b.advantages if b.advantages.dim() == 1 else cut(b.advantages),
-                 ref_logp=None if b.ref_logp is None else cut(b.ref_logp))
+                 ref_logp=None if b.ref_logp is None else cut(b.ref_logp),
+                 sampler_logp=None if b.sampler_logp is None else cut(b.sampler_logp))
 
 
 def autocast(device: torch.device):
@@ -756,6 +783,7 @@ class LossConfig:
     kl_beta: float = 0.0           # k3 KL to the initial student (paper text; 0 in the code)
     max_len: int | None = None     # Dr. GRPO's constant length
     ratio: str = "token"           # "token" (code, Eqs. 7-8) or "sequence" (Alg. 1 line 25)
+    tis_cap: float = 2.0           # C of the sampler correction (tis_weights; 0: off; only with sampler_logp)
 
 
 @dataclass(frozen=True)
@@ -859,9 +887,12 @@ def update_policy(model, opt, batch: Batch, *, group_size: int, seed: int, loss:
 
     With `world_size` ranks (FSDP2, dist.py), every rank holds the whole batch and takes its share
     of each mini-batch; FSDP2 averages the gradients over the ranks, so each loss is multiplied by
-    `world_size`: the gradient is the one-process one. `sum_stats` adds up the ranks' statistics."""
+    `world_size`: the gradient is the one-process one. `sum_stats` adds up the ranks' statistics.
+    Rollouts from another sampler (`batch.sampler_logp`, vLLM) are reweighted by tis_weights."""
     model.train()
     per_step = []
+    corrected = batch.sampler_logp is not None and batch.old_logp is not None
+    tis = tis_stats(batch.old_logp, batch.sampler_logp, batch.completion_mask, cap=loss.tis_cap) if corrected else {}
     for whole, mine, n_micro in mini_batches(batch, group_size=group_size, update=update, seed=seed, rank=rank,
                                              world_size=world_size):
         opt.zero_grad(set_to_none=True)
@@ -872,16 +903,18 @@ def update_policy(model, opt, batch: Batch, *, group_size: int, seed: int, loss:
             logp = forward_logprobs(model, mb, temperature=temperature, device=device)
             # one update per batch (old_logp None): pi_theta_old is the policy right now, the ratio is exactly 1
             old = logp.detach() if mb.old_logp is None else mb.old_logp
+            tis_weight = tis_weights(old, mb.sampler_logp, cap=loss.tis_cap) if corrected and loss.tis_cap else None
             value, st = policy_loss(logp, old, mb.advantages, mb.completion_mask, clip_low=loss.clip_low,
                                     clip_high=loss.clip_high, clip_c=loss.clip_c, agg=loss.agg, ref_logp=mb.ref_logp,
                                     kl_beta=loss.kl_beta, max_len=loss.max_len, ratio_level=loss.ratio,
+                                    tis_weight=tis_weight,
                                     norm=loss_norm(mb, whole, loss=loss, micro_batch=update.micro_batch))
             (value * weight).backward()
             share = float(mb.completion_mask.sum()) / n_tok  # token-weighted: the sum is the mini-batch's
             for k, v in st.items():
                 stats[k] = stats.get(k, 0.0) + (share * v if weight else 0.0)
         per_step.append(optimizer_step(model, opt, sum_stats(stats), grad_clip=update.grad_clip))
-    return mean_stats(per_step)
+    return {**mean_stats(per_step), **tis}
 
 
 def sft_update(model, opt, batch: Batch, *, seed: int, update: UpdateConfig, device, rank: int = 0,

@@ -56,6 +56,7 @@ import eval as evaluation
 import gad as gad_lib
 import grpo
 import rubric
+import sampler as sampler_lib
 import teacher as teacher_lib
 import toy
 import track
@@ -254,6 +255,14 @@ class Args:
     """trade compute for activation memory"""
     static_cache: bool = False
     """generate rollouts with a static KV cache (compiled by transformers on a GPU)"""
+    sampler: str = "hf"
+    """who samples the rollouts: hf (the policy's own generate) or vllm (a vLLM engine in each process, sampler.py)"""
+    tis_cap: float = 2.0
+    """--sampler vllm: each token's loss weighs min(pi_old / pi_vllm, C), the official correction (0: off)"""
+    vllm_gpu_memory_utilization: float = 0.3
+    """--sampler vllm on a GPU: the share of its memory for vLLM's weights and KV cache"""
+    vllm_kv_cache_gb: int = 4
+    """--sampler vllm on a CPU: vLLM's KV cache, in GiB (a whole number)"""
     device: str = "auto"
     """cuda, cpu, or auto (the GPU if there is one)"""
     log_samples: int = 4
@@ -310,17 +319,25 @@ OPENAI_ONLY = ("judge_reasoning_effort", "judge_json_mode")
 
 def sample_rollouts(model, tok, prompts: list, *, sampling: grpo.SamplingConfig, seed: int, step: int,
                     template_kwargs: dict, world: dist.World = dist.World(), ref_model=None,
-                    need_old: bool = True, micro_batch: int = 0) -> grpo.Rollouts:
+                    need_old: bool = True, micro_batch: int = 0, engine: sampler_lib.Engine | None = None
+                    ) -> grpo.Rollouts:
     """§2.1: G rollouts y_i ~ pi_theta_old(. | x) per prompt, and their log-probs under
     pi_theta_old (Eq. 7's denominator) and under the initial student (KL, ExOPD), both at the
     sampling temperature. Each rank samples its slice of the prompts; every rollout has its own
     seed (seed, step, prompt, j), so it is the same on any number of ranks and after a resume.
+    With a vLLM `engine` (--sampler vllm) the engine samples, its weights first replaced by the
+    policy's, and the rollouts carry its own log-probs too (the sampler correction, grpo.tis_weights).
     Returns the whole step's batch on every rank."""
     mine, G = dist.my_slice(len(prompts), world), sampling.group_size
     seeds = [rollout_seed(seed, step, i, j) for i in range(len(prompts))[mine] for j in range(G)]
-    ro = grpo.sample(model, tok, [as_chat(p) for p in prompts[mine]], n=G, max_new_tokens=sampling.max_new_tokens,
-                     temperature=sampling.temperature, top_p=sampling.top_p, chat_template_kwargs=template_kwargs,
-                     row_seeds=seeds, static_cache=sampling.static_cache)
+    how = dict(n=G, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
+               chat_template_kwargs=template_kwargs, row_seeds=seeds)
+    chats = [as_chat(p) for p in prompts[mine]]
+    if engine is None:
+        ro = grpo.sample(model, tok, chats, static_cache=sampling.static_cache, **how)
+    else:
+        sampler_lib.load_policy_weights(engine, model, world)
+        ro = sampler_lib.sample(engine, tok, chats, eos=grpo.eos_ids(tok, dist.unwrap(model)), **how)
     ro = dataclasses.replace(ro, prompt_ids=ro.prompt_ids.cpu(), prompt_mask=ro.prompt_mask.cpu(),
                              completion_ids=ro.completion_ids.cpu(), completion_mask=ro.completion_mask.cpu())
     at = dict(temperature=sampling.temperature, micro_batch=micro_batch, device=world.device)
@@ -484,7 +501,7 @@ def train(args: Args, log=print) -> dict:
     model, tok, opt, world, log = run.model, run.tok, run.opt, run.world, log if run.world.main else (lambda *x: None)
     template = {"enable_thinking": args.enable_thinking}
     sampling, loss, update = sampling_config(args), loss_config(args), update_config(args)
-    one_update = args.mini_batches == 1 and args.epochs == 1 and args.method not in ("lopd", "exopd")
+    one_update = args.mini_batches == 1 and args.epochs == 1 and args.method not in ("lopd", "exopd") and not run.engine
     acc_before = held_out_accuracy(model, tok, run.eval_rows, args, world)
     log(run_banner(args, run, acc_before))
     bar = progress(args.method, start=run.start_step, total=args.steps, show=world.main)
@@ -512,7 +529,7 @@ def train(args: Args, log=print) -> dict:
         else:
             ro = sample_rollouts(model, tok, prompts, sampling=sampling, seed=args.seed, step=step,
                                  template_kwargs=template, world=world, ref_model=run.ref_model,
-                                 need_old=not one_update, micro_batch=args.micro_batch)
+                                 need_old=not one_update, micro_batch=args.micro_batch, engine=run.engine)
             clock.lap("rollouts")
             rewards = dist.on_main(lambda: run.reward(rows, ro, refs), world)
             clock.lap("judge")
@@ -521,7 +538,7 @@ def train(args: Args, log=print) -> dict:
             adv = compute_advantages(rewards, args.rollouts, scale=args.adv_scale)
             batch = grpo.Batch(input_ids=ro.input_ids, attention_mask=ro.attention_mask,
                                completion_mask=ro.completion_mask, old_logp=ro.old_logp, advantages=adv,
-                               ref_logp=ro.ref_logp)
+                               ref_logp=ro.ref_logp, sampler_logp=ro.sampler_logp)
             m.update(grpo.update_policy(model, opt, batch, group_size=args.rollouts, seed=step_seed, loss=loss,
                                         update=update, device=world.device, temperature=sampling.temperature,
                                         rank=world.rank, world_size=world.size,
@@ -551,12 +568,13 @@ def train(args: Args, log=print) -> dict:
 POSITIVE = ("steps", "prompts_per_step", "rollouts", "references", "mini_batches", "epochs", "max_new_tokens",
             "teacher_max_tokens", "judge_max_tokens", "rubricator_max_tokens", "verifier_max_tokens", "save_every",
             "concurrency", "lr", "grad_clip", "request_timeout", "teacher_timeout", "rubricator_timeout",
-            "verifier_timeout", "temperature", "top_p", "exopd_lambda", "min_criteria", "max_reply_bytes")
+            "verifier_timeout", "temperature", "top_p", "exopd_lambda", "min_criteria", "max_reply_bytes",
+            "vllm_kv_cache_gb")
 NON_NEGATIVE = ("micro_batch", "warmup_steps", "judge_retries", "verifier_chunk", "min_references", "keep_last", "gad_lr",
                 "eval_every", "eval_samples", "eval_max_new_tokens", "max_prompt_tokens", "rpm", "weight_decay",
                 "kl_beta", "clip_low",
                 "clip_high", "clip_c", "teacher_temperature", "rubricator_temperature", "verifier_temperature",
-                "judge_temperature", "lora_rank", "lora_alpha", "lora_dropout")
+                "judge_temperature", "lora_rank", "lora_alpha", "lora_dropout", "tis_cap")
 
 
 def check_args(args: Args):
@@ -597,6 +615,12 @@ def check_args(args: Args):
         (not args.lora_rank or args.method != "gad", "--lora-rank with --method gad: the discriminator copies the "
          "student's full weights; train GAD without LoRA"),
         (args.lora_dropout < 1, f"--lora-dropout must be below 1, got {args.lora_dropout}"),
+        (0 < args.vllm_gpu_memory_utilization <= 1,
+         f"--vllm-gpu-memory-utilization must be in (0, 1], got {args.vllm_gpu_memory_utilization}"),
+        (args.sampler == "hf" or not args.lora_rank, "--sampler vllm with --lora-rank: the engine is not given "
+         "LoRA adapters here; sample LoRA runs with --sampler hf"),
+        (args.sampler == "hf" or args.ratio == "token" or not args.tis_cap, "--sampler vllm with --ratio sequence: "
+         "the sampler correction is per token; give --tis-cap 0 or --ratio token"),
     ]
     for ok, message in checks:
         if not ok:
@@ -614,6 +638,8 @@ def check_args(args: Args):
         raise UserError(str(e)) from None
     if args.lora_rank:
         check_peft()
+    if args.sampler == "vllm":
+        sampler_lib.check_vllm()
     data.check_model_name(args.student)
     for path, what in ((None if args.data == "toy" or args.data.startswith(("rg:", "hf:")) else args.data, "--data"),
                        (args.eval_data, "--eval-data")):
@@ -695,6 +721,7 @@ class Run:
     last_ckpt: Path | None = None
     gad: gad_lib.GAD | None = None  # GAD's discriminator
     trackers: list = dataclasses.field(default_factory=list)  # --report-to, rank 0 only (track.py)
+    engine: sampler_lib.Engine | None = None  # --sampler vllm
 
 
 def setup_run(args: Args, log) -> Run:
@@ -745,6 +772,11 @@ def setup_run(args: Args, log) -> Run:
         disc = load_discriminator(args, model, tok, ckpt=ckpt, device=world.device)
         reward = functools.partial(gad_reward, disc=disc)
 
+    engine = None
+    if args.sampler == "vllm" and args.method != "sft":  # (SFT samples nothing)
+        engine = sampler_lib.start_engine(str(data.model_path(args.student, toy_world)), device=world.device,
+                                          seed=args.seed, gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+                                          cpu_kv_cache_gb=args.vllm_kv_cache_gb, distributed=world.size > 1)
     trainable = [p for p in model.parameters() if p.requires_grad]  # (LoRA: the adapters alone)
     opt = torch.optim.AdamW(trainable, lr=args.lr, betas=tuple(args.betas), weight_decay=args.weight_decay)
     if state:
@@ -760,7 +792,7 @@ def setup_run(args: Args, log) -> Run:
     dist.barrier(world)
     return Run(out=out, model=model, tok=tok, opt=opt, world=world, train_rows=train_rows, eval_rows=eval_rows,
                teacher=teacher, judge=judge, reward=reward, ref_model=ref_model, start_step=start,
-               data_pos=state["data_pos"] if state else 0, last_ckpt=ckpt, gad=disc, trackers=trackers)
+               data_pos=state["data_pos"] if state else 0, last_ckpt=ckpt, gad=disc, trackers=trackers, engine=engine)
 
 
 def check_peft():
@@ -897,7 +929,8 @@ def loss_config(args: Args) -> grpo.LossConfig:
     """The clipped objective's settings (Eq. 8, Alg. 1 line 25 with --ratio sequence); --clip-c 0
     turns the dual clip off."""
     return grpo.LossConfig(clip_low=args.clip_low, clip_high=args.clip_high, clip_c=args.clip_c or None,
-                           agg=args.agg, kl_beta=args.kl_beta, max_len=args.max_new_tokens, ratio=args.ratio)
+                           agg=args.agg, kl_beta=args.kl_beta, max_len=args.max_new_tokens, ratio=args.ratio,
+                           tis_cap=args.tis_cap)
 
 
 def update_config(args: Args) -> grpo.UpdateConfig:
@@ -1063,6 +1096,8 @@ def finish_run(args: Args, run: Run, acc_before: float, log) -> dict:
     if run.world.main:
         (run.out / "summary.json").write_text(json.dumps(summary, indent=2))
         track.close_trackers(run.trackers)
+    if run.engine:
+        sampler_lib.shutdown(run.engine)
     dist.close(run.world)
     if run.eval_rows:
         log(f"held-out accuracy: {acc_before:.1%} -> {acc_after:.1%} ({len(run.eval_rows)} problems)")
@@ -1219,7 +1254,7 @@ def field_docs(cls) -> dict[str, str]:
 
 
 CHOICES = {"method": METHODS, "preset": (None, *PRESETS), "schedule": ("constant", "cosine"),
-           "adv_scale": grpo.ADV_SCALES, "agg": grpo.AGGREGATIONS, "ratio": grpo.RATIOS,
+           "adv_scale": grpo.ADV_SCALES, "sampler": ("hf", "vllm"), "agg": grpo.AGGREGATIONS, "ratio": grpo.RATIOS,
            "rubric_prompt": ("official", "paper"), "verifier": ("batch", "per-response"),
            "reward": ("pass-rate", "final-score"), "judge_retry_policy": ("uniform", "official"),
            "judge_reasoning_effort": (None, "minimal", "low", "medium", "high")}

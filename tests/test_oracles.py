@@ -10,6 +10,7 @@ references that differ), so a trivial fixture cannot make it pass."""
 import copy
 import dataclasses
 import json
+import math
 import re
 import types
 
@@ -37,9 +38,10 @@ PROMPTS = ["1+2", "((3*4)-5)+6", "(9-1)*2"]
 # The loss (Eqs. 7-8), written out naively over the whole batch
 # ----------------------------------------------------------------------------------------------
 
-def naive_loss(logp, old, adv, mask, *, agg, clip_low=0.2, clip_high=0.28, clip_c=3.0):
+def naive_loss(logp, old, adv, mask, *, agg, clip_low=0.2, clip_high=0.28, clip_c=3.0, sampler=None, cap=2.0):
     """Eq. 8 token by token with Python loops over rollouts: PPO-clip with the asymmetric range,
-    dual clip for A < 0, then the aggregation over the *whole* batch."""
+    dual clip for A < 0, each token times min(pi_old / pi_sampler, cap) where a `sampler`'s
+    log-probs are given (the official TIS), then the aggregation over the *whole* batch."""
     per_rollout, n_tok = [], mask.sum()
     for i in range(logp.shape[0]):
         terms = []
@@ -51,6 +53,8 @@ def naive_loss(logp, old, adv, mask, *, agg, clip_low=0.2, clip_high=0.28, clip_
             loss_t = torch.maximum(-a * r, -a * torch.clamp(r, 1 - clip_low, 1 + clip_high))
             if a < 0:
                 loss_t = torch.minimum(loss_t, torch.tensor(-a * clip_c))
+            if sampler is not None:
+                loss_t = loss_t * min(math.exp(float(old[i, t]) - float(sampler[i, t])), cap)
             terms.append(loss_t)
         per_rollout.append(torch.stack(terms))
     if agg == "token-mean":
@@ -85,10 +89,10 @@ def sgd_delta(model, fn):
     return {k: (v.detach() - dict(model.named_parameters())[k].detach()) for k, v in m.named_parameters()}
 
 
-def naive_gradient(model, ro, old, adv, *, agg):
+def naive_gradient(model, ro, old, adv, *, agg, **tis):
     m = copy.deepcopy(model)
     logp = grpo.naive_token_logprobs(m, ro.input_ids, ro.attention_mask, ro.completion_ids.shape[1], T)
-    naive_loss(logp, old, adv, ro.completion_mask, agg=agg).backward()
+    naive_loss(logp, old, adv, ro.completion_mask, agg=agg, **tis).backward()
     return {k: p.grad for k, p in m.named_parameters()}
 
 
@@ -124,6 +128,38 @@ def test_the_update_is_the_naive_whole_batch_loss_at_the_temperature(student, ag
     assert 0 < stats["clip_frac"] < 1 and stats["dual_clip_frac"] >= 0  # the clipped branches were taken
     for k, d in delta.items():
         assert torch.allclose(d, -grad[k], atol=2e-6, rtol=1e-4), k
+
+
+def test_rollouts_of_another_sampler_weigh_min_of_pi_old_over_pi_sampler_and_the_cap(student):
+    """--sampler vllm: each token's loss times min(pi_old / pi_sampler, 2) (the official TIS),
+    computed here token by token, against one SGD step of update_policy in micro-batches of 3;
+    the logged ratio statistics against the same numbers; --tis-cap 0 is the uncorrected update."""
+    model, tok = student
+    ro = rollouts_at(model, tok)
+    g = torch.Generator().manual_seed(1)
+    sampler = (ro.old_logp + 1.0 * torch.randn(ro.old_logp.shape, generator=g)) * ro.completion_mask
+    adv = torch.randn(len(ro.texts), generator=g)
+    batch = grpo.Batch(input_ids=ro.input_ids, attention_mask=ro.attention_mask, completion_mask=ro.completion_mask,
+                       old_logp=ro.old_logp, advantages=adv, sampler_logp=sampler)
+    stats = {}
+
+    def step(m, opt, cap=2.0, b=batch):
+        stats.update(grpo.update_policy(m, opt, b, group_size=4, seed=0, loss=grpo.LossConfig(tis_cap=cap),
+                                        update=grpo.UpdateConfig(mini_batches=1, grad_clip=1e9, micro_batch=3),
+                                        device=CPU, temperature=T))
+    delta = sgd_delta(model, step)
+    grad = naive_gradient(model, ro, ro.old_logp, adv, agg="token-mean", sampler=sampler, cap=2.0)
+    for k, d in delta.items():
+        assert torch.allclose(d, -grad[k], atol=2e-6, rtol=1e-4), k
+    m = ro.completion_mask.bool()
+    ratios = [math.exp(o - s) for o, s in zip(ro.old_logp[m].tolist(), sampler[m].tolist())]
+    assert stats["tis_ratio_mean"] == pytest.approx(sum(ratios) / len(ratios), rel=1e-5)
+    assert (stats["tis_ratio_min"], stats["tis_ratio_max"]) == pytest.approx((min(ratios), max(ratios)), rel=1e-5)
+    assert stats["tis_capped_frac"] == pytest.approx(sum(r > 2 for r in ratios) / len(ratios))
+    assert 0 < stats["tis_capped_frac"] < 0.5 and min(ratios) < 0.5  # both sides of 1 were exercised
+    off = sgd_delta(model, lambda m_, o: step(m_, o, cap=0.0))
+    plain = sgd_delta(model, lambda m_, o: step(m_, o, b=dataclasses.replace(batch, sampler_logp=None)))
+    assert all(torch.equal(off[k], plain[k]) for k in off) and stats["tis_capped_frac"] == 0.0
 
 
 def test_uneven_rank_shares_add_up_to_the_one_process_gradient(student):

@@ -1,5 +1,6 @@
 """ropd.py end to end on a tiny toy world: every method, gradient accumulation, resume, failures."""
 import dataclasses
+import importlib.util
 import json
 
 import pytest
@@ -357,11 +358,25 @@ def test_help_lists_every_preset_setting(capsys):
     (["--method", "tjudge", "--reward", "final-score"], "--reward final-score is the ROPD verifier's own total"),
     (["--verifier-timeout", "0"], "--verifier-timeout must be positive"),
     (["--preset", "fast"], "argument --preset: invalid choice: 'fast'"),
+    (["--sampler", "vllm", "--lora-rank", "4"], "--sampler vllm with --lora-rank: the engine is not given LoRA"),
+    (["--sampler", "vllm", "--ratio", "sequence"], "the sampler correction is per token; give --tis-cap 0"),
+    (["--sampler", "vllm", "--vllm-gpu-memory-utilization", "1.5"], "--vllm-gpu-memory-utilization must be in (0, 1]"),
+    (["--sampler", "vllm", "--vllm-kv-cache-gb", "0"], "--vllm-kv-cache-gb must be positive"),
+    (["--sampler", "sglang"], "argument --sampler: invalid choice: 'sglang'"),
 ])
 def test_new_settings_are_refused_in_one_line(flags, message, tiny_world, tmp_path, capsys):
     assert ropd.main(tiny_args(tiny_world, tmp_path, *flags)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed in this Python")
+def test_the_vllm_sampler_without_vllm_is_refused_in_one_line_before_any_model(tiny_world, tmp_path, capsys):
+    """(vLLM lives in its own environment, test_vllm_sampler.py; not in the one the suite runs in.)"""
+    assert ropd.main(tiny_args(tiny_world, tmp_path, "--sampler", "vllm")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--sampler vllm needs vLLM, which is not installed in this Python" in err[0]
+    assert not (tmp_path / "run").exists()
 
 
 def test_new_flags_reach_the_judge_and_the_loss(tiny_world, tmp_path):
@@ -371,6 +386,7 @@ def test_new_flags_reach_the_judge_and_the_loss(tiny_world, tmp_path):
     assert t.timeouts == {"reference": 90.0, "rubricator": 120.0, "verifier": 7.0}
     settings = reward.keywords["score_groups"].keywords["settings"]
     assert settings.reward == "final-score" and settings.retry_policy == "official"
+    assert ropd.loss_config(ropd.parse_args(tiny_args(tiny_world, tmp_path, "--tis-cap", "1.5"))).tis_cap == 1.5
 
 
 def test_gad_end_to_end_keeps_its_discriminator_across_a_resume(tiny_world, tmp_path):
