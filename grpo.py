@@ -238,6 +238,10 @@ class RowSeededSampling:
         self.gens = [torch.Generator(device=device).manual_seed(int(s) % 2 ** 63) for s in seeds]
         self.temperature, self.top_p = temperature, top_p
 
+    def keep_rows(self, keep: torch.Tensor):
+        """The batch lost its finished rows (drop_finished_loop): keep the others' generators."""
+        self.gens = [g for g, k in zip(self.gens, keep.tolist()) if k]
+
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         logits = scores.float() / self.temperature
         if self.top_p < 1.0:  # keep the smallest set of tokens whose probability reaches top_p
@@ -262,6 +266,51 @@ def sampling_kwargs(*, temperature: float, top_p: float, row_seeds, device) -> d
         greedy["logits_processor"] = LogitsProcessorList([
             RowSeededSampling(row_seeds, temperature=temperature, top_p=top_p, device=device)])
     return greedy
+
+
+def takes_a_decoding_loop() -> bool:
+    """Whether this transformers' generate() runs a decoding loop given as a callable."""
+    import inspect
+
+    from transformers import GenerationMixin
+    return "Callable" in str(inspect.signature(GenerationMixin.generate).parameters.get("custom_generate", ""))
+
+
+@torch.no_grad()
+def drop_finished_loop(model, input_ids, logits_processor, stopping_criteria, generation_config,
+                       synced_gpus: bool = False, streamer=None, **model_kwargs) -> torch.Tensor:
+    """generate()'s decoding loop (its `custom_generate`), for sampling with one generator per row:
+    a rollout leaves the batch at its EOS, so each step computes only the rollouts still being
+    written. Hugging Face's own loop runs every row to the end of the longest (a finished row keeps
+    costing a forward per token). The same tokens: each row is sampled from its own logits with its
+    own generator (RowSeededSampling.keep_rows). Returns the prompts and completions, right-padded."""
+    cache_arg = next((k for k in ("cache", "past_key_values") if model_kwargs.get(k) is not None), None)
+    if cache_arg is None or not hasattr(model_kwargs[cache_arg], "batch_select_indices"):  # no droppable cache
+        return type(model)._sample(model, input_ids, logits_processor, stopping_criteria, generation_config,
+                                   synced_gpus=synced_gpus, streamer=streamer, **model_kwargs)
+    cache, attn = model_kwargs[cache_arg], model_kwargs["attention_mask"]
+    eos, pad = generation_config._eos_token_tensor, generation_config._pad_token_tensor
+    B, P = input_ids.shape
+    out = input_ids.new_full((B, generation_config.max_length - P), int(pad))
+    alive, seqs, step_ids = torch.arange(B, device=input_ids.device), input_ids, input_ids
+    position_ids = (attn.long().cumsum(-1) - 1).clamp(min=0)
+    for t in range(out.shape[1]):
+        logits = model(input_ids=step_ids, attention_mask=attn, position_ids=position_ids, use_cache=True,
+                       logits_to_keep=1, **{cache_arg: cache}).logits[:, -1].float()
+        nxt = logits_processor(seqs, logits).argmax(-1)  # RowSeededSampling's Gumbel-max: a sample per row
+        out[alive, t] = nxt
+        keep = ~torch.isin(nxt, eos)
+        if not keep.all():
+            alive, nxt, seqs, attn = alive[keep], nxt[keep], seqs[keep], attn[keep]
+            if not len(alive):
+                return torch.cat([input_ids, out[:, :t + 1]], 1)
+            cache.batch_select_indices(keep.nonzero().squeeze(1))
+            for p in logits_processor:
+                getattr(p, "keep_rows", lambda k: None)(keep)
+        seqs, step_ids = torch.cat([seqs, nxt[:, None]], 1), nxt[:, None]
+        attn = torch.cat([attn, attn.new_ones((len(alive), 1))], 1)
+        position_ids = attn.long().sum(-1, keepdim=True) - 1
+    return torch.cat([input_ids, out], 1)
 
 
 @torch.no_grad()
@@ -289,6 +338,8 @@ def sample(model, tokenizer, prompts, *, n: int = 8, max_new_tokens: int = 512,
                       **sampling_kwargs(temperature=temperature, top_p=top_p, row_seeds=row_seeds, device=device))
     if static_cache:
         gen_kwargs["cache_implementation"] = "static"
+    elif row_seeds is not None and temperature > 0 and takes_a_decoding_loop():  # rollouts leave the batch at EOS
+        gen_kwargs["custom_generate"] = drop_finished_loop
     was_training = model.training
     model.eval()
     devices = [device] if device.type == "cuda" else []

@@ -128,7 +128,8 @@ def main():
           f"{a.steps} timed steps after {a.warmup} warm-up")
     print(f"ropd.py  {o:7.2f} s/step   mean completion length {mean([x['length'] for x in ours]):.1f}")
     print(f"TRL      {t:7.2f} s/step   mean completion length {mean([x['length'] for x in theirs]):.1f}")
-    print(f"TRL / ropd.py = {t / o:.2f}x")
+    lo, lt = mean([x["length"] for x in ours]), mean([x["length"] for x in theirs])
+    print(f"TRL / ropd.py = {t / o:.2f}x per step, {(t / lt) / (o / lo):.2f}x per generated token")
     phases = {k: mean([x["phases"][k] for x in ours]) for k in ours[0]["phases"] if k != "total"}
     print("ropd.py seconds per phase: " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
 

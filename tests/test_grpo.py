@@ -466,6 +466,36 @@ def test_row_seeded_sampling_draws_from_the_softmax(tiny):
     assert set(r.completion_ids[:, 0].tolist()) <= set(nucleus.tolist())
 
 
+def test_rollouts_leave_the_batch_at_their_eos_and_are_the_tokens_of_hugging_face_s_own_loop(tiny):
+    """grpo.sample's decoding loop (drop_finished_loop) against generate()'s own, with the same
+    per-row seeded sampling at T = 0.8, top-p 0.9: the same tokens, row for row; and fewer rows
+    through the model (a finished rollout costs nothing more), counted at the embedding."""
+    model, tok = tiny
+    prompts, seeds = ["1+2", "((3*4)-5)+6", "(9-1)*2"], list(range(30, 42))
+    rows = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, i, o: rows.append(o.shape[0]))
+    try:
+        ours = grpo.sample(model, tok, prompts, n=4, max_new_tokens=40, temperature=0.8, top_p=0.9, row_seeds=seeds)
+        ours_rows, rows[:] = sum(rows), []
+        ids, mask = grpo.encode_prompts(tok, prompts)
+        ids, mask = ids.repeat_interleave(4, 0), mask.repeat_interleave(4, 0)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=40, pad_token_id=grpo.pad_id(tok),
+                                 eos_token_id=grpo.eos_ids(tok, model), use_cache=True,
+                                 **grpo.sampling_kwargs(temperature=0.8, top_p=0.9, row_seeds=seeds, device="cpu"))
+        theirs_rows = sum(rows)
+    finally:
+        hook.remove()
+    theirs = out[:, ids.shape[1]:]
+    m = grpo.completion_mask(theirs, grpo.eos_ids(tok, model))
+    assert [r[k.bool()].tolist() for r, k in zip(ours.completion_ids, ours.completion_mask)] == \
+        [r[k.bool()].tolist() for r, k in zip(theirs, m)]
+    lengths = ours.lengths.tolist()
+    assert min(lengths) < max(lengths)  # rollouts ended at different steps
+    # forward t writes token t of every rollout still running: a rollout of n tokens is in n forwards
+    assert ours_rows == sum(lengths) < theirs_rows == 12 * theirs.shape[1]
+
+
 def test_a_row_seeded_sample_does_not_depend_on_its_batch(tiny):
     model, tok = tiny
     a = grpo.sample(model, tok, ["1+2", "(9-1)*2"], n=2, max_new_tokens=12, row_seeds=[11, 12, 13, 14])
