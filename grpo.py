@@ -9,15 +9,19 @@ Everything here works on plain tensors and any Hugging Face causal LM:
     update_policy     Eq. 8 optimised: mini-batches of whole groups, micro-batches, grad-norm clip;
                       it calls policy_loss itself, so the loop is train -> update_policy -> policy_loss
     lopd_advantages   the LOPD baseline: A_t = log pi_T(y_t) - log pi_old(y_t)
+    tis_weights       the official sampler correction min(pi_old / pi_sampler, C), for rollouts that
+                      another engine sampled (vLLM: sampler.py)
 
 What was dropped from "full" PPO/GRPO, and why:
   * no value function / GAE: the advantage is group-relative (GRPO), one number per rollout;
   * no entropy bonus and, by default, no KL to a reference model: the official ROPD settings use
     neither (the paper's text names a KL term; `ref_logp` + `kl_beta` give it back, k3 estimator);
-  * no sampler/learner importance correction: here the same model samples and learns.
+  * the sampler/learner importance correction (TIS) only where another engine samples
+    (--sampler vllm); by default the policy samples its own rollouts, so there is nothing to correct.
 
 Nothing in this file knows about rubrics or teachers: rewards arrive as a plain tensor. It imports
-torch alone (transformers only inside `sampling_kwargs`), so the loss copies without it.
+torch alone (transformers only inside `sampling_kwargs` and `takes_a_decoding_loop`), so the loss
+copies without it.
 """
 from __future__ import annotations
 
@@ -257,7 +261,8 @@ class RowSeededSampling:
 
 def sampling_kwargs(*, temperature: float, top_p: float, row_seeds, device) -> dict:
     """generate()'s sampling arguments: greedy at temperature 0; seeded per row (RowSeededSampling
-    on top of greedy decoding) with `row_seeds`; else Hugging Face's own sampling."""
+    on top of greedy decoding, in drop_finished_loop where transformers can run it) with
+    `row_seeds`; else Hugging Face's own sampling."""
     if temperature > 0 and row_seeds is None:
         return dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     greedy = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
@@ -265,6 +270,8 @@ def sampling_kwargs(*, temperature: float, top_p: float, row_seeds, device) -> d
         from transformers import LogitsProcessorList  # here, not at the top: the loss needs torch alone
         greedy["logits_processor"] = LogitsProcessorList([
             RowSeededSampling(row_seeds, temperature=temperature, top_p=top_p, device=device)])
+        if takes_a_decoding_loop():  # rollouts leave the batch at their EOS
+            greedy["custom_generate"] = drop_finished_loop
     return greedy
 
 
@@ -288,9 +295,11 @@ def drop_finished_loop(model, input_ids, logits_processor, stopping_criteria, ge
     if cache_arg is None or not hasattr(model_kwargs[cache_arg], "batch_select_indices"):  # no droppable cache
         return type(model)._sample(model, input_ids, logits_processor, stopping_criteria, generation_config,
                                    synced_gpus=synced_gpus, streamer=streamer, **model_kwargs)
-    cache, attn = model_kwargs[cache_arg], model_kwargs["attention_mask"]
+    cache, attn = model_kwargs[cache_arg], model_kwargs.get("attention_mask")
     eos, pad = generation_config._eos_token_tensor, generation_config._pad_token_tensor
     B, P = input_ids.shape
+    attn = torch.ones_like(input_ids) if attn is None else attn  # (generate drops an all-ones mask)
+    eos = input_ids.new_empty(0) if eos is None else eos
     out = input_ids.new_full((B, generation_config.max_length - P), int(pad))
     alive, seqs, step_ids = torch.arange(B, device=input_ids.device), input_ids, input_ids
     position_ids = (attn.long().cumsum(-1) - 1).clamp(min=0)
@@ -336,10 +345,8 @@ def sample(model, tokenizer, prompts, *, n: int = 8, max_new_tokens: int = 512,
     gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_id(tokenizer), eos_token_id=eos,
                       use_cache=True,
                       **sampling_kwargs(temperature=temperature, top_p=top_p, row_seeds=row_seeds, device=device))
-    if static_cache:
-        gen_kwargs["cache_implementation"] = "static"
-    elif row_seeds is not None and temperature > 0 and takes_a_decoding_loop():  # rollouts leave the batch at EOS
-        gen_kwargs["custom_generate"] = drop_finished_loop
+    if static_cache:  # (a static cache cannot drop rows: Hugging Face's own loop)
+        gen_kwargs.update(cache_implementation="static", custom_generate=None)
     was_training = model.training
     model.eval()
     devices = [device] if device.type == "cuda" else []

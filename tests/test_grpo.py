@@ -482,7 +482,8 @@ def test_rollouts_leave_the_batch_at_their_eos_and_are_the_tokens_of_hugging_fac
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=40, pad_token_id=grpo.pad_id(tok),
                                  eos_token_id=grpo.eos_ids(tok, model), use_cache=True,
-                                 **grpo.sampling_kwargs(temperature=0.8, top_p=0.9, row_seeds=seeds, device="cpu"))
+                                 **{**grpo.sampling_kwargs(temperature=0.8, top_p=0.9, row_seeds=seeds, device="cpu"),
+                                    "custom_generate": None})  # Hugging Face's own loop
         theirs_rows = sum(rows)
     finally:
         hook.remove()
