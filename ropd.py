@@ -336,7 +336,7 @@ def sample_rollouts(model, tok, prompts: list, *, sampling: grpo.SamplingConfig,
     if engine is None:
         ro = grpo.sample(model, tok, chats, static_cache=sampling.static_cache, **how)
     else:
-        sampler_lib.load_policy_weights(engine, model, world)
+        sampler_lib.load_policy_weights(engine, model)
         ro = sampler_lib.sample(engine, tok, chats, eos=grpo.eos_ids(tok, dist.unwrap(model)), **how)
     ro = dataclasses.replace(ro, prompt_ids=ro.prompt_ids.cpu(), prompt_mask=ro.prompt_mask.cpu(),
                              completion_ids=ro.completion_ids.cpu(), completion_mask=ro.completion_mask.cpu())

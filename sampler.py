@@ -4,7 +4,7 @@ that lives inside each training process, as the official code and TRL/verl/OpenR
 One engine per process (tensor parallel 1; under torchrun vLLM's "external_launcher" shares the
 process group torchrun made, each rank its own engine). It is loaded once from the student, and
 before each step's rollouts its weights are replaced by the policy's (`load_policy_weights`: under
-FSDP2 the full state dict, gathered once per step), so it always samples from pi_theta_old. The
+FSDP2 gathered from the shards once per step, weight by weight), so it always samples from pi_theta_old. The
 rollouts come back as grpo.Rollouts, the same tensors `grpo.sample` gives, plus the sampler's own
 log-prob of each sampled token (`sampler_logp`): vLLM's kernels and precision are not the
 learner's, so the loss corrects the mismatch with the official token-level truncated importance
@@ -24,7 +24,7 @@ import importlib.util
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -71,31 +71,30 @@ def start_engine(path: str, *, device: torch.device, max_model_len: int | None =
     llm = LLM(model=path, dtype="bfloat16" if device.type == "cuda" else "float32", seed=seed,
               max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
               logprobs_mode="processed_logprobs",  # the log-prob of the distribution sampled from (after T, top-p)
-              enable_prefix_caching=False,  # a cached prefix would outlive a weight load
+              enable_prefix_caching=True,  # a prompt's G rollouts share its prefill (reset at each weight load)
               enforce_eager=device.type != "cuda", enable_sleep_mode=sleeps, **extra)
     return Engine(llm=llm, sleeps=sleeps)
 
 
-def policy_weights(model, world: dist.World) -> Iterable[tuple[str, torch.Tensor]]:
-    """The policy's weights under their Hugging Face names: its own parameters in one process, the
-    full state dict gathered from the shards (on every rank) under FSDP2."""
-    lm = dist.unwrap(model)
-    if world.size == 1:
-        return lm.state_dict().items()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    return get_model_state_dict(lm, options=StateDictOptions(full_state_dict=True)).items()
+def policy_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's weights under their Hugging Face names, one at a time: under FSDP2 each is
+    gathered whole from the shards when the engine reads it (every rank reads them all, in the same
+    order), so no rank ever holds more than one gathered weight beside its shards."""
+    for name, t in dist.unwrap(model).state_dict().items():
+        yield name, t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-def load_policy_weights(engine: Engine, model, world: dist.World = dist.World()) -> None:
+def load_policy_weights(engine: Engine, model) -> None:
     """Replace the engine's weights by the policy's (before each step's rollouts: Alg. 1 line 6's
-    pi_theta_old is the policy after the last optimizer step)."""
-    weights = policy_weights(model, world)
+    pi_theta_old is the policy after the last optimizer step), and forget the prompts it cached."""
+    weights = policy_weights(model)
     # (rotary embeddings have no learned weights: vLLM warns that it keeps its own, every load)
     logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
     if engine.sleeps:
         engine.llm.wake_up(tags=["weights"])
     # vLLM's in-place reload (checkpoint names, fused into its own layout, layer by layer)
-    engine.llm.collective_rpc("reload_weights", kwargs=dict(weights_iterator=iter(weights)))
+    engine.llm.collective_rpc("reload_weights", kwargs=dict(weights_iterator=weights))
+    engine.llm.reset_prefix_cache()  # its cached prompts were computed with the old weights
     if engine.sleeps:
         engine.llm.wake_up(tags=["kv_cache"])
 

@@ -736,10 +736,15 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="also write the world's description (world.json) here")
     ap.add_argument("--rebuild", action="store_true", help="train every model, even those the shipped default "
                     "world has (with --root: a fresh build, to compare with the shipped one)")
+    ap.add_argument("--student-heads", type=int, default=None, help="the student's attention heads (2: heads 32 "
+                    "wide, which vLLM's CPU attention needs for --sampler vllm; the worlds' students have 4)")
     args = ap.parse_args(argv)
     pin_cpu_numerics()
-    if args.test_size or args.root or args.rebuild:
-        w = build(TEST_CONFIG if args.test_size else world_config(args.world), args.root, use_shipped=not args.rebuild)
+    config = TEST_CONFIG if args.test_size else world_config(args.world)
+    if args.student_heads:
+        config = dataclasses.replace(config, student={**config.student, "heads": args.student_heads})
+    if args.test_size or args.root or args.rebuild or args.student_heads:
+        w = build(config, args.root, use_shipped=not args.rebuild)
     else:
         w = load_world(args.world)
     if args.json:

@@ -1,5 +1,6 @@
 """toy.py: the task, the tokenizer, the cached world, and a few real GRPO steps on it."""
 
+import json
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -148,3 +149,12 @@ def test_a_few_grpo_steps_with_the_checker_as_reward(tiny_world):
         if (adv > 0).any() and (adv < 0).any():
             assert seq_delta[adv > 0].mean() > seq_delta[adv < 0].mean()
         assert torch.isfinite(loss)
+
+
+def test_toy_cli_builds_a_world_with_wider_student_heads(tmp_path, capsys):
+    """python toy.py --student-heads 2: the student vLLM's CPU attention can run (heads 32 wide)."""
+    toy.main(["--test-size", "--student-heads", "1", "--root", str(tmp_path / "w")])
+    info = json.loads((tmp_path / "w" / "world.json").read_text())
+    assert info["config"]["student"] == {**toy.TEST_CONFIG.student, "heads": 1}
+    cfg = json.loads((tmp_path / "w" / "student" / "config.json").read_text())
+    assert cfg["hidden_size"] // cfg["num_attention_heads"] == 32
