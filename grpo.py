@@ -283,6 +283,14 @@ def takes_a_decoding_loop() -> bool:
     return "Callable" in str(inspect.signature(GenerationMixin.generate).parameters.get("custom_generate", ""))
 
 
+def droppable(cache) -> bool:
+    """A cache whose rows can be dropped: attention keys and values only, in every layer (not a
+    linear-attention or recurrent state, which DynamicLayer.batch_select_indices would not cut)."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
+
+
 @torch.no_grad()
 def drop_finished_loop(model, input_ids, logits_processor, stopping_criteria, generation_config,
                        synced_gpus: bool = False, streamer=None, **model_kwargs) -> torch.Tensor:
@@ -292,7 +300,7 @@ def drop_finished_loop(model, input_ids, logits_processor, stopping_criteria, ge
     costing a forward per token). The same tokens: each row is sampled from its own logits with its
     own generator (RowSeededSampling.keep_rows). Returns the prompts and completions, right-padded."""
     cache_arg = next((k for k in ("cache", "past_key_values") if model_kwargs.get(k) is not None), None)
-    if cache_arg is None or not hasattr(model_kwargs[cache_arg], "batch_select_indices"):  # no droppable cache
+    if cache_arg is None or not droppable(model_kwargs[cache_arg]):  # Hugging Face's own loop
         return type(model)._sample(model, input_ids, logits_processor, stopping_criteria, generation_config,
                                    synced_gpus=synced_gpus, streamer=streamer, **model_kwargs)
     cache, attn = model_kwargs[cache_arg], model_kwargs.get("attention_mask")

@@ -338,6 +338,7 @@ def sample_rollouts(model, tok, prompts: list, *, sampling: grpo.SamplingConfig,
     else:
         sampler_lib.load_policy_weights(engine, model)
         ro = sampler_lib.sample(engine, tok, chats, eos=grpo.eos_ids(tok, dist.unwrap(model)), **how)
+        sampler_lib.sleep(engine)  # (on a GPU: its memory is the update's until the next weight load)
     ro = dataclasses.replace(ro, prompt_ids=ro.prompt_ids.cpu(), prompt_mask=ro.prompt_mask.cpu(),
                              completion_ids=ro.completion_ids.cpu(), completion_mask=ro.completion_mask.cpu())
     at = dict(temperature=sampling.temperature, micro_batch=micro_batch, device=world.device)
@@ -617,6 +618,8 @@ def check_args(args: Args):
         (args.lora_dropout < 1, f"--lora-dropout must be below 1, got {args.lora_dropout}"),
         (0 < args.vllm_gpu_memory_utilization <= 1,
          f"--vllm-gpu-memory-utilization must be in (0, 1], got {args.vllm_gpu_memory_utilization}"),
+        (args.sampler == "hf" or not args.static_cache, "--static-cache is the hf sampler's KV cache; vLLM has its own "
+         "(leave --static-cache off with --sampler vllm)"),
         (args.sampler == "hf" or not args.lora_rank, "--sampler vllm with --lora-rank: the engine is not given "
          "LoRA adapters here; sample LoRA runs with --sampler hf"),
         (args.sampler == "hf" or args.ratio == "token" or not args.tis_cap, "--sampler vllm with --ratio sequence: "
@@ -776,7 +779,8 @@ def setup_run(args: Args, log) -> Run:
     if args.sampler == "vllm" and args.method != "sft":  # (SFT samples nothing)
         engine = sampler_lib.start_engine(str(data.model_path(args.student, toy_world)), device=world.device,
                                           seed=args.seed, gpu_memory_utilization=args.vllm_gpu_memory_utilization,
-                                          cpu_kv_cache_gb=args.vllm_kv_cache_gb, distributed=world.size > 1)
+                                          cpu_kv_cache_gb=args.vllm_kv_cache_gb, distributed=world.size > 1,
+                                          max_model_len=vllm_context(train_rows, tok, args, model))
     trainable = [p for p in model.parameters() if p.requires_grad]  # (LoRA: the adapters alone)
     opt = torch.optim.AdamW(trainable, lr=args.lr, betas=tuple(args.betas), weight_decay=args.weight_decay)
     if state:
@@ -793,6 +797,16 @@ def setup_run(args: Args, log) -> Run:
     return Run(out=out, model=model, tok=tok, opt=opt, world=world, train_rows=train_rows, eval_rows=eval_rows,
                teacher=teacher, judge=judge, reward=reward, ref_model=ref_model, start_step=start,
                data_pos=state["data_pos"] if state else 0, last_ckpt=ckpt, gad=disc, trackers=trackers, engine=engine)
+
+
+def vllm_context(rows: list[dict], tok, args: Args, model) -> int:
+    """The context the vLLM engine must hold: the longest training prompt through the chat template
+    (--max-prompt-tokens when it is set: the rows were cut to it) and --max-new-tokens, at most the
+    model's own limit. (vLLM's default, the model's limit, can be far more than a run needs.)"""
+    longest = args.max_prompt_tokens or max(
+        len(grpo.encode_chat(tok, as_chat(r["prompt"]), {"enable_thinking": args.enable_thinking})) for r in rows)
+    limit = getattr(dist.unwrap(model).config, "max_position_embeddings", None)
+    return min(longest + args.max_new_tokens, limit or longest + args.max_new_tokens)
 
 
 def check_peft():

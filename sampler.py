@@ -12,8 +12,8 @@ weight min(pi_old / pi_sampler, C) (grpo.tis_weights, --tis-cap).
 
 Sampling settings are grpo.sample's: temperature, top-p, max tokens, stop at EOS, the chat template
 (with the thinking switch), and one seed per rollout, so a rerun samples the same rollouts.
-On a GPU the engine sleeps between its rollouts and the update where the installed vLLM can
-(its weights and KV cache freed), and wakes before the next weight load.
+On a GPU the engine can sleep between its rollouts and the update where the installed vLLM can
+(`sleep`: its weights and KV cache freed); the next weight load wakes it.
 
 vLLM is an optional extra (README, "Install"); `import sampler` needs only torch: vLLM is imported
 when an engine starts.
@@ -45,9 +45,11 @@ def check_vllm():
 
 @dataclass
 class Engine:
-    """A vLLM LLM in this process, and whether it sleeps between generation and update."""
+    """A vLLM LLM in this process, whether it sleeps between generation and update, and whether it
+    is asleep now."""
     llm: Any
     sleeps: bool = False
+    asleep: bool = False
 
 
 def start_engine(path: str, *, device: torch.device, max_model_len: int | None = None, seed: int = 0,
@@ -60,7 +62,7 @@ def start_engine(path: str, *, device: torch.device, max_model_len: int | None =
     engine per rank, on the process group torchrun made)."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine core in this process
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its start-up report would bury the run's log
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(cpu_kv_cache_gb)))  # (vLLM reads whole GiB)
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(cpu_kv_cache_gb))  # (vLLM reads whole GiB)
     # vLLM would drop the process to one thread for serving; the learner shares the process
     os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
     from vllm import LLM
@@ -79,7 +81,9 @@ def start_engine(path: str, *, device: torch.device, max_model_len: int | None =
 def policy_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
     """The policy's weights under their Hugging Face names, one at a time: under FSDP2 each is
     gathered whole from the shards when the engine reads it (every rank reads them all, in the same
-    order), so no rank ever holds more than one gathered weight beside its shards."""
+    order), so no rank ever holds more than one gathered weight beside its shards. A tied weight
+    (the output head that is the input embedding) goes under both its names: vLLM's in-place reload
+    puts a layer's old weights back when it is given none, and its head is a layer of its own."""
     for name, t in dist.unwrap(model).state_dict().items():
         yield name, t.full_tensor() if hasattr(t, "full_tensor") else t
 
@@ -90,20 +94,22 @@ def load_policy_weights(engine: Engine, model) -> None:
     weights = policy_weights(model)
     # (rotary embeddings have no learned weights: vLLM warns that it keeps its own, every load)
     logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
-    if engine.sleeps:
+    if engine.asleep:
         engine.llm.wake_up(tags=["weights"])
     # vLLM's in-place reload (checkpoint names, fused into its own layout, layer by layer)
     engine.llm.collective_rpc("reload_weights", kwargs=dict(weights_iterator=weights))
-    engine.llm.reset_prefix_cache()  # its cached prompts were computed with the old weights
-    if engine.sleeps:
+    if engine.asleep:
         engine.llm.wake_up(tags=["kv_cache"])
+        engine.asleep = False
+    engine.llm.reset_prefix_cache()  # its cached prompts were computed with the old weights
 
 
 def sleep(engine: Engine) -> None:
     """Free the engine's GPU memory (weights and KV cache) for the update; the next
     load_policy_weights wakes it."""
     if engine.sleeps:
-        engine.llm.sleep(level=2)
+        engine.llm.sleep(level=2)  # level 2: its weights are dropped too (the next load rewrites them)
+        engine.asleep = True
 
 
 def shutdown(engine: Engine) -> None:
@@ -142,7 +148,6 @@ def sample(engine: Engine, tokenizer, prompts, *, n: int, max_new_tokens: int, t
         completion_ids[i, :len(t)] = torch.tensor(t)
         sampler_logp[i, :len(lp)] = torch.tensor(lp, dtype=torch.float32)
     cmask = grpo.completion_mask(completion_ids, eos)
-    sleep(engine)
     return grpo.Rollouts(prompt_ids=ids, prompt_mask=mask, completion_ids=completion_ids, completion_mask=cmask,
                          texts=grpo.decode(tokenizer, completion_ids, cmask), group_size=n,
                          sampler_logp=sampler_logp * cmask)

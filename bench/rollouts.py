@@ -34,12 +34,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
+import grpo  # noqa: E402
+import sampler  # noqa: E402
+import toy  # noqa: E402
+from data import load_model  # noqa: E402
+
 METHODS = ("hf", "static", "vllm")
 VLLM_VENV = Path(os.environ.get("ROPD_VLLM_VENV", Path.home() / ".cache" / "ropd" / "vllm-venv"))
 
 
 def make_model(root: Path, hidden: int, layers: int) -> Path:
-    import toy
     tok = toy.build_tokenizer()
     model = toy.build_model(tok, hidden=hidden, layers=layers, heads=max(1, hidden // 64), seed=0,
                             max_positions=8192)
@@ -51,12 +57,6 @@ def make_model(root: Path, hidden: int, layers: int) -> Path:
 def measure(method: str, model_path: str, *, batch: int, length: int, device: str, rounds: int, warmup: int,
             kv_cache_gb: int, gpu_memory_utilization: float) -> dict:
     """One (method, batch, length): generated tokens and seconds per round, peak memory (this process)."""
-    import torch
-
-    import grpo
-    import sampler
-    import toy
-    from data import load_model
     dev = torch.device(device)
     model, tok = load_model(model_path, dev)
     if dev.type == "cuda":
@@ -103,7 +103,7 @@ def vllm_python(given: str | None) -> str | None:
     return str(venv) if venv.exists() else None
 
 
-def run_one(python: str, method: str, model_path: Path, a, batch: int, length: int) -> dict | str:
+def run_one(python: str, method: str, model_path: Path, a, *, batch: int, length: int) -> dict | str:
     """measure() in a fresh process: its result, or why it failed (the end of its output)."""
     cmd = [python, __file__, "--one", method, str(model_path), str(batch), str(length), "--device", a.device,
            "--rounds", str(a.rounds), "--warmup", str(a.warmup), "--kv-cache-gb", str(a.kv_cache_gb),
@@ -152,7 +152,7 @@ def main(argv=None):
                 if pythons[method] is None:
                     print(f"| {batch} | {length} | {method} | skipped: no Python with vLLM (--vllm-python) | | | | |")
                     continue
-                res = run_one(pythons[method], method, model_path, a, batch, length)
+                res = run_one(pythons[method], method, model_path, a, batch=batch, length=length)
                 if isinstance(res, str):
                     print(f"| {batch} | {length} | {method} | {res} | | | | |")
                     continue

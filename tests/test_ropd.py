@@ -363,6 +363,7 @@ def test_help_lists_every_preset_setting(capsys):
     (["--sampler", "vllm", "--vllm-gpu-memory-utilization", "1.5"], "--vllm-gpu-memory-utilization must be in (0, 1]"),
     (["--sampler", "vllm", "--vllm-kv-cache-gb", "0"], "--vllm-kv-cache-gb must be positive"),
     (["--sampler", "sglang"], "argument --sampler: invalid choice: 'sglang'"),
+    (["--sampler", "vllm", "--static-cache"], "--static-cache is the hf sampler's KV cache"),
 ])
 def test_new_settings_are_refused_in_one_line(flags, message, tiny_world, tmp_path, capsys):
     assert ropd.main(tiny_args(tiny_world, tmp_path, *flags)) == 2

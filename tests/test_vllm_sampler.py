@@ -59,7 +59,7 @@ def run_args(world, out, *extra, sampler="vllm", steps=12):
             "--teacher", f"toy:{world.root}", "--out", str(out),
             "--cache", str(out.parent / "cache.sqlite"), "--steps", str(steps), "--prompts-per-step", "8",
             "--rollouts", "8", "--references", "2", "--max-new-tokens", "24", "--eval-samples", "16",
-            "--log-samples", "-1", "--sampler", sampler, *extra]
+            "--log-samples", "-1", "--sampler", sampler, "--vllm-kv-cache-gb", "1", *extra]
 
 
 def rows(run: Path, name: str) -> list[dict]:
