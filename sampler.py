@@ -89,7 +89,7 @@ def policy_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def load_policy_weights(engine: Engine, model) -> None:
-    """Replace the engine's weights by the policy's (before each step's rollouts: Alg. 1 line 6's
+    """Replace the engine's weights by the policy's (before each step's rollouts: §2.1's
     pi_theta_old is the policy after the last optimizer step), and forget the prompts it cached."""
     weights = policy_weights(model)
     # (rotary embeddings have no learned weights: vLLM warns that it keeps its own, every load)
