@@ -304,6 +304,24 @@ MUTANTS = [
     Mutant("sft_targets_without_eos", "grpo.py", "SFT targets (and every encoded completion) lose their EOS: never learns to stop",
            "token_lists = [t + [eos] for t in token_lists]", "token_lists = [t or [eos] for t in token_lists]",
            (O + "test_sft_targets_are_the_references_with_eos_and_one_step_is_the_naive_nll",)),
+    # ------------------------------------------------------------ issue 27: the sampler correction, the early exit
+    Mutant("tis_weight_dropped", "grpo.py", "the TIS weight is computed but never multiplied into the loss",
+           "pg = pg if tis_weight is None else pg * tis_weight", "pg = pg",
+           (O + "test_rollouts_of_another_sampler_weigh_min_of_pi_old_over_pi_sampler_and_the_cap",)),
+    Mutant("tis_uncapped", "grpo.py", "the TIS weight is not capped: a sampler that under-rates a token blows it up",
+           "return torch.exp(old_logp - sampler_logp).clamp(max=cap).detach()",
+           "return torch.exp(old_logp - sampler_logp).detach()",
+           (O + "test_rollouts_of_another_sampler_weigh_min_of_pi_old_over_pi_sampler_and_the_cap",)),
+    Mutant("tis_ratio_inverted", "grpo.py", "the TIS weight is pi_sampler / pi_old",
+           "return torch.exp(old_logp - sampler_logp).clamp(max=cap).detach()",
+           "return torch.exp(sampler_logp - old_logp).clamp(max=cap).detach()",
+           (O + "test_rollouts_of_another_sampler_weigh_min_of_pi_old_over_pi_sampler_and_the_cap",)),
+    Mutant("finished_rows_stay", "grpo.py", "the early-exit loop never drops a finished rollout (every row to the end)",
+           "keep = ~torch.isin(nxt, eos)", "keep = torch.ones_like(nxt, dtype=torch.bool)",
+           (G + "test_rollouts_leave_the_batch_at_their_eos_and_are_the_tokens_of_hugging_face_s_own_loop",)),
+    Mutant("generators_not_filtered", "grpo.py", "dropped rows keep their generators: the others sample with a neighbour's",
+           'getattr(p, "keep_rows", lambda k: None)(keep)', "pass",
+           (G + "test_rollouts_leave_the_batch_at_their_eos_and_are_the_tokens_of_hugging_face_s_own_loop",)),
 ]
 
 
