@@ -77,6 +77,17 @@ def encode_prompts(tokenizer, prompts, chat_template_kwargs: dict | None = None)
     return input_ids, attention_mask
 
 
+def rollout_prompts(tokenizer, prompts, *, n: int, chat_template_kwargs: dict | None = None,
+                    row_seeds: Sequence[int] | None = None):
+    """encode_prompts with each prompt repeated `n` times (its group, prompt-major), checking that
+    `row_seeds`, if given, has one seed per rollout. Returns (input_ids [B*n, P], attention_mask)."""
+    ids, mask = encode_prompts(tokenizer, prompts, chat_template_kwargs)
+    ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
+    if row_seeds is not None and len(row_seeds) != ids.shape[0]:
+        raise ValueError(f"{len(row_seeds)} row seeds for {ids.shape[0]} completions")
+    return ids, mask
+
+
 def special_strings(tokenizer) -> list[str]:
     """The texts that a tokenizer turns into special tokens (<|im_start|>, </s>, ...)."""
     return [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
@@ -345,11 +356,9 @@ def sample(model, tokenizer, prompts, *, n: int = 8, max_new_tokens: int = 512,
     token; the same tokens).
     """
     device = next(model.parameters()).device
-    ids, mask = encode_prompts(tokenizer, prompts, chat_template_kwargs)
-    ids, mask = ids.repeat_interleave(n, 0).to(device), mask.repeat_interleave(n, 0).to(device)
+    ids, mask = rollout_prompts(tokenizer, prompts, n=n, chat_template_kwargs=chat_template_kwargs, row_seeds=row_seeds)
+    ids, mask = ids.to(device), mask.to(device)
     eos = eos_ids(tokenizer, model)
-    if row_seeds is not None and len(row_seeds) != ids.shape[0]:
-        raise ValueError(f"{len(row_seeds)} row seeds for {ids.shape[0]} completions")
     gen_kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_id(tokenizer), eos_token_id=eos,
                       use_cache=True,
                       **sampling_kwargs(temperature=temperature, top_p=top_p, row_seeds=row_seeds, device=device))

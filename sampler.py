@@ -129,10 +129,8 @@ def sample(engine: Engine, tokenizer, prompts, *, n: int, max_new_tokens: int, t
     ids that end a completion (grpo.eos_ids of the policy)."""
     from vllm import SamplingParams
 
-    ids, mask = grpo.encode_prompts(tokenizer, prompts, chat_template_kwargs)
-    ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
-    if len(row_seeds) != ids.shape[0]:
-        raise ValueError(f"{len(row_seeds)} row seeds for {ids.shape[0]} completions")
+    ids, mask = grpo.rollout_prompts(tokenizer, prompts, n=n, chat_template_kwargs=chat_template_kwargs,
+                                     row_seeds=row_seeds)
     eos, pad = list(eos), grpo.pad_id(tokenizer)
     requests = [{"prompt_token_ids": row[m.bool()].tolist()} for row, m in zip(ids, mask)]
     params = [SamplingParams(n=1, temperature=temperature, top_p=top_p, top_k=-1, max_tokens=max_new_tokens,

@@ -34,10 +34,11 @@ import ropd  # noqa: E402
 import toy  # noqa: E402
 
 
-def make_model(root: Path, hidden: int, layers: int) -> Path:
+def make_model(root: Path, hidden: int, layers: int, max_positions: int = 4096) -> Path:
+    """A randomly initialised Qwen2 with the toy tokenizer (heads of 64), saved in root/model."""
     tok = toy.build_tokenizer()
     model = toy.build_model(tok, hidden=hidden, layers=layers, heads=max(1, hidden // 64), seed=0,
-                            max_positions=4096)
+                            max_positions=max_positions)
     model.save_pretrained(root / "model")
     tok.save_pretrained(root / "model")
     return root / "model"

@@ -40,18 +40,10 @@ import grpo  # noqa: E402
 import sampler  # noqa: E402
 import toy  # noqa: E402
 from data import load_model  # noqa: E402
+from grpo_step import make_model  # noqa: E402  (bench/, this script's folder)
 
 METHODS = ("hf", "static", "vllm")
 VLLM_VENV = Path(os.environ.get("ROPD_VLLM_VENV", Path.home() / ".cache" / "ropd" / "vllm-venv"))
-
-
-def make_model(root: Path, hidden: int, layers: int) -> Path:
-    tok = toy.build_tokenizer()
-    model = toy.build_model(tok, hidden=hidden, layers=layers, heads=max(1, hidden // 64), seed=0,
-                            max_positions=8192)
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    return root / "model"
 
 
 def measure(method: str, model_path: str, *, batch: int, length: int, device: str, rounds: int, warmup: int,
@@ -139,7 +131,7 @@ def main(argv=None):
                                  gpu_memory_utilization=a.gpu_memory_utilization)))
         return
     root = Path(tempfile.mkdtemp(prefix="bench-rollouts-"))
-    model_path = make_model(root, a.hidden, a.layers)
+    model_path = make_model(root, a.hidden, a.layers, max_positions=8192)
     pythons = {"hf": sys.executable, "static": sys.executable, "vllm": vllm_python(a.vllm_python)}
     print(f"model: Qwen2 hidden {a.hidden}, {a.layers} layers, toy vocabulary; device {a.device}; "
           f"median of {a.rounds} rounds after {a.warmup} warm-up; 8 rollouts per prompt, temperature 1.0")

@@ -41,8 +41,8 @@ def main(world: str, out: str):
     sampler.load_policy_weights(engine, model)
     saved["loaded"] = first = draw()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    ids = torch.cat([grpo.encode_prompts(tok, PROMPTS)[0].repeat_interleave(3, 0), first["ids"]], 1)
-    attn = torch.cat([grpo.encode_prompts(tok, PROMPTS)[1].repeat_interleave(3, 0), first["mask"]], 1)
+    prompt_ids, prompt_mask = grpo.rollout_prompts(tok, PROMPTS, n=3)
+    ids, attn = torch.cat([prompt_ids, first["ids"]], 1), torch.cat([prompt_mask, first["mask"]], 1)
     for _ in range(3):  # make the first rollouts likelier: the policy moves away from the engine
         lp = grpo.token_logprobs(model, ids, attn, first["ids"].shape[1], temperature=T)
         (-(lp * first["mask"]).sum() / first["mask"].sum()).backward()
